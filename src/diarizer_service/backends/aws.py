@@ -1,0 +1,219 @@
+"""S3, SQS and DynamoDB implementations (boto3). Clients are created once per container."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any, Collection, Mapping
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from diarizer_service.backends.base import BackendError, Backends, BlobInfo, BlobNotFound
+from diarizer_service.settings import Settings
+
+# Short timeouts and few retries: the API must answer 503 quickly instead of hitting API Gateway's 29 s.
+_BOTO_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
+
+
+def _error_code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+class S3BlobStore:
+    def __init__(self, bucket: str, client=None):
+        self.bucket = bucket
+        self._s3 = client or boto3.client("s3", config=_BOTO_CONFIG)
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                Metadata=dict(metadata or {}), ServerSideEncryption="AES256")
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"S3 put failed: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                raise BlobNotFound(key) from exc
+            raise BackendError(f"S3 get failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BackendError(f"S3 get failed: {exc}") from exc
+
+    def head(self, key: str) -> BlobInfo | None:
+        try:
+            answer = self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise BackendError(f"S3 head failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BackendError(f"S3 head failed: {exc}") from exc
+        metadata = {k.lower(): v for k, v in answer.get("Metadata", {}).items()}
+        return BlobInfo(size=answer["ContentLength"], etag=answer.get("ETag", "").strip('"'), metadata=metadata)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"S3 delete failed: {exc}") from exc
+
+    def presign_put(self, key: str, expires_seconds: int) -> str:
+        # The bucket's default encryption (SSE-S3 at least) applies to presigned uploads.
+        return self._s3.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+
+
+class SqsJobQueue:
+    def __init__(self, queue_url: str, client=None):
+        self.queue_url = queue_url
+        self._sqs = client or boto3.client("sqs", config=_BOTO_CONFIG)
+
+    def send(self, body: dict) -> str:
+        try:
+            return self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body))["MessageId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"SQS send failed: {exc}") from exc
+
+
+class DynamoJobTable:
+    def __init__(self, table_name: str, resource=None):
+        self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
+
+    def create(self, item: dict) -> bool:
+        try:
+            self._table.put_item(Item=_to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
+            return True
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise BackendError(f"DynamoDB put failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BackendError(f"DynamoDB put failed: {exc}") from exc
+
+    def get(self, job_id: str) -> dict | None:
+        try:
+            item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"DynamoDB get failed: {exc}") from exc
+        return _from_dynamo(item) if item else None
+
+    def update(self, job_id: str, changes: dict, *, expected_status: Collection[str] | None = None) -> bool:
+        names, values, sets, removes = {}, {}, [], []
+        for i, (name, value) in enumerate(changes.items()):
+            names[f"#a{i}"] = name
+            if value is None:
+                removes.append(f"#a{i}")
+            else:
+                values[f":v{i}"] = _to_dynamo(value)
+                sets.append(f"#a{i} = :v{i}")
+        expression = " ".join(part for part in (
+            "SET " + ", ".join(sets) if sets else "", "REMOVE " + ", ".join(removes) if removes else "") if part)
+        condition = "attribute_exists(job_id)"
+        if expected_status:
+            names["#status"] = "status"
+            options = []
+            for j, status in enumerate(expected_status):
+                values[f":s{j}"] = status
+                options.append(f":s{j}")
+            condition += f" AND #status IN ({', '.join(options)})"
+        kwargs = {"Key": {"job_id": job_id}, "UpdateExpression": expression, "ConditionExpression": condition,
+                  "ExpressionAttributeNames": names}
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        try:
+            self._table.update_item(**kwargs)
+            return True
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise BackendError(f"DynamoDB update failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BackendError(f"DynamoDB update failed: {exc}") from exc
+
+    def delete(self, job_id: str) -> None:
+        try:
+            self._table.delete_item(Key={"job_id": job_id})
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"DynamoDB delete failed: {exc}") from exc
+
+
+class DynamoKeyStore:
+    def __init__(self, table_name: str, resource=None):
+        self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
+
+    def put(self, item: dict) -> None:
+        try:
+            self._table.put_item(Item=_to_dynamo(item))
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"DynamoDB put failed: {exc}") from exc
+
+    def get(self, key_hash: str) -> dict | None:
+        try:
+            item = self._table.get_item(Key={"key_hash": key_hash}).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"DynamoDB get failed: {exc}") from exc
+        return _from_dynamo(item) if item else None
+
+    def list(self) -> list[dict]:
+        items, kwargs = [], {}
+        try:
+            while True:
+                page = self._table.scan(**kwargs)
+                items.extend(_from_dynamo(item) for item in page.get("Items", []))
+                if "LastEvaluatedKey" not in page:
+                    return items
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"DynamoDB scan failed: {exc}") from exc
+
+    def update(self, key_hash: str, changes: dict) -> None:
+        names = {f"#a{i}": name for i, name in enumerate(changes)}
+        values = {f":v{i}": _to_dynamo(value) for i, value in enumerate(changes.values())}
+        try:
+            self._table.update_item(
+                Key={"key_hash": key_hash},
+                UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(changes))),
+                ConditionExpression="attribute_exists(key_hash)",
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"DynamoDB update failed: {exc}") from exc
+
+
+def create_aws_backends(settings: Settings) -> Backends:
+    missing = [name for name, value in (("DIARIZER_BUCKET", settings.bucket), ("DIARIZER_QUEUE_URL", settings.queue_url),
+               ("DIARIZER_JOBS_TABLE", settings.jobs_table), ("DIARIZER_KEYS_TABLE", settings.keys_table)) if not value]
+    if missing:
+        raise ValueError("the aws backend needs " + ", ".join(missing))
+    dynamodb = boto3.resource("dynamodb", config=_BOTO_CONFIG)
+    return Backends(
+        blobs=S3BlobStore(settings.bucket),
+        queue=SqsJobQueue(settings.queue_url),
+        jobs=DynamoJobTable(settings.jobs_table, dynamodb),
+        keys=DynamoKeyStore(settings.keys_table, dynamodb),
+    )

@@ -1,0 +1,73 @@
+"""The four small storage interfaces the service needs; `aws.py` and `local.py` implement each of them.
+
+Records are plain JSON-like dicts (str/int/float/bool/list/dict); `jobs.py` and `auth.py` own their shape.
+Infrastructure failures (network, throttling, outage) raise `BackendError`; a failed condition is a
+normal return value (False), never an exception.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Collection, Mapping, Protocol
+
+from diarizer_service.errors import BackendError
+
+__all__ = ["BackendError", "BlobInfo", "BlobNotFound", "BlobStore", "JobQueue", "JobTable", "KeyStore", "Backends"]
+
+
+class BlobNotFound(KeyError):
+    """No object under that key."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    size: int
+    etag: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata, keys lower-case, no x-amz-meta-
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None: ...
+
+    def get(self, key: str) -> bytes: ...  # raises BlobNotFound
+
+    def head(self, key: str) -> BlobInfo | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def presign_put(self, key: str, expires_seconds: int) -> str: ...
+
+
+class JobQueue(Protocol):
+    def send(self, body: dict) -> str: ...  # returns the message id
+
+
+class JobTable(Protocol):
+    def create(self, item: dict) -> bool: ...  # False when an item with this job_id already exists
+
+    def get(self, job_id: str) -> dict | None: ...
+
+    def update(self, job_id: str, changes: dict, *, expected_status: Collection[str] | None = None) -> bool:
+        """Set `changes` (a None value removes the attribute). With `expected_status`, only when the current
+        status is one of them; returns False when that condition fails or the item does not exist."""
+        ...
+
+    def delete(self, job_id: str) -> None: ...
+
+
+class KeyStore(Protocol):
+    def put(self, item: dict) -> None: ...
+
+    def get(self, key_hash: str) -> dict | None: ...
+
+    def list(self) -> list[dict]: ...
+
+    def update(self, key_hash: str, changes: dict) -> None: ...
+
+
+@dataclass
+class Backends:
+    blobs: BlobStore
+    queue: JobQueue
+    jobs: JobTable
+    keys: KeyStore

@@ -1,0 +1,233 @@
+"""Local stand-ins on one machine, persistent under DIARIZER_DATA_DIR: blobs as files, jobs/keys/queue in sqlite.
+
+The queue behaves like SQS where it matters: a received message is invisible for a visibility timeout and
+comes back (with a higher receive count) unless deleted, so a job taken by a worker that died is retried;
+after `max_receive_count` receives it moves to a dead-letter table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection, Iterator, Mapping
+
+from diarizer_service.backends.base import Backends, BlobInfo, BlobNotFound
+from diarizer_service.settings import Settings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, status TEXT, item TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (key_hash TEXT PRIMARY KEY, item TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY, body TEXT NOT NULL, sent_at REAL NOT NULL,
+    visible_at REAL NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0, receipt_handle TEXT);
+CREATE TABLE IF NOT EXISTS dead_letters (message_id TEXT PRIMARY KEY, body TEXT NOT NULL, receive_count INTEGER);
+"""
+
+
+class _Database:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.transaction() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        # One short-lived connection per operation: safe across threads and processes (API + worker loop).
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+
+class FileBlobStore:
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"blob key escapes the store: {key!r}")
+        return path
+
+    @staticmethod
+    def _meta_path(path: Path) -> Path:
+        return path.with_name(path.name + ".__meta__.json")
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # readers never see a half-written file
+        self._meta_path(path).write_text(json.dumps({"content_type": content_type, "metadata": dict(metadata or {})}))
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise BlobNotFound(key) from exc
+
+    def head(self, key: str) -> BlobInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        meta_path = self._meta_path(path)
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        stat = path.stat()
+        return BlobInfo(size=stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+                        metadata={k.lower(): v for k, v in meta.get("metadata", {}).items()})
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        self._meta_path(path).unlink(missing_ok=True)
+
+    def presign_put(self, key: str, expires_seconds: int) -> str:
+        raise NotImplementedError("presigned uploads need S3; in local mode send the audio inline")
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    sent_at: float
+
+
+class SqliteJobQueue:
+    def __init__(self, db: _Database, max_receive_count: int = 3):
+        self._db = db
+        self.max_receive_count = max_receive_count
+
+    def send(self, body: dict) -> str:
+        message_id = str(uuid.uuid4())
+        now = time.time()
+        with self._db.transaction() as db:
+            db.execute("INSERT INTO messages (message_id, body, sent_at, visible_at) VALUES (?, ?, ?, ?)",
+                       (message_id, json.dumps(body), now, now))
+        return message_id
+
+    def receive(self, max_messages: int = 1, visibility_timeout: float = 900.0) -> list[QueueMessage]:
+        now = time.time()
+        taken: list[QueueMessage] = []
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT message_id, body, receive_count, sent_at FROM messages WHERE visible_at <= ? "
+                              "ORDER BY sent_at LIMIT ?", (now, max_messages * 4)).fetchall()
+            for message_id, body, receive_count, sent_at in rows:
+                if receive_count >= self.max_receive_count:  # like an SQS redrive policy
+                    db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?)", (message_id, body, receive_count))
+                    db.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+                    continue
+                if len(taken) == max_messages:
+                    break
+                receipt = uuid.uuid4().hex
+                db.execute("UPDATE messages SET visible_at = ?, receive_count = receive_count + 1, receipt_handle = ? "
+                           "WHERE message_id = ?", (now + visibility_timeout, receipt, message_id))
+                taken.append(QueueMessage(message_id, receipt, body, receive_count + 1, sent_at))
+        return taken
+
+    def delete(self, receipt_handle: str) -> None:
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM messages WHERE receipt_handle = ?", (receipt_handle,))
+
+    def dead_letters(self) -> list[dict]:
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT message_id, body, receive_count FROM dead_letters").fetchall()
+        return [{"message_id": m, "body": b, "receive_count": c} for m, b, c in rows]
+
+
+def to_sqs_event(messages: list[QueueMessage], queue_arn: str = "arn:aws:sqs:local:000000000000:diarizer-jobs") -> dict:
+    """Wrap received local messages in the SQS event shape the worker's lambda_handler expects."""
+    return {"Records": [{
+        "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+        "attributes": {"ApproximateReceiveCount": str(m.receive_count), "SentTimestamp": str(int(m.sent_at * 1000))},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
+        "awsRegion": "local",
+    } for m in messages]}
+
+
+class SqliteJobTable:
+    def __init__(self, db: _Database):
+        self._db = db
+
+    def create(self, item: dict) -> bool:
+        with self._db.transaction() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO jobs (job_id, status, item) VALUES (?, ?, ?)",
+                                (item["job_id"], item.get("status"), json.dumps(item)))
+            return cursor.rowcount == 1
+
+    def get(self, job_id: str) -> dict | None:
+        with self._db.transaction() as db:
+            row = db.execute("SELECT item FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def update(self, job_id: str, changes: dict, *, expected_status: Collection[str] | None = None) -> bool:
+        with self._db.transaction() as db:
+            row = db.execute("SELECT item FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            item = json.loads(row[0])
+            if expected_status and item.get("status") not in expected_status:
+                return False
+            for name, value in changes.items():
+                if value is None:
+                    item.pop(name, None)
+                else:
+                    item[name] = value
+            db.execute("UPDATE jobs SET status = ?, item = ? WHERE job_id = ?", (item.get("status"), json.dumps(item), job_id))
+            return True
+
+    def delete(self, job_id: str) -> None:
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+
+class SqliteKeyStore:
+    def __init__(self, db: _Database):
+        self._db = db
+
+    def put(self, item: dict) -> None:
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO api_keys (key_hash, item) VALUES (?, ?)", (item["key_hash"], json.dumps(item)))
+
+    def get(self, key_hash: str) -> dict | None:
+        with self._db.transaction() as db:
+            row = db.execute("SELECT item FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list(self) -> list[dict]:
+        with self._db.transaction() as db:
+            return [json.loads(row[0]) for row in db.execute("SELECT item FROM api_keys").fetchall()]
+
+    def update(self, key_hash: str, changes: dict) -> None:
+        with self._db.transaction() as db:
+            row = db.execute("SELECT item FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+            if row is None:
+                raise KeyError(key_hash)
+            item = {**json.loads(row[0]), **changes}
+            db.execute("UPDATE api_keys SET item = ? WHERE key_hash = ?", (json.dumps(item), key_hash))
+
+
+def create_local_backends(settings: Settings) -> Backends:
+    root = Path(settings.data_dir)
+    db = _Database(root / "diarizer.sqlite3")
+    return Backends(
+        blobs=FileBlobStore(root / "blobs"),
+        queue=SqliteJobQueue(db, settings.max_receive_count),
+        jobs=SqliteJobTable(db),
+        keys=SqliteKeyStore(db),
+    )

@@ -1,0 +1,14 @@
+"""One Logger, Metrics and Tracer for the whole service (powertools shares state between instances anyway).
+
+Never log an API key, a webhook secret or audio: log `key_id` and `request_id` (appended as keys).
+"""
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+
+__all__ = ["logger", "metrics", "tracer", "MetricUnit"]

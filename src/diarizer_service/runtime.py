@@ -1,0 +1,77 @@
+"""What handlers share per container: settings, backends, and the engine (loaded lazily, once)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from diarizer_service.backends import Backends, create_backends
+from diarizer_service.jobs import JobStore
+from diarizer_service.settings import Settings, get_settings
+
+
+class AudioInfo(Protocol):
+    format: str
+    duration: float
+
+
+class DiarizationResult(Protocol):
+    duration: float
+
+    def to_dict(self) -> dict: ...
+
+    def to_rttm(self, file_id: str) -> str: ...
+
+
+class Engine(Protocol):
+    def diarize(self, audio: Any, options: Any) -> DiarizationResult: ...
+
+
+def default_probe(data: bytes) -> AudioInfo:
+    from diarizer import probe_audio  # light: reads headers, no ONNX
+
+    return probe_audio(data)
+
+
+def default_engine_factory() -> Engine:
+    from diarizer import Diarizer  # heavy: onnxruntime, scipy; only the worker and sync routes get here
+
+    return Diarizer()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    backends: Backends
+    probe: Callable[[bytes], AudioInfo] = default_probe
+    engine_factory: Callable[[], Engine] = default_engine_factory
+    _engine: Engine | None = field(default=None, repr=False)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def jobs(self) -> JobStore:
+        return JobStore(self.backends.jobs)
+
+    def engine(self) -> Engine:
+        """The engine, created on first use and reused for every later message/request in this container."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self.engine_factory()
+            return self._engine
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        settings = get_settings()
+        _runtime = Runtime(settings=settings, backends=create_backends(settings))
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Replace (or with None, forget) the process runtime: for tests and the local server."""
+    global _runtime
+    _runtime = runtime

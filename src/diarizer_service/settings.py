@@ -1,0 +1,75 @@
+"""All configuration from the environment, read once into one frozen dataclass."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping
+
+_TRUE = {"1", "true", "yes", "on"}
+
+# API Gateway rejects request bodies over 10 MB; the local server applies the same limit.
+MAX_REQUEST_BODY_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str = "local"  # "aws" | "local"
+    bucket: str = ""
+    queue_url: str = ""
+    jobs_table: str = ""
+    keys_table: str = ""
+    data_dir: str = "./data"
+    max_audio_seconds: float = 10800.0
+    max_upload_bytes: int = 500 * 1024 * 1024
+    sync_max_seconds: float = 60.0
+    retention_days: int = 7
+    max_receive_count: int = 3
+    webhook_timeout_seconds: float = 10.0
+    allow_local_webhooks: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend == "local"
+
+
+def _number(env: Mapping[str, str], name: str, default: float, cast: type = float):
+    raw = env.get(name, "").strip()
+    if not raw:
+        return cast(default)
+    try:
+        value = cast(float(raw)) if cast is int else cast(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    backend = env.get("DIARIZER_BACKEND", "local").strip().lower() or "local"
+    if backend not in ("aws", "local"):
+        raise ValueError(f"DIARIZER_BACKEND must be 'aws' or 'local', got {backend!r}")
+    allow_local_default = "true" if backend == "local" else "false"
+    return Settings(
+        backend=backend,
+        bucket=env.get("DIARIZER_BUCKET", ""),
+        queue_url=env.get("DIARIZER_QUEUE_URL", ""),
+        jobs_table=env.get("DIARIZER_JOBS_TABLE", ""),
+        keys_table=env.get("DIARIZER_KEYS_TABLE", ""),
+        data_dir=env.get("DIARIZER_DATA_DIR", "") or "./data",
+        max_audio_seconds=_number(env, "DIARIZER_MAX_AUDIO_SECONDS", 10800.0),
+        max_upload_bytes=_number(env, "DIARIZER_MAX_UPLOAD_BYTES", 500 * 1024 * 1024, int),
+        sync_max_seconds=_number(env, "DIARIZER_SYNC_MAX_SECONDS", 60.0),
+        retention_days=_number(env, "DIARIZER_RETENTION_DAYS", 7, int),
+        max_receive_count=_number(env, "DIARIZER_MAX_RECEIVE_COUNT", 3, int),
+        webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        allow_local_webhooks=env.get("DIARIZER_ALLOW_LOCAL_WEBHOOKS", allow_local_default).strip().lower() in _TRUE,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests call `get_settings.cache_clear()` after changing the environment)."""
+    return load_settings()

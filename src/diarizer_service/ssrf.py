@@ -1,0 +1,103 @@
+"""Is a webhook URL safe to POST to from inside our network?
+
+Deployed mode: https only, a DNS name (no IP literals), every resolved address public. Local mode
+(`allow_local=True`) additionally allows http/https to the loopback host (localhost, 127.0.0.1, [::1]).
+`resolve_safe_target` is called at submit time and again at delivery time, and the delivery connects to the
+address it checked (DNS can change between the two).
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2048
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class UnsafeUrlError(ValueError):
+    """The URL must not be called (bad scheme, private address, unresolvable host...)."""
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    scheme: str
+    host: str  # as written in the URL (used for the Host header and TLS SNI)
+    port: int
+    path: str  # path + query, what goes on the request line
+    address: str  # the checked IP to connect to
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Addresses that embed an IPv4 address are only as public as that address.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+    )
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_webhook_url(url: str, *, allow_local: bool) -> tuple[str, str, int, str]:
+    """Syntactic checks only: returns (scheme, host, port, path)."""
+    if not isinstance(url, str) or not url:
+        raise UnsafeUrlError("webhook must be a non-empty URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeUrlError(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise UnsafeUrlError("webhook URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeUrlError(f"webhook URL is malformed: {exc}") from exc
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".").lower()
+    if scheme not in ("http", "https"):
+        raise UnsafeUrlError("webhook URL scheme must be https")
+    if not host:
+        raise UnsafeUrlError("webhook URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeUrlError("webhook URL must not contain credentials")
+    is_loopback_host = allow_local and host in LOOPBACK_NAMES
+    if scheme == "http" and not is_loopback_host:
+        raise UnsafeUrlError("webhook URL must use https (http is only allowed to localhost in local mode)")
+    if _is_ip_literal(host) and not is_loopback_host:
+        raise UnsafeUrlError("webhook host must be a DNS name, not an IP address")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return scheme, host, port or (443 if scheme == "https" else 80), path
+
+
+def resolve_safe_target(url: str, *, allow_local: bool) -> WebhookTarget:
+    """Parse, resolve and check every address of the host; raises UnsafeUrlError if any is not public."""
+    scheme, host, port, path = parse_webhook_url(url, allow_local=allow_local)
+    if allow_local and host in LOOPBACK_NAMES:
+        address = "::1" if host == "::1" else "127.0.0.1"
+        return WebhookTarget(scheme, host, port, path, address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeUrlError(f"webhook host {host!r} does not resolve") from exc
+    addresses = [info[4][0] for info in infos]
+    if not addresses:
+        raise UnsafeUrlError(f"webhook host {host!r} does not resolve")
+    for address in addresses:
+        if not is_public_address(address):
+            raise UnsafeUrlError(f"webhook host {host!r} resolves to a non-public address")
+    return WebhookTarget(scheme, host, port, path, addresses[0])

@@ -1,0 +1,222 @@
+"""Turn an HTTP request (JSON body + query) into a typed JobRequest, or raise ApiError naming the field.
+
+Unknown body fields are ignored (clients send extras); known fields with a wrong type are 400.
+`audioType`, `languageCode`, `encoding` and `sampleRate` are accepted hints: the format is detected from
+the bytes, never trusted from `encoding`.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from diarizer.types import DiarizationOptions
+
+from diarizer_service.errors import ApiError, invalid_field, missing_field
+from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
+from diarizer_service.ssrf import UnsafeUrlError, resolve_safe_target
+
+MAX_SPEAKERS = 100
+MAX_BRACKETS = 256  # a real request has a handful; a nesting bomb has thousands
+MAX_HINT_LENGTH = 64
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class SpeakerOptions:
+    speakers: int = -1
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    merge_adjacent: bool = True
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    request_id: str
+    options: SpeakerOptions
+    webhook: str | None = None
+    audio: bytes | None = None  # inline `content`, decoded
+    upload_id: str | None = None  # or a previous upload
+    encoding_hint: str | None = None
+    sample_rate: float | None = None
+    language_code: str | None = None
+    audio_type: str | None = None
+
+
+def parse_json_body(raw: str | bytes | None, is_base64: bool = False) -> dict:
+    """Cheap checks first (size, bracket count), then json.loads; the result must be an object."""
+    if raw is None or raw == "" or raw == b"":
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    if len(raw) > MAX_REQUEST_BODY_BYTES * (4 / 3 if is_base64 else 1):
+        raise ApiError(413, "body_too_large", "The request body is over 10 MB: use POST "
+                       "/audio/generic/api/v2/uploads and send `upload_id` instead of `content`.")
+    data = raw.encode() if isinstance(raw, str) else raw
+    if is_base64:
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError(400, "invalid_json", "The request body is not valid base64.") from exc
+    if data.count(b"{") + data.count(b"[") > MAX_BRACKETS:
+        raise ApiError(400, "invalid_json", "The request body is too deeply nested or too complex.")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return body
+
+
+def _int_field(name: str, value: Any) -> int:
+    """An integer, an integral float, or a numeric string ("2")."""
+    if isinstance(value, bool):
+        raise invalid_field(name, f"`{name}` must be an integer.")
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,6}\s*", value):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise invalid_field(name, f"`{name}` must be an integer.")
+
+
+def _optional_count(values: Mapping[str, Any], name: str) -> int | None:
+    if values.get(name) is None:
+        return None
+    count = _int_field(name, values[name])
+    if not 1 <= count <= MAX_SPEAKERS:
+        raise invalid_field(name, f"`{name}` must be between 1 and {MAX_SPEAKERS}.")
+    return count
+
+
+def parse_speaker_options(values: Mapping[str, Any]) -> SpeakerOptions:
+    """`speakers` (-1 or 1..100, default -1), optional `min_speakers`/`max_speakers`, `vad` (bool, default true)."""
+    speakers = -1 if values.get("speakers") is None else _int_field("speakers", values["speakers"])
+    if speakers != -1 and not 1 <= speakers <= MAX_SPEAKERS:
+        raise invalid_field("speakers", f"`speakers` must be -1 (unknown) or between 1 and {MAX_SPEAKERS}.")
+    min_speakers = _optional_count(values, "min_speakers")
+    max_speakers = _optional_count(values, "max_speakers")
+    if min_speakers and max_speakers and min_speakers > max_speakers:
+        raise invalid_field("min_speakers", "`min_speakers` is larger than `max_speakers`.")
+    vad = values.get("vad", True)
+    if vad is None:
+        vad = True
+    if not isinstance(vad, bool):
+        raise invalid_field("vad", "`vad` must be true or false.")
+    return SpeakerOptions(speakers, min_speakers, max_speakers, vad)
+
+
+def engine_options(options: Mapping[str, Any]) -> DiarizationOptions:
+    """Stored job options (SpeakerOptions.to_dict()) -> the engine's options."""
+    return DiarizationOptions(speakers=options.get("speakers", -1), min_speakers=options.get("min_speakers"),
+                              max_speakers=options.get("max_speakers"),
+                              merge_adjacent=options.get("merge_adjacent", True))
+
+
+def validate_request_id(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):  # the contract types it as Number
+        value = str(value)
+    if not isinstance(value, str) or not REQUEST_ID_RE.fullmatch(value) or set(value) == {"."}:
+        raise invalid_field("request_id", "`request_id` must be 1-128 characters from A-Z a-z 0-9 . _ : - "
+                                          "(and not only dots).")
+    return value
+
+
+def _hint(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_HINT_LENGTH:
+        raise invalid_field(name, f"`{name}` must be a string of at most {MAX_HINT_LENGTH} characters.")
+    return value
+
+
+def _sample_rate(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1_000_000:
+        raise invalid_field("sampleRate", "`sampleRate` must be a positive number (or a numeric string).")
+    return float(value)
+
+
+def _decode_content(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise invalid_field("content", "`content` must be a base64 string.")
+    if value.startswith("data:") and "," in value[:200]:  # tolerate a data: URL
+        value = value.split(",", 1)[1]
+    if any(ch in value for ch in "\r\n \t"):
+        value = "".join(value.split())  # line-wrapped base64 (MIME style)
+    try:
+        audio = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "invalid_base64", "`content` is not valid base64.", field="content") from exc
+    if not audio:
+        raise ApiError(400, "empty_audio", "`content` decodes to no bytes.", field="content")
+    return audio
+
+
+def _first(query: Mapping[str, str], body: Mapping[str, Any], name: str) -> Any:
+    """Query parameters first (the contract puts webhook and request_id there), then the body."""
+    if query.get(name) not in (None, ""):
+        return query[name]
+    return body.get(name)
+
+
+def validate_webhook(url: Any, *, allow_local: bool) -> str:
+    if not isinstance(url, str):
+        raise invalid_field("webhook", "`webhook` must be a URL string.")
+    try:
+        resolve_safe_target(url, allow_local=allow_local)
+    except UnsafeUrlError as exc:
+        raise ApiError(400, "invalid_webhook", f"`webhook` refused: {exc}.", field="webhook") from exc
+    return url
+
+
+def parse_job_request(body: Mapping[str, Any], query: Mapping[str, str] | None, *, require_webhook: bool,
+                      allow_local_webhooks: bool, new_request_id) -> JobRequest:
+    query = query or {}
+    request_id = _first(query, body, "request_id")
+    request_id = new_request_id() if request_id in (None, "") else validate_request_id(request_id)
+    webhook = _first(query, body, "webhook")
+    if webhook in (None, ""):
+        if require_webhook:
+            raise missing_field("webhook", "`webhook` is required for async requests (query parameter).")
+        webhook = None
+    else:
+        webhook = validate_webhook(webhook, allow_local=allow_local_webhooks)
+
+    upload_id = body.get("upload_id")
+    if body.get("content") is not None and upload_id is not None:
+        raise invalid_field("upload_id", "Send either `content` or `upload_id`, not both.")
+    audio = None
+    if upload_id is not None:
+        if not isinstance(upload_id, str) or not UPLOAD_ID_RE.fullmatch(upload_id):
+            raise invalid_field("upload_id", "`upload_id` must be the id returned by POST /audio/generic/api/v2/uploads.")
+    elif body.get("content") is None:
+        raise missing_field("content", "`content` (base64 audio) is required, or `upload_id` for uploaded files.")
+    else:
+        audio = _decode_content(body["content"])
+
+    return JobRequest(
+        request_id=request_id,
+        options=parse_speaker_options(body),
+        webhook=webhook,
+        audio=audio,
+        upload_id=upload_id,
+        encoding_hint=_hint(body, "encoding"),
+        sample_rate=_sample_rate(body.get("sampleRate")),
+        language_code=_hint(body, "languageCode"),
+        audio_type=_hint(body, "audioType"),
+    )

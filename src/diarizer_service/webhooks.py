@@ -1,0 +1,157 @@
+"""Signed webhook delivery (Standard Webhooks style) with SSRF checks, timeout and retries.
+
+Every POST carries::
+
+    webhook-id: <stable per job, receivers dedupe on it>
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(secret_bytes, f"{id}.{timestamp}.{body}")>
+
+The secret is shown once when the API key is created, as ``whsec_<base64>``; the HMAC key is the decoded
+bytes after the prefix (what the Standard Webhooks libraries do). `verify_signature` needs only base64, hashlib,
+hmac and time, so receivers can copy it as is.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import secrets
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from diarizer_service.ssrf import UnsafeUrlError, WebhookTarget, resolve_safe_target
+
+SECRET_PREFIX = "whsec_"
+USER_AGENT = "diarizer-webhooks/1"
+
+
+def generate_webhook_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _secret_bytes(secret: str) -> bytes:
+    return base64.b64decode(secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret)
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, tolerance_seconds: int = 300) -> bool:
+    """Receiver side: True when the body was signed with `secret` within `tolerance_seconds` of now.
+
+    `headers` must be looked up case-insensitively (e.g. `http.server`'s `self.headers`, or a lower-cased dict).
+    """
+    msg_id, timestamp = headers.get("webhook-id"), headers.get("webhook-timestamp")
+    signatures = headers.get("webhook-signature") or ""
+    if not msg_id or not timestamp or not timestamp.isdigit():
+        return False
+    if abs(time.time() - int(timestamp)) > tolerance_seconds:
+        return False
+    key = base64.b64decode(secret[6:] if secret.startswith("whsec_") else secret)
+    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()).decode()
+    for candidate in signatures.split():  # several space-separated "v1,<sig>" during secret rotation
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivered: bool
+    attempts: int
+    status: int | None = None  # last HTTP status, if any answer came
+    error: str | None = None  # why the last attempt failed
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address that passed the SSRF check, whatever DNS says now."""
+
+    def __init__(self, target: WebhookTarget, timeout: float):
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, target: WebhookTarget, timeout: float):
+        super().__init__(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
+        self._address = target.address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # certificate checked for the name
+
+
+class _RetryableError(Exception):
+    pass
+
+
+def _post_once(target: WebhookTarget, body: bytes, headers: dict, timeout: float) -> int:
+    conn_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    conn = conn_class(target, timeout)
+    try:
+        conn.request("POST", target.path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read(64 * 1024)  # drain a little; redirects are not followed on purpose
+        return response.status
+    finally:
+        conn.close()
+
+
+def deliver(
+    url: str,
+    payload: dict,
+    *,
+    secret: str,
+    msg_id: str,
+    timeout: float,
+    allow_local: bool,
+    attempts: int = 3,
+    backoff_seconds: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DeliveryResult:
+    """POST `payload` as signed JSON. Retries network errors and 5xx (and 429) with exponential backoff,
+    never other 4xx. Never raises: the caller records the result on the job."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    last_status: int | None = None
+    last_error = "not attempted"
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            sleep(backoff_seconds * 2 ** (attempt - 2))
+        try:
+            target = resolve_safe_target(url, allow_local=allow_local)  # re-checked at every attempt
+        except UnsafeUrlError as exc:
+            return DeliveryResult(False, attempt, None, f"refused: {exc}")
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, msg_id, timestamp, body),
+        }
+        try:
+            last_status = _post_once(target, body, headers, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            last_status, last_error = None, f"{type(exc).__name__}: {exc}"
+            continue
+        if 200 <= last_status < 300:
+            return DeliveryResult(True, attempt, last_status)
+        last_error = f"HTTP {last_status}"
+        if last_status < 500 and last_status != 429:
+            return DeliveryResult(False, attempt, last_status, last_error)
+    return DeliveryResult(False, attempts, last_status, last_error)

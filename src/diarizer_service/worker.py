@@ -1,0 +1,241 @@
+"""Process one queue message: an API job (``{"job_id"}``) or an S3 event for a batch object under `incoming/`.
+
+Errors are sorted in two kinds. Permanent (the audio or the options are bad): the job ends `failed` with a
+readable reason and the message is consumed. Transient (anything else: storage, engine crash): the exception
+propagates so SQS redelivers; on the last allowed receive the job is first marked `failed`, then the exception
+still propagates so the message lands in the DLQ for inspection.
+
+Batch naming: ``incoming/<path>`` -> ``results/<path>.json`` (the Diarized object), ``results/<path>.rttm``,
+or on failure ``results/<path>.error.json`` (``{"source", "error": {"code", "message"}}``). Optional object
+metadata `speakers`, `min-speakers`/`min_speakers`, `max-speakers`/`max_speakers`, `vad`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote_plus
+
+from diarizer.types import AudioDecodeError, InvalidOptionsError
+
+from diarizer_service.auth import ApiKey
+from diarizer_service.backends import BackendError, BlobNotFound
+from diarizer_service.errors import ApiError
+from diarizer_service.jobs import FINISHED, Job, job_prefix
+from diarizer_service.observability import MetricUnit, logger, metrics
+from diarizer_service.runtime import Runtime
+from diarizer_service.validation import engine_options, parse_speaker_options
+from diarizer_service.webhooks import DeliveryResult, deliver
+
+INCOMING_PREFIX = "incoming/"
+RESULTS_PREFIX = "results/"
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (bad audio, bad options): fail it, do not retry."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+Deliver = Callable[..., DeliveryResult]
+
+
+@dataclass
+class Worker:
+    runtime: Runtime
+    deliver: Deliver = deliver
+
+    # ---- entry point -------------------------------------------------------------------------------------
+    def handle_message(self, body: str, receive_count: int) -> None:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            logger.error("dropping a message that is not JSON")
+            return
+        if not isinstance(message, dict):
+            logger.error("dropping a message that is not a JSON object")
+            return
+        if message.get("Event") == "s3:TestEvent":
+            logger.info("ignoring s3:TestEvent")
+            return
+        if "Records" in message:
+            for record in message["Records"]:
+                if str(record.get("eventName", "")).startswith("ObjectCreated") and "s3" in record:
+                    self.process_object(record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"]),
+                                        receive_count)
+            return
+        if "job_id" in message:
+            self.process_job(str(message["job_id"]), receive_count)
+            return
+        logger.error("dropping a message of unknown shape")
+
+    @property
+    def _last_attempt_count(self) -> int:
+        return self.runtime.settings.max_receive_count
+
+    # ---- API jobs ----------------------------------------------------------------------------------------
+    def process_job(self, job_id: str, receive_count: int) -> None:
+        jobs = self.runtime.jobs
+        job = jobs.get(job_id)
+        if job is None:
+            logger.warning("no job record for this message (expired or cleaned up)")
+            return
+        logger.append_keys(request_id=job.request_id, key_id=job.key_id)
+        if job.status in FINISHED:
+            logger.info("job already finished: duplicate delivery ignored", extra={"status": job.status})
+            return
+        if not jobs.start(job):
+            logger.info("job finished meanwhile: duplicate delivery ignored")
+            return
+        started = time.monotonic()
+        try:
+            try:
+                audio = self.runtime.backends.blobs.get(job.audio_key)
+            except BlobNotFound as exc:
+                raise PermanentJobError("audio_missing", "The job's audio is gone (expired upload?).") from exc
+            result = self._run_engine(audio, job.options)
+        except PermanentJobError as exc:
+            self._fail(job, exc.code, exc.message)
+            return
+        except Exception as exc:
+            if receive_count >= self.runtime.settings.max_receive_count:
+                self._fail(job, "processing_failed",
+                           f"Gave up after {receive_count} attempts; last error: {type(exc).__name__}.")
+            raise
+        self._complete(job, result, time.monotonic() - started)
+
+    def _run_engine(self, audio: bytes, options: dict):
+        max_seconds = self.runtime.settings.max_audio_seconds
+        try:
+            info = self.runtime.probe(audio)
+            if info.duration > max_seconds:
+                raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
+            return self.runtime.engine().diarize(audio, engine_options(options))
+        except AudioDecodeError as exc:
+            raise PermanentJobError("unsupported_audio", f"The audio could not be decoded: {exc}") from exc
+        except InvalidOptionsError as exc:
+            raise PermanentJobError("invalid_options", str(exc)) from exc
+
+    def _complete(self, job: Job, result, elapsed: float) -> None:
+        diarized = result.to_dict()
+        result_json = json.dumps(diarized).encode()
+        prefix = job_prefix(job.key_id, job.request_id)
+        blobs = self.runtime.backends.blobs
+        blobs.put(prefix + "result.rttm", result.to_rttm(_rttm_file_id(job.request_id)).encode(), content_type="text/plain")
+        blobs.put(prefix + "result.json", result_json, content_type="application/json")
+        if not self.runtime.jobs.finish(job.job_id, result=diarized, result_key=prefix + "result.json",
+                                        rttm_key=prefix + "result.rttm", audio_seconds=float(result.duration),
+                                        result_size=len(result_json)):
+            logger.info("another delivery finished this job first: no webhook from here")
+            return
+        metrics.add_metric(name="JobsCompleted", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
+        metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=elapsed)
+        logger.info("job done", extra={"num_speakers": diarized["num_speakers"], "audio_seconds": result.duration,
+                                       "processing_seconds": round(elapsed, 3)})
+        if job.webhook:
+            self._notify(job, {"request_id": job.request_id, "response": diarized})
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        if not self.runtime.jobs.fail(job.job_id, code, message):
+            logger.info("job already finished elsewhere: not failing it")
+            return
+        metrics.add_metric(name="JobsFailed", unit=MetricUnit.Count, value=1)
+        logger.warning("job failed", extra={"error_code": code, "reason": message})
+        if job.webhook:
+            self._notify(job, {"request_id": job.request_id, "error": {"code": code, "message": message}})
+
+    def _notify(self, job: Job, payload: dict) -> None:
+        """Signed POST to the job's webhook. A failed delivery is recorded on the job, never raised: the job
+        stays done/failed and its result stays retrievable from the status route."""
+        settings = self.runtime.settings
+        key_item = self.runtime.backends.keys.get(job.key_hash)
+        if key_item is None:
+            outcome = DeliveryResult(False, 0, None, "the API key that created the job no longer exists")
+        else:
+            outcome = self.deliver(job.webhook, payload, secret=ApiKey.from_item(key_item).webhook_secret,
+                                   msg_id=job.webhook_id, timeout=settings.webhook_timeout_seconds,
+                                   allow_local=settings.allow_local_webhooks)
+        if not outcome.delivered:
+            metrics.add_metric(name="WebhookDeliveryFailures", unit=MetricUnit.Count, value=1)
+            logger.warning("webhook delivery failed", extra={"attempts": outcome.attempts, "reason": outcome.error})
+        try:
+            self.runtime.jobs.record_delivery(job.job_id, outcome.to_dict())
+        except BackendError:
+            logger.exception("could not record the webhook delivery outcome")
+
+    # ---- S3 batch objects --------------------------------------------------------------------------------
+    def process_object(self, bucket: str, key: str, receive_count: int) -> None:
+        settings, blobs = self.runtime.settings, self.runtime.backends.blobs
+        if settings.bucket and bucket != settings.bucket:
+            logger.warning("ignoring an event from another bucket", extra={"bucket": bucket})
+            return
+        if not key.startswith(INCOMING_PREFIX) or key.endswith("/"):
+            logger.info("ignoring an object outside incoming/", extra={"object_key": key})
+            return
+        logger.append_keys(object_key=key)
+        results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+        head = blobs.head(key)
+        if head is None:
+            logger.info("object deleted before processing")
+            return
+        previous = blobs.head(results_base + ".json")
+        if previous is not None and previous.metadata.get("source-etag") == head.etag:
+            logger.info("results already written for this version: duplicate event ignored")
+            return
+        started = time.monotonic()
+        try:
+            if head.size > settings.max_upload_bytes:
+                raise PermanentJobError("audio_too_large", f"The object is over {settings.max_upload_bytes} bytes.")
+            options = _options_from_metadata(head.metadata)
+            result = self._run_engine(blobs.get(key), options)
+        except PermanentJobError as exc:
+            self._write_batch_error(key, results_base, exc.code, exc.message)
+            return
+        except Exception as exc:
+            if receive_count >= settings.max_receive_count:
+                self._write_batch_error(key, results_base, "processing_failed",
+                                        f"Gave up after {receive_count} attempts; last error: {type(exc).__name__}.")
+            raise
+        file_id = _rttm_file_id(key[len(INCOMING_PREFIX):])
+        blobs.put(results_base + ".rttm", result.to_rttm(file_id).encode(), content_type="text/plain")
+        blobs.put(results_base + ".json", json.dumps(result.to_dict()).encode(), content_type="application/json",
+                  metadata={"source-etag": head.etag})  # written last: its presence means "done"
+        blobs.delete(results_base + ".error.json")  # a stale failure from an earlier version of the object
+        metrics.add_metric(name="BatchObjectsCompleted", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
+        metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)
+        logger.info("batch object done")
+
+    def _write_batch_error(self, key: str, results_base: str, code: str, message: str) -> None:
+        body = {"source": key, "error": {"code": code, "message": message}}
+        self.runtime.backends.blobs.put(results_base + ".error.json", json.dumps(body).encode(),
+                                        content_type="application/json")
+        metrics.add_metric(name="BatchObjectsFailed", unit=MetricUnit.Count, value=1)
+        logger.warning("batch object failed", extra={"error_code": code, "reason": message})
+
+
+def _rttm_file_id(name: str) -> str:
+    """RTTM fields are space separated: keep the id one token."""
+    return re.sub(r"[\s/]+", "_", name) or "audio"
+
+
+def _options_from_metadata(metadata: dict) -> dict:
+    """S3 user metadata (strings) -> speaker options; bad values are a permanent failure."""
+    values: dict = {}
+    for name in ("speakers", "min_speakers", "max_speakers"):
+        raw = metadata.get(name, metadata.get(name.replace("_", "-")))
+        if raw is not None:
+            values[name] = raw
+    vad = metadata.get("vad")
+    if vad is not None:
+        values["vad"] = {"true": True, "false": False}.get(vad.strip().lower(), vad)
+    try:
+        return parse_speaker_options(values).to_dict()
+    except ApiError as exc:
+        raise PermanentJobError("invalid_options", f"object metadata: {exc.message}") from exc
