@@ -1,0 +1,200 @@
+"""Decoding: any WAV/FLAC/OGG/MP3 (any rate, any channel count, 8-bit to float) to 16 kHz mono float32.
+
+The container is detected from the bytes, never from a file name or a client's `encoding` hint.
+Decoding runs block by block (downmix + resample per block), so a 3-hour 48 kHz stereo file never
+sits in memory at its source rate; past `SPILL_SECONDS` the 16 kHz samples go to a temporary file
+that is memory-mapped, so memory stays bounded whatever the length.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile as sf
+
+from diarizer.types import AudioDecodeError
+
+SAMPLE_RATE = 16000
+BLOCK_SECONDS = 30  # decode granularity
+SPILL_SECONDS = 20 * 60  # longer audio is kept in a memory-mapped temp file
+
+AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+# Magic numbers of the containers we decode, and of common ones we do not (for a clear error).
+_SUPPORTED_MAGIC = (
+    (0, b"RIFF", 8, b"WAVE", "WAV"),
+    (0, b"RIFX", 8, b"WAVE", "WAV"),
+    (0, b"RF64", 8, b"WAVE", "WAV"),
+    (0, b"fLaC", None, None, "FLAC"),
+    (0, b"OggS", None, None, "OGG"),
+    (0, b"ID3", None, None, "MP3"),
+    (0, b"FORM", 8, b"AIFF", "AIFF"),
+    (0, b"FORM", 8, b"AIFC", "AIFF"),
+    (0, b".snd", None, None, "AU"),
+)
+_UNSUPPORTED_MAGIC = (
+    (4, b"ftyp", "MP4/M4A/AAC"),
+    (0, b"\x1a\x45\xdf\xa3", "WebM/Matroska"),
+    (0, b"#!AMR", "AMR"),
+    (0, b"\xff\xf1", "ADTS AAC"),
+    (0, b"\xff\xf9", "ADTS AAC"),
+    (0, b"0&\xb2u", "WMA/ASF"),
+)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    format: str  # "WAV", "FLAC", "OGG", "MP3", ...
+    sample_rate: int
+    channels: int
+    frames: int  # as the header says; a lying header is caught when decoding
+    duration: float  # seconds, from the header
+
+
+def detect_format(head: bytes) -> str:
+    """Name the container from its first bytes; raise AudioDecodeError for anything else."""
+    for offset, magic, offset2, magic2, name in _SUPPORTED_MAGIC:
+        if head[offset : offset + len(magic)] == magic and (
+            magic2 is None or head[offset2 : offset2 + len(magic2)] == magic2
+        ):
+            return name
+    # Bare MPEG audio frames: an 11-bit frame sync, layer III.
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) == 0x02:
+        return "MP3"
+    for offset, magic, name in _UNSUPPORTED_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            raise AudioDecodeError(f"{name} audio is not supported; send WAV, FLAC, OGG or MP3")
+    if not head:
+        raise AudioDecodeError("the audio is empty (0 bytes)")
+    raise AudioDecodeError("the data is not a recognised audio file (expected WAV, FLAC, OGG or MP3)")
+
+
+def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        stream: BinaryIO = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise AudioDecodeError(f"no such audio file: {path}")
+        stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
+    else:
+        stream = source
+    head = stream.read(16)
+    stream.seek(0)
+    fmt = detect_format(head)
+    try:
+        return sf.SoundFile(stream), fmt
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioDecodeError(f"cannot decode the {fmt} audio: {_reason(err)}") from err
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    return text.split(": ", 1)[-1] if "Error opening" in text else text
+
+
+def probe_audio(source: AudioSource) -> AudioInfo:
+    """Read only the header: format, rate, channels, duration. Raises AudioDecodeError."""
+    handle, fmt = _open(source)
+    with handle:
+        frames = max(handle.frames, 0)
+        return AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate)
+
+
+class _BlockResampler:
+    """Polyphase resampling of a stream, block by block, without seams between blocks.
+
+    Each block is resampled with `context` input samples from its neighbours on both sides and the
+    matching output is cut out, so the result equals resampling the whole signal at once (up to the
+    filter's ends). Block starts stay on multiples of `down`, which keeps the output grid aligned.
+    """
+
+    def __init__(self, source_rate: int, target_rate: int = SAMPLE_RATE):
+        g = gcd(source_rate, target_rate)
+        self.up, self.down = target_rate // g, source_rate // g
+        taps_half = 10 * max(self.up, self.down) // self.up + 1  # resample_poly's default half-width
+        self.context = self.down * (-(-max(taps_half, 64) // self.down))
+        self._pending = np.zeros(0, np.float32)  # input not yet resampled
+        self._history = np.zeros(0, np.float32)  # last `context` samples already resampled
+
+    def push(self, block: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.up == self.down:
+            return block
+        from scipy.signal import resample_poly
+
+        data = np.concatenate([self._pending, block])
+        if final:
+            ready, self._pending = data, np.zeros(0, np.float32)
+        else:
+            usable = max(len(data) - self.context, 0) // self.down * self.down
+            ready, self._pending = data[:usable], data[usable:]
+        if not len(ready):
+            return np.zeros(0, np.float32)
+        lookahead = self._pending[: self.context] if not final else np.zeros(0, np.float32)
+        padded = np.concatenate([self._history, ready, lookahead])
+        out = resample_poly(padded, self.up, self.down).astype(np.float32)
+        skip = len(self._history) * self.up // self.down
+        keep = -(-len(ready) * self.up // self.down) if final else len(ready) * self.up // self.down
+        self._history = ready[-self.context :] if len(ready) >= self.context else np.concatenate(
+            [self._history, ready]
+        )[-self.context :]
+        return out[skip : skip + keep]
+
+
+class _SampleSink:
+    """Collects 16 kHz blocks; spills to a memory-mapped temp file past SPILL_SECONDS."""
+
+    def __init__(self) -> None:
+        self._blocks: list[np.ndarray] = []
+        self._count = 0
+        self._file = None
+
+    def add(self, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        self._count += len(block)
+        if self._file is None and self._count > SPILL_SECONDS * SAMPLE_RATE:
+            self._file = tempfile.TemporaryFile(prefix="diarizer-audio-")
+            for old in self._blocks:
+                self._file.write(old.tobytes())
+            self._blocks = []
+        if self._file is not None:
+            self._file.write(block.astype(np.float32).tobytes())
+        else:
+            self._blocks.append(block.astype(np.float32))
+
+    def result(self) -> np.ndarray:
+        if self._file is None:
+            return np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+        self._file.flush()
+        # The mapping keeps the (already unlinked) file alive until the array is dropped.
+        return np.memmap(self._file, dtype=np.float32, mode="r", shape=(self._count,))
+
+
+def decode(source: AudioSource) -> np.ndarray:
+    """Decode to 16 kHz mono float32 in [-1, 1]. Raises AudioDecodeError with the reason."""
+    handle, fmt = _open(source)
+    resampler = _BlockResampler(handle.samplerate)
+    sink = _SampleSink()
+    block_frames = BLOCK_SECONDS * handle.samplerate
+    with handle:
+        try:
+            while True:
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
+                final = len(block) < block_frames
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                # NaN/inf samples (broken float WAVs) become silence rather than poisoning the models.
+                mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+                np.clip(mono, -1.0, 1.0, out=mono)
+                sink.add(resampler.push(mono, final=final))
+                if final:
+                    break
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(err)}") from err
+    return sink.result()

@@ -1,0 +1,129 @@
+"""The `diarize` command.
+
+    diarize AUDIO... [--speakers N] [--min-speakers N] [--max-speakers N] [--rttm OUT.rttm] [--json OUT.json]
+    diarize serve [--host 127.0.0.1] [--port 3000] ...      (the local service; see `diarize serve -h`)
+
+With neither --rttm nor --json the result is printed as JSON on stdout. One file gives the API's
+Diarized object; several give an object keyed by file ID (the file name without extension), and
+the RTTM holds them all. Progress goes to stderr; a file that fails is named with the reason, the
+others still run, and the exit code is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from diarizer.types import DiarizationError, DiarizationOptions
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _speakers(text: str) -> int:
+    value = int(text)
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError("must be -1 (estimate) or a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diarize",
+        description="Who spoke when: speaker diarization of audio files (WAV, FLAC, OGG, MP3).",
+        epilog="Run `diarize serve -h` for the local HTTP service.",
+    )
+    parser.add_argument("audio", nargs="+", type=Path, help="audio files")
+    parser.add_argument("--speakers", type=_speakers, default=-1, help="exact number of speakers (default: estimate)")
+    parser.add_argument("--min-speakers", type=_positive, help="lower bound for the estimate")
+    parser.add_argument("--max-speakers", type=_positive, help="upper bound for the estimate")
+    parser.add_argument("--exclusive", action="store_true", help="one speaker at a time (no overlapping turns)")
+    parser.add_argument(
+        "--no-merge", action="store_true", help="keep every turn (do not join close turns of the same speaker)"
+    )
+    parser.add_argument("--rttm", type=Path, help="write all results to this RTTM file")
+    parser.add_argument("--json", type=Path, help="write the result(s) to this JSON file")
+    parser.add_argument("--model-dir", type=Path, help="folder with manifest.json and the ONNX models")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def _progress_printer(name: str, enabled: bool):
+    last = [-1]
+
+    def report(fraction: float) -> None:
+        percent = int(fraction * 100) // 10 * 10
+        if enabled and percent > last[0]:
+            last[0] = percent
+            print(f"{name}: {percent}%", file=sys.stderr, flush=True)
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = DiarizationOptions(
+            speakers=args.speakers,
+            min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers,
+            merge_adjacent=not args.no_merge,
+            exclusive=args.exclusive,
+        )
+    except DiarizationError as err:
+        print(f"diarize: error: {err}", file=sys.stderr)
+        return 2
+    from diarizer.pipeline import Diarizer
+
+    try:
+        engine = Diarizer(model_dir=args.model_dir)
+    except (FileNotFoundError, OSError) as err:
+        print(f"diarize: error: cannot load the models: {err}", file=sys.stderr)
+        return 1
+    results, rttm, failed = {}, [], 0
+    for path in args.audio:
+        file_id = path.stem
+        began = time.perf_counter()
+        try:
+            result = engine.diarize(path, options, progress=_progress_printer(path.name, not args.quiet))
+        except (DiarizationError, OSError) as err:
+            print(f"diarize: error: {path}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        elapsed = time.perf_counter() - began
+        if not args.quiet:
+            rtf = elapsed / result.duration if result.duration else 0.0
+            print(
+                f"{path.name}: {result.num_speakers} speakers, {len(result.segments)} segments, "
+                f"{result.duration:.1f} s of audio in {elapsed:.1f} s (real-time factor {rtf:.3f})",
+                file=sys.stderr,
+            )
+        results[file_id] = result.to_dict()
+        rttm.append(result.to_rttm(file_id))
+    document = next(iter(results.values())) if len(args.audio) == 1 and results else results
+    if args.rttm:
+        args.rttm.write_text("".join(rttm))
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if not args.rttm and not args.json and results:
+        print(json.dumps(document, indent=2))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        # The local service lives in the service package; the engine itself stays AWS-free.
+        from diarizer_service.local_server import main as serve_main
+
+        return serve_main(argv[1:])
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

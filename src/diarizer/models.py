@@ -1,0 +1,72 @@
+"""Finding the ONNX model files and opening onnxruntime sessions for them.
+
+Search order for the model folder: the `model_dir` argument, env `DIARIZER_MODEL_DIR`, the Lambda
+layer path `/opt/models`, then the repository's `models/` folder (an editable install).
+Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SEGMENTATION = "segmentation"
+EMBEDDING = "speaker_embedding"
+
+_REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+_CANDIDATES = (Path("/opt/models"), _REPO_MODELS)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    folder: Path
+    segmentation: Path
+    embedding: Path
+
+
+def find_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
+    explicit = model_dir or os.environ.get("DIARIZER_MODEL_DIR")
+    candidates = [Path(explicit)] if explicit else list(_CANDIDATES)
+    for folder in candidates:
+        if (folder / "manifest.json").is_file():
+            return folder
+    searched = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"no models/manifest.json found (searched {searched}); set DIARIZER_MODEL_DIR")
+
+
+def locate_models(model_dir: str | os.PathLike | None = None) -> ModelFiles:
+    """Read the manifest and return the fp32 segmentation and embedding files it lists."""
+    folder = find_model_dir(model_dir)
+    entries = json.loads((folder / "manifest.json").read_text())
+    entries = entries.get("models", entries) if isinstance(entries, dict) else entries
+    chosen: dict[str, Path] = {}
+    for entry in entries:
+        if entry.get("variant", "fp32") != "fp32":
+            continue
+        role = entry.get("role") or (SEGMENTATION if "segmentation" in entry["file"] else EMBEDDING)
+        chosen.setdefault(role, folder / entry["file"])
+    missing = {SEGMENTATION, EMBEDDING} - chosen.keys()
+    if missing:
+        raise FileNotFoundError(f"{folder}/manifest.json lists no {' or '.join(sorted(missing))} model")
+    for path in chosen.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"model file missing: {path}")
+    return ModelFiles(folder, chosen[SEGMENTATION], chosen[EMBEDDING])
+
+
+def default_threads() -> int:
+    # One process owns the cores (oversubscription is 10x slower here); DIARIZER_THREADS overrides.
+    return int(os.environ.get("DIARIZER_THREADS") or os.cpu_count() or 1)
+
+
+def open_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # warnings about unused initialisers are noise
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,101 @@
+"""From per-window local decisions to one global timeline of speakers.
+
+Overlapping windows each vote for every frame they cover: how many people talk (the speaker
+count) and which global speakers they are (the clustered local speakers). Votes are averaged over
+the windows covering a frame; each frame then keeps its `count` best-supported speakers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from diarizer.segmentation import FRAME_DURATION, FRAME_STEP, SAMPLE_RATE
+from diarizer.types import Segment
+
+_FRAME_SAMPLES = FRAME_STEP * SAMPLE_RATE  # 270
+
+
+def frame_offsets(starts: np.ndarray) -> np.ndarray:
+    """Global frame index of each window's first frame."""
+    return np.round(np.asarray(starts) / _FRAME_SAMPLES).astype(int)
+
+
+def aggregate(
+    starts: np.ndarray, activity: np.ndarray, window_labels: np.ndarray, num_speakers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average the windows' votes on the global frame grid.
+
+    activity: (windows, frames, local) 0/1; window_labels: (windows, local) global speaker or -1.
+    Returns (count (frames,) int, scores (frames, speakers) in [0, 1]).
+    """
+    windows, frames, local = activity.shape
+    offsets = frame_offsets(starts)
+    total = offsets[-1] + frames
+    coverage = np.zeros(total, np.float32)
+    count_sum = np.zeros(total, np.float32)
+    scores = np.zeros((total, max(num_speakers, 1)), np.float32)
+    for w in range(windows):
+        span = slice(offsets[w], offsets[w] + frames)
+        coverage[span] += 1
+        count_sum[span] += activity[w].sum(axis=1)
+        vote = np.zeros((frames, scores.shape[1]), np.float32)
+        for k in range(local):
+            speaker = window_labels[w, k]
+            if speaker >= 0:  # two local speakers may map to one speaker: it counts once
+                np.maximum(vote[:, speaker], activity[w, :, k], out=vote[:, speaker])
+        scores[span] += vote
+    coverage = np.maximum(coverage, 1)
+    count = np.rint(count_sum / coverage).astype(int)
+    return count, scores / coverage[:, None]
+
+
+def select_speakers(count: np.ndarray, scores: np.ndarray, exclusive: bool) -> np.ndarray:
+    """(frames, speakers) 0/1: per frame, the `count` speakers with most support (1 if exclusive)."""
+    if exclusive:
+        count = np.minimum(count, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(scores.shape[1])[None, :], axis=1)
+    return ((rank < count[:, None]) & (scores > 0)).astype(np.int8)
+
+
+def to_segments(active: np.ndarray, duration: float) -> list[tuple[int, float, float]]:
+    """Runs of active frames -> (speaker, start, end) in seconds, clipped to the audio."""
+    out = []
+    padded = np.vstack([np.zeros((1, active.shape[1]), np.int8), active, np.zeros((1, active.shape[1]), np.int8)])
+    edges = np.diff(padded, axis=0)
+    half = FRAME_STEP / 2
+    for speaker in range(active.shape[1]):
+        on = np.flatnonzero(edges[:, speaker] == 1)
+        off = np.flatnonzero(edges[:, speaker] == -1) - 1
+        for a, b in zip(on, off):
+            start = max(0.0, a * FRAME_STEP + FRAME_DURATION / 2 - half)
+            end = min(duration, b * FRAME_STEP + FRAME_DURATION / 2 + half)
+            if end > start:
+                out.append((speaker, start, end))
+    return out
+
+
+def merge_same_speaker(turns: list[tuple[int, float, float]], max_gap: float) -> list[tuple[int, float, float]]:
+    """Join turns of one speaker separated by less than `max_gap` seconds."""
+    merged: dict[int, list[list[float]]] = {}
+    for speaker, start, end in sorted(turns, key=lambda t: (t[0], t[1])):
+        runs = merged.setdefault(speaker, [])
+        if runs and start - runs[-1][1] < max_gap:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    return [(s, a, b) for s, runs in merged.items() for a, b in runs]
+
+
+def drop_short(turns: list[tuple[int, float, float]], min_duration: float) -> list[tuple[int, float, float]]:
+    return [t for t in turns if t[2] - t[1] >= min_duration]
+
+
+def label_by_first_appearance(turns: list[tuple[int, float, float]]) -> list[Segment]:
+    """Sort by time and name speakers speaker1, speaker2, ... in order of first appearance."""
+    names: dict[int, str] = {}
+    segments = []
+    for speaker, start, end in sorted(turns, key=lambda t: (t[1], t[2], t[0])):
+        name = names.setdefault(speaker, f"speaker{len(names) + 1}")
+        segments.append(Segment(name, start, end))
+    return segments

@@ -1,0 +1,78 @@
+"""Local speaker segmentation with pyannote segmentation-3.0 (ONNX) on sliding 10 s windows.
+
+The model answers, for every 16.875 ms frame of a window, which of up to 3 *local* speakers talk
+(at most 2 at once), as log-probabilities over 7 "powerset" classes. Local means the labels are
+arbitrary per window: clustering later tells which local speaker of which window is who.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 10.0
+WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
+FRAME_STEP = 0.016875  # seconds between output frames (270 samples)
+FRAME_DURATION = 0.0619375  # receptive field of one output frame
+LOCAL_SPEAKERS = 3
+MIN_WINDOW_SAMPLES = 4000  # below 0.25 s the model has too little context to say anything
+
+# Powerset classes -> which local speakers are active: none, 1, 2, 3, 1+2, 1+3, 2+3.
+POWERSET = np.array(
+    [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=np.float32
+)
+
+
+def window_starts(num_samples: int, step_seconds: float) -> list[int]:
+    """Start samples of the windows covering the audio; the last one ends exactly at the end.
+
+    Aligning the last window to the end (instead of zero-padding past it) keeps every frame the
+    model sees real audio.
+    """
+    if num_samples <= WINDOW_SAMPLES:
+        return [0]
+    step = int(round(step_seconds * SAMPLE_RATE))
+    last = num_samples - WINDOW_SAMPLES
+    starts = list(range(0, last, step))
+    return starts + [last]
+
+
+def frames_in(num_samples: int) -> int:
+    """Output frames for an input of `num_samples` (589 for 10 s), from the model's strides."""
+    # SincNet (251-tap conv, stride 10) + three max-pools of 3 + two 5-tap convs: 270 samples/frame.
+    n = (num_samples - 251) // 10 + 1
+    n = n // 3
+    n = (n - 4) // 3
+    n = (n - 4) // 3
+    return max(n, 0)
+
+
+@dataclass
+class WindowSegmentation:
+    """Activity of the local speakers of each window: (windows, frames, 3) hard 0/1 decisions."""
+
+    starts: np.ndarray  # (windows,) start sample of each window
+    activity: np.ndarray  # (windows, frames, LOCAL_SPEAKERS) float32 0/1
+
+    @property
+    def num_frames(self) -> int:
+        return self.activity.shape[1]
+
+
+class Segmenter:
+    def __init__(self, session, batch_size: int = 8):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.batch_size = batch_size
+
+    def local_activity(self, windows: np.ndarray) -> np.ndarray:
+        """(batch, samples) audio -> (batch, frames, 3) 0/1 activity from the most likely class."""
+        log_probs = self.session.run(None, {self.input_name: windows[:, None, :].astype(np.float32)})[0]
+        return POWERSET[log_probs.argmax(axis=-1)]
+
+    def windows(self, samples: np.ndarray, starts: list[int]):
+        """Yield (start, audio) per window; a file shorter than one window is one short window."""
+        length = min(WINDOW_SAMPLES, len(samples))
+        for start in starts:
+            yield start, np.asarray(samples[start : start + length], dtype=np.float32)
