@@ -33,8 +33,12 @@ class _Database:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction() as db:
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (API + worker loop)
             db.executescript(_SCHEMA)
+        finally:
+            db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

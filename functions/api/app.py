@@ -1,0 +1,109 @@
+"""API Lambda (API Gateway REST proxy): routes -> diarizer_service.api, ApiError -> JSON error answers.
+
+Deployed twice by the template: the async API (light: no engine import on its path) and the sync API
+(with the engine layers; the engine is imported lazily on the first sync request).
+"""
+from __future__ import annotations
+
+import json
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.logging import correlation_paths
+
+from diarizer_service import api
+from diarizer_service.auth import ApiKey, authenticate
+from diarizer_service.errors import ApiError, BackendError, service_unavailable
+from diarizer_service.observability import logger, metrics, tracer
+from diarizer_service.runtime import Runtime, get_runtime
+
+V2_ASYNC = api.ASYNC_ROUTE
+V1_ASYNC = "/audio/generic/api/v1/async/diarize"
+V1_SYNC = "/audio/generic/api/v1/sync/diarize"
+V2_SYNC = "/audio/generic/api/v2/sync/diarize"
+V2_STATUS = V2_ASYNC + "/<request_id>"
+
+app = APIGatewayRestResolver()
+
+
+def _json(status: int, body: object, headers: dict | None = None) -> Response:
+    return Response(status_code=status, content_type="application/json", body=json.dumps(body), headers=headers)
+
+
+def _caller() -> tuple[Runtime, ApiKey]:
+    runtime = get_runtime()
+    event = app.current_event
+    try:
+        key = authenticate(runtime.backends.keys, event.query_string_parameters, event.headers)
+    except BackendError as exc:
+        raise service_unavailable() from exc
+    logger.append_keys(key_id=key.key_id)
+    return runtime, key
+
+
+def _body_args() -> tuple:
+    event = app.current_event
+    return event.body, bool(event.is_base64_encoded), event.query_string_parameters
+
+
+@app.post(V2_ASYNC)
+@app.post(V1_ASYNC)
+def submit_async() -> Response:
+    runtime, key = _caller()
+    return _json(200, api.submit_async(runtime, key, *_body_args()))
+
+
+@app.post(V2_SYNC)
+def diarize_sync_v2() -> Response:
+    runtime, key = _caller()
+    return _json(200, api.diarize_sync(runtime, key, *_body_args()))
+
+
+@app.post(V1_SYNC)
+def diarize_sync_v1() -> Response:
+    runtime, key = _caller()
+    return _json(200, api.v1_segments(api.diarize_sync(runtime, key, *_body_args())))
+
+
+@app.get(V2_STATUS)
+def job_status(request_id: str) -> Response:
+    runtime, key = _caller()
+    return _json(200, api.job_status(runtime, key, request_id))
+
+
+@app.post(api.UPLOADS_ROUTE)
+def create_upload() -> Response:
+    runtime, key = _caller()
+    return _json(200, api.create_upload(runtime, key))
+
+
+@app.exception_handler(ApiError)
+def handle_api_error(error: ApiError) -> Response:
+    if error.status >= 500:
+        logger.warning("request failed", extra={"error_code": error.code})
+    headers = {"Retry-After": "5"} if error.retryable else None
+    return _json(error.status, error.to_body(), headers)
+
+
+@app.exception_handler(BackendError)
+def handle_backend_error(error: BackendError) -> Response:
+    logger.warning("backend unavailable", extra={"reason": str(error)})
+    return handle_api_error(service_unavailable())
+
+
+@app.not_found
+def handle_not_found(_: NotFoundError) -> Response:
+    return _json(404, {"error": {"code": "route_not_found", "message": "No such route."}})
+
+
+@app.exception_handler(Exception)
+def handle_unexpected(_: Exception) -> Response:
+    logger.exception("unexpected error")
+    return _json(500, {"error": {"code": "internal_error", "message": "Internal error; retry later."}})
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict, context: object) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,35 @@
+"""Worker Lambda (SQS, ReportBatchItemFailures): each record is an API job or an S3 batch event.
+
+The engine is created once per container (lazily, on the first record) and reused for every message.
+"""
+from __future__ import annotations
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from diarizer_service.observability import logger, metrics, tracer
+from diarizer_service.runtime import get_runtime
+from diarizer_service.worker import Worker
+
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+_worker: Worker | None = None
+
+
+def get_worker() -> Worker:
+    global _worker
+    if _worker is None or _worker.runtime is not get_runtime():
+        _worker = Worker(get_runtime())
+    return _worker
+
+
+def record_handler(record: SQSRecord) -> None:
+    logger.remove_keys(["request_id", "key_id", "object_key"])  # keys of the previous record
+    logger.append_keys(message_id=record.message_id)
+    get_worker().handle_message(record.body, int(record.attributes.approximate_receive_count or 1))
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict, context: object) -> dict:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
