@@ -156,7 +156,7 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
                         "for longer audio.", field="content")
     info = probe_or_reject(runtime, request.audio, limit, too_long)
     try:
-        result = runtime.engine().diarize(request.audio, engine_options(request.options.to_dict()))
+        result = runtime.diarize(request.audio, engine_options(request.options.to_dict()))
     except AudioDecodeError as exc:
         raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
     except InvalidOptionsError as exc:

@@ -47,6 +47,7 @@ class Runtime:
     engine_factory: Callable[[], Engine] = default_engine_factory
     _engine: Engine | None = field(default=None, repr=False)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _diarize_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def jobs(self) -> JobStore:
@@ -58,6 +59,12 @@ class Runtime:
             if self._engine is None:
                 self._engine = self.engine_factory()
             return self._engine
+
+    def diarize(self, audio: bytes, options: Any) -> DiarizationResult:
+        """One diarization at a time per engine (it is not safe to call concurrently, e.g. the local server)."""
+        engine = self.engine()
+        with self._diarize_lock:
+            return engine.diarize(audio, options)
 
 
 _runtime: Runtime | None = None

@@ -115,7 +115,7 @@ class Worker:
             info = self.runtime.probe(audio)
             if info.duration > max_seconds:
                 raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
-            return self.runtime.engine().diarize(audio, engine_options(options))
+            return self.runtime.diarize(audio, engine_options(options))
         except AudioDecodeError as exc:
             raise PermanentJobError("unsupported_audio", f"The audio could not be decoded: {exc}") from exc
         except InvalidOptionsError as exc:
