@@ -1,0 +1,117 @@
+import base64
+import dataclasses
+import json
+
+import pytest
+
+from diarizer_service import api
+from diarizer_service.auth import create_key
+from diarizer_service.errors import ApiError, BackendError
+from diarizer_service.jobs import make_job_id
+
+
+def body(audio: bytes, **extra) -> str:
+    return json.dumps({"content": base64.b64encode(audio).decode(), **extra})
+
+
+def submit(runtime, key, audio, query=None, **extra):
+    query = {"webhook": "http://127.0.0.1:9/hook", "request_id": "r-1"} if query is None else query
+    return api.submit_async(runtime, key, body(audio, **extra), False, query)
+
+
+def api_error(fn, *args) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        fn(*args)
+    return caught.value
+
+
+def test_submit_stores_audio_job_and_message(runtime, key, wav_bytes):
+    audio = wav_bytes(1.0)
+    assert submit(runtime, key, audio, speakers=2) == {"request_id": "r-1", "api": "diarize"}
+    job = runtime.jobs.get(make_job_id(key.key_id, "r-1"))
+    assert job.status == "queued" and job.audio_key == f"jobs/{key.key_id}/r-1/audio"
+    assert job.options["speakers"] == 2 and job.audio_format == "WAV" and job.audio_seconds == pytest.approx(1.0)
+    assert runtime.backends.blobs.get(job.audio_key) == audio
+    [message] = runtime.backends.queue.receive()
+    assert json.loads(message.body) == {"job_id": job.job_id}
+
+
+def test_same_request_id_twice_is_one_job(runtime, key, wav_bytes):
+    first = submit(runtime, key, wav_bytes(1.0))
+    assert submit(runtime, key, wav_bytes(2.0)) == first
+    assert len(runtime.backends.queue.receive(max_messages=10)) == 1
+    assert runtime.jobs.get(make_job_id(key.key_id, "r-1")).audio_seconds == pytest.approx(1.0)
+
+
+def test_generated_request_ids_are_uuid4(runtime, key, wav_bytes):
+    reply = submit(runtime, key, wav_bytes(0.5), query={"webhook": "http://127.0.0.1:9/hook"})
+    assert len(reply["request_id"]) == 36 and reply["request_id"][14] == "4"
+
+
+def test_non_audio_empty_audio_and_too_long(runtime, key, wav_bytes):
+    error = api_error(submit, runtime, key, b"this is plain text, not audio")
+    assert (error.status, error.code, error.field) == (400, "unsupported_audio", "content")
+    assert api_error(submit, runtime, key, wav_bytes(0.0)).code == "empty_audio"
+    short_limit = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, max_audio_seconds=0.5))
+    error = api_error(submit, short_limit, key, wav_bytes(1.0))
+    assert (error.status, error.code) == (413, "audio_too_long")
+    assert runtime.backends.queue.receive() == []
+
+
+class Broken:
+    def __init__(self, real, failing: str):
+        self._real, self._failing = real, failing
+
+    def __getattr__(self, name):
+        if name == self._failing:
+            def fail(*args, **kwargs):
+                raise BackendError("simulated outage")
+            return fail
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("part,method", [("blobs", "put"), ("jobs", "create"), ("queue", "send")])
+def test_outage_is_503_and_leaves_nothing_half_made(runtime, key, wav_bytes, part, method):
+    real = getattr(runtime.backends, part)
+    setattr(runtime.backends, part, Broken(real, method))
+    error = api_error(submit, runtime, key, wav_bytes(1.0))
+    assert (error.status, error.code, error.retryable) == (503, "service_unavailable", True)
+    assert error.to_body()["error"]["retryable"] is True
+    setattr(runtime.backends, part, real)
+    assert runtime.jobs.get(make_job_id(key.key_id, "r-1")) is None
+    assert runtime.backends.blobs.head(f"jobs/{key.key_id}/r-1/audio") is None
+    assert runtime.backends.queue.receive() == []
+    assert submit(runtime, key, wav_bytes(1.0))["request_id"] == "r-1"  # a retry then works
+
+
+def test_sync_returns_the_diarized_object(runtime, key, wav_bytes, fake_engine):
+    diarized = api.diarize_sync(runtime, key, body(wav_bytes(2.0), speakers=3), False, {})
+    assert diarized["num_speakers"] == 3 and diarized["segments"][0]["speaker_id"] == "speaker1"
+    assert api.v1_segments(diarized)[0]["speaker_id"] == 1
+    assert fake_engine.calls == 1
+
+
+def test_sync_refuses_long_audio_pointing_to_async(runtime, key, wav_bytes, fake_engine):
+    short = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, sync_max_seconds=1.0))
+    error = api_error(api.diarize_sync, short, key, body(wav_bytes(2.0)), False, {})
+    assert (error.status, error.code) == (413, "audio_too_long_for_sync")
+    assert api.ASYNC_ROUTE in error.message and fake_engine.calls == 0
+
+
+def test_status_is_private_to_the_key(runtime, key, wav_bytes):
+    submit(runtime, key, wav_bytes(1.0))
+    status = api.job_status(runtime, key, "r-1")
+    assert status["status"] == "queued" and status["request_id"] == "r-1" and "response" not in status
+    other = create_key(runtime.backends.keys, "other").record
+    assert api_error(api.job_status, runtime, other, "r-1").status == 404
+    assert api_error(api.job_status, runtime, key, "../r-1").status == 404
+
+
+def test_uploads_need_s3(runtime, key):
+    assert api_error(api.create_upload, runtime, key).status == 501
+
+
+def test_unknown_upload_id(runtime, key):
+    error = api_error(api.submit_async, runtime, key, json.dumps({"upload_id": "a" * 32}), False,
+                      {"webhook": "http://127.0.0.1:9/hook"})
+    assert (error.status, error.code, error.field) == (400, "upload_not_found", "upload_id")
