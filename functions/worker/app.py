@@ -25,7 +25,12 @@ def get_worker() -> Worker:
 def record_handler(record: SQSRecord) -> None:
     logger.remove_keys(["request_id", "key_id", "object_key"])  # keys of the previous record
     logger.append_keys(message_id=record.message_id)
-    get_worker().handle_message(record.body, int(record.attributes.approximate_receive_count or 1))
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    try:
+        get_worker().handle_message(record.body, receive_count)
+    except Exception:
+        logger.exception("record failed; SQS will redeliver it", extra={"receive_count": receive_count})
+        raise
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 from diarizer_service.ssrf import UnsafeUrlError, WebhookTarget, resolve_safe_target
 
 SECRET_PREFIX = "whsec_"
+BACKOFF_SECONDS = 1.0  # first retry after 1 s, then 2 s, 4 s...
 USER_AGENT = "diarizer-webhooks/1"
 
 
@@ -121,12 +122,14 @@ def deliver(
     timeout: float,
     allow_local: bool,
     attempts: int = 3,
-    backoff_seconds: float = 1.0,
-    sleep: Callable[[float], None] = time.sleep,
+    backoff_seconds: float | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> DeliveryResult:
     """POST `payload` as signed JSON. Retries network errors and 5xx (and 429) with exponential backoff,
     never other 4xx. Never raises: the caller records the result on the job."""
     body = json.dumps(payload, separators=(",", ":")).encode()
+    backoff_seconds = BACKOFF_SECONDS if backoff_seconds is None else backoff_seconds
+    sleep = sleep or time.sleep
     last_status: int | None = None
     last_error = "not attempted"
     for attempt in range(1, attempts + 1):

@@ -22,7 +22,7 @@ def _error_code(exc: ClientError) -> str:
 
 def _to_dynamo(value: Any) -> Any:
     if isinstance(value, float):
-        return Decimal(repr(value))
+        return Decimal(str(float(value)))  # float() also normalises numpy floats
     if isinstance(value, dict):
         return {k: _to_dynamo(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):

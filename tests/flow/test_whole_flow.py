@@ -1,0 +1,81 @@
+"""The real thing: API handler -> S3/DynamoDB/SQS (moto) -> worker handler with the real engine -> webhook."""
+import base64
+import json
+
+import pytest
+
+from diarizer_service.webhooks import verify_signature
+
+ASYNC = "/audio/generic/api/v2/async/diarize"
+
+
+@pytest.fixture
+def engine_stack(stack, real_engine):
+    stack.runtime.engine_factory = lambda: real_engine
+    return stack
+
+
+def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_handler, worker_handler,
+                                                              webhook_receiver, demo_two_speakers):
+    stack = engine_stack
+    body = {"content": base64.b64encode(demo_two_speakers).decode(), "sampleRate": 16000, "encoding": "FLAC",
+            "languageCode": "en-US", "speakers": -1, "audioType": "default", "vad": True}
+    status, reply = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "meeting-1"},
+                                   body=body, handler=api_handler)
+    assert (status, reply) == (200, {"request_id": "meeting-1", "api": "diarize"})
+
+    key_id = stack.key.record.key_id
+    audio = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=f"jobs/{key_id}/meeting-1/audio")
+    assert audio["Body"].read() == demo_two_speakers and audio["ServerSideEncryption"] == "AES256"
+    item = stack.job_item("meeting-1")
+    assert item["status"] == "queued" and int(item["expires_at"]) > int(item["created_at"])
+
+    event = stack.receive_sqs_event()
+    assert [json.loads(r["body"]) for r in event["Records"]] == [{"job_id": f"{key_id}#meeting-1"}]
+    assert stack.run_worker(worker_handler, event) == {"batchItemFailures": []}
+
+    [hit] = webhook_receiver.received
+    assert verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
+    payload = hit.json()
+    assert set(payload) == {"request_id", "response"} and payload["request_id"] == "meeting-1"
+    response = payload["response"]
+    assert set(response) == {"num_speakers", "segments"} and response["num_speakers"] == 2
+    assert {s["speaker_id"] for s in response["segments"]} == {"speaker1", "speaker2"}
+    assert all(set(s) == {"speaker_id", "start", "end"} and 0 <= s["start"] < s["end"] <= 31
+               for s in response["segments"])
+
+    assert stack.job_item("meeting-1")["status"] == "done"
+    stored = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=f"jobs/{key_id}/meeting-1/result.json")
+    assert json.loads(stored["Body"].read()) == response
+    status, job = stack.call_api("GET", f"{ASYNC}/meeting-1", handler=api_handler)
+    assert status == 200 and job["status"] == "done" and job["response"] == response
+    assert job["webhook"]["delivered"] is True
+
+
+def test_batch_upload_to_results_with_the_real_engine(engine_stack, worker_handler, demo_two_speakers):
+    stack = engine_stack
+    bucket = stack.runtime.settings.bucket
+    queue_arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    stack.s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
+        "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}}}]})
+    stack.s3.put_object(Bucket=bucket, Key="incoming/team call/demo.flac", Body=demo_two_speakers,
+                        Metadata={"speakers": "2"})
+
+    answer = stack.run_worker(worker_handler)  # S3's s3:TestEvent (if sent) and the ObjectCreated event
+    assert answer == {"batchItemFailures": []}
+
+    result = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/team call/demo.flac.json")["Body"].read())
+    assert result["num_speakers"] == 2
+    rttm = stack.s3.get_object(Bucket=bucket, Key="results/team call/demo.flac.rttm")["Body"].read().decode()
+    lines = rttm.splitlines()
+    assert len(lines) == len(result["segments"]) and all(line.split()[1] == "team_call_demo.flac" for line in lines)
+
+
+def test_sync_routes_with_the_real_engine(engine_stack, api_handler, demo_two_speakers):
+    body = {"content": base64.b64encode(demo_two_speakers).decode(), "speakers": 2}
+    status, diarized = engine_stack.call_api("POST", "/audio/generic/api/v2/sync/diarize", body=body, handler=api_handler)
+    assert status == 200 and diarized["num_speakers"] == 2
+    status, segments = engine_stack.call_api("POST", "/audio/generic/api/v1/sync/diarize", body=body, handler=api_handler)
+    assert status == 200 and isinstance(segments, list)
+    assert {s["speaker_id"] for s in segments} == {1, 2}
