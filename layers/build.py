@@ -82,7 +82,11 @@ DROP_FILE_SUFFIXES = (".pyc", ".pyo", ".pyi", ".pxd", ".pyx", ".h", ".hpp", ".c"
 DROP_PATHS = [
     "bin",  # console scripts (f2py, numpy-config, ...) of the build machine
     "wrapt-stubs",  # type stubs
-    "numpy/f2py",  # Fortran wrapper generator: build-time tool, only loaded by `numpy.f2py` (lazily)
+    # NOT numpy/f2py: scipy's array_api_compat runs `from numpy import *`, which imports it.
+    "numpy/_core/_simd.cpython-*",  # SIMD intrinsics test harness, imported by numpy's tests only
+    # Swagger UI assets: only served by the resolver's enable_swagger(), which the API does not call.
+    "aws_lambda_powertools/event_handler/openapi/swagger_ui/*.js",
+    "aws_lambda_powertools/event_handler/openapi/swagger_ui/*.css",
     "onnxruntime/tools",  # model conversion/optimisation tools (need onnx, protobuf)
     "onnxruntime/transformers",  # transformer graph optimisers (need onnx, sympy)
     "onnxruntime/quantization",  # quantisation tools (need onnx)
