@@ -148,6 +148,21 @@ class SqliteJobQueue:
         with self._db.transaction() as db:
             db.execute("DELETE FROM messages WHERE receipt_handle = ?", (receipt_handle,))
 
+    def change_visibility(self, receipt_handle: str, visibility_timeout: float) -> None:
+        """Like SQS ChangeMessageVisibility: a failed message comes back after `visibility_timeout` seconds."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE messages SET visible_at = ? WHERE receipt_handle = ?",
+                       (time.time() + visibility_timeout, receipt_handle))
+
+    def release_in_flight(self) -> int:
+        """Make every received, undeleted message visible now; returns how many. Only for a caller that knows
+        the workers holding them are gone (`diarize serve` at start-up: it holds the data dir's lock)."""
+        now = time.time()
+        with self._db.transaction() as db:
+            cursor = db.execute("UPDATE messages SET visible_at = ? WHERE receipt_handle IS NOT NULL "
+                                "AND visible_at > ?", (now, now))
+            return cursor.rowcount
+
     def dead_letters(self) -> list[dict]:
         with self._db.transaction() as db:
             rows = db.execute("SELECT message_id, body, receive_count FROM dead_letters").fetchall()
