@@ -1,0 +1,310 @@
+"""template.yaml keeps its security and reliability promises (parsed, not deployed).
+
+Least-privilege IAM, encrypted TLS-only private bucket with expiry, encrypted queues with a DLQ and a
+visibility timeout above the worker's, encrypted DynamoDB with TTL, API throttling, no secrets, and the
+environment variables the service code actually reads.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML (a cfn-lint dependency) is needed to parse template.yaml")
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that understands CloudFormation short tags: !Ref X -> {"Ref": X}, !Sub s -> {"Fn::Sub": s}."""
+
+
+def _tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node):
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if tag_suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def tpl() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def _resources(tpl: dict, rtype: str) -> dict:
+    return {k: v for k, v in tpl["Resources"].items() if v["Type"] == rtype}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _function_statements(fn: dict) -> list[dict]:
+    out = []
+    for policy in fn["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and "Statement" in policy:
+            out += policy["Statement"]
+    return out
+
+
+def _all_allow_statements(tpl: dict) -> list[tuple[str, dict]]:
+    found = []
+    for name, res in tpl["Resources"].items():
+        if res["Type"] == "AWS::Serverless::Function":
+            found += [(name, s) for s in _function_statements(res)]
+        elif res["Type"] in ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            props = res["Properties"]
+            docs = [p["PolicyDocument"] for p in props.get("Policies", [])]
+            if "PolicyDocument" in props:
+                docs.append(props["PolicyDocument"])
+            for doc in docs:
+                found += [(name, s) for s in doc["Statement"]]
+    return [(n, s) for n, s in found if s.get("Effect") == "Allow"]
+
+
+def _sub_text(value) -> str:
+    """The string of a !Sub (either form) or a plain string."""
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        return sub[0] if isinstance(sub, list) else sub
+    return value if isinstance(value, str) else repr(value)
+
+
+# ------------------------------------------------------------------------------------------- IAM
+WILDCARD_RESOURCE_OK = ("xray:", "cloudwatch:PutMetricData")
+
+
+def test_no_wildcard_actions(tpl):
+    statements = _all_allow_statements(tpl)
+    assert statements, "expected inline IAM statements on the functions"
+    for name, st in statements:
+        for action in _as_list(st["Action"]):
+            assert action != "*", (name, st)
+            assert not action.endswith(":*"), f"{name}: service-wide wildcard {action}"
+            assert "*" not in action.split(":", 1)[1], f"{name}: wildcard action {action}"
+
+
+def test_no_wildcard_resources_except_xray_and_metrics(tpl):
+    for name, st in _all_allow_statements(tpl):
+        resources = _as_list(st.get("Resource", []))
+        if "*" in resources:
+            assert all(a.startswith(WILDCARD_RESOURCE_OK) for a in _as_list(st["Action"])), (name, st)
+        for r in resources:
+            text = _sub_text(r)
+            assert text != "arn:aws:s3:::*" and not text.endswith(":*"), (name, r)
+
+
+def test_functions_use_no_broad_managed_policies(tpl):
+    """Only inline statements; SAM adds the X-Ray and SQS-poller policies itself (Tracing, SQS event)."""
+    for name, fn in _resources(tpl, "AWS::Serverless::Function").items():
+        for policy in fn["Properties"].get("Policies", []):
+            assert isinstance(policy, dict) and "Statement" in policy, f"{name}: managed/template policy {policy!r}"
+
+
+def _s3_actions(statements: list[dict]) -> dict[str, set[str]]:
+    """{action: {object prefixes}} for object ARNs written as !Sub "${Bucket.Arn}/<prefix>*"."""
+    out: dict[str, set[str]] = {}
+    for st in statements:
+        for action in _as_list(st["Action"]):
+            if not action.startswith("s3:"):
+                continue
+            for r in _as_list(st["Resource"]):
+                text = _sub_text(r)
+                m = re.fullmatch(r"\$\{Bucket\.Arn\}/(.*)", text)
+                out.setdefault(action, set()).add(m.group(1) if m else text)
+    return out
+
+
+def test_api_function_least_privilege(tpl):
+    fn = tpl["Resources"]["ApiFunction"]
+    st = _function_statements(fn)
+    s3 = _s3_actions(st)
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert s3[action] == {"jobs/*", "uploads/*"}, (action, s3[action])
+    actions = {a for s in st for a in _as_list(s["Action"])}
+    assert actions <= {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                       "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sqs:SendMessage"}
+    keys = [s for s in st if s["Resource"] == {"Fn::GetAtt": ["KeysTable", "Arn"]}]
+    assert keys and all(_as_list(s["Action"]) == ["dynamodb:GetItem"] for s in keys), "keys table: read only"
+
+
+def test_sync_function_only_reads_keys(tpl):
+    st = _function_statements(tpl["Resources"]["SyncApiFunction"])
+    assert {a for s in st for a in _as_list(s["Action"])} == {"dynamodb:GetItem"}
+    assert all(s["Resource"] == {"Fn::GetAtt": ["KeysTable", "Arn"]} for s in st)
+
+
+def test_worker_least_privilege(tpl):
+    st = _function_statements(tpl["Resources"]["WorkerFunction"])
+    s3 = _s3_actions(st)
+    assert s3["s3:GetObject"] <= {"jobs/*", "uploads/*", "incoming/*", "results/*"}
+    assert {"jobs/*", "uploads/*", "incoming/*"} <= s3["s3:GetObject"]
+    assert s3["s3:PutObject"] == {"jobs/*", "results/*"}
+    assert s3.get("s3:DeleteObject", set()) <= {"results/*"}
+    actions = {a for s in st for a in _as_list(s["Action"])}
+    assert not any(a.startswith("sqs:") for a in actions), "SQS consume permissions come from the event source"
+
+
+# -------------------------------------------------------------------------------------------- S3
+def test_bucket_encrypted_private_and_expiring(tpl):
+    (bucket,) = _resources(tpl, "AWS::S3::Bucket").values()
+    props = bucket["Properties"]
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("aws:kms", "AES256")
+    assert rule["BucketKeyEnabled"] is True
+    pab = props["PublicAccessBlockConfiguration"]
+    assert all(pab[k] is True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls",
+                                         "RestrictPublicBuckets"))
+    expiring = {r["Prefix"]: r for r in props["LifecycleConfiguration"]["Rules"] if "ExpirationInDays" in r}
+    for prefix in ("jobs/", "uploads/", "incoming/"):
+        assert expiring[prefix]["Status"] == "Enabled"
+        assert expiring[prefix]["ExpirationInDays"] == {"Ref": "RetentionDays"}
+
+
+def test_bucket_policy_denies_plain_http(tpl):
+    (policy,) = _resources(tpl, "AWS::S3::BucketPolicy").values()
+    deny = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert any(s["Condition"]["Bool"]["aws:SecureTransport"] in ("false", False)
+               and s["Principal"] == "*"
+               and len(_as_list(s["Resource"])) == 2 for s in deny), deny
+
+
+def test_incoming_objects_notify_the_jobs_queue_from_this_bucket_only(tpl):
+    bucket = tpl["Resources"]["Bucket"]
+    (conf,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert conf["Queue"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    assert conf["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": "incoming/"}]
+    (qp,) = _resources(tpl, "AWS::SQS::QueuePolicy").values()
+    (st,) = [s for s in qp["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+    assert st["Principal"] == {"Service": "s3.amazonaws.com"} and st["Action"] == "sqs:SendMessage"
+    assert "aws:SourceArn" in st["Condition"]["ArnEquals"]
+    assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    # The fixed bucket name and the policy's SourceArn are built the same way.
+    name = bucket["Properties"]["BucketName"]["Fn::Sub"]
+    arn = st["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    assert arn[0] == "arn:${AWS::Partition}:s3:::" + name[0] and arn[1] == name[1]
+
+
+# ------------------------------------------------------------------------------------------- SQS
+def test_queues_encrypted(tpl):
+    for name, q in _resources(tpl, "AWS::SQS::Queue").items():
+        props = q["Properties"]
+        assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, name
+
+
+def test_jobs_queue_redrive_and_visibility(tpl):
+    props = tpl["Resources"]["JobsQueue"]["Properties"]
+    assert props["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}
+    assert tpl["Parameters"]["MaxReceiveCount"]["Default"] == 3
+    worker_timeout = tpl["Resources"]["WorkerFunction"]["Properties"]["Timeout"]
+    assert props["VisibilityTimeout"] > worker_timeout
+    assert props["VisibilityTimeout"] >= 6 * worker_timeout  # AWS guidance for Lambda event sources
+
+
+def test_worker_event_source(tpl):
+    ev = tpl["Resources"]["WorkerFunction"]["Properties"]["Events"]["Jobs"]
+    assert ev["Type"] == "SQS"
+    assert ev["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= ev["Properties"]["BatchSize"] <= 2
+
+
+def test_dead_letter_alarm(tpl):
+    alarms = [a["Properties"] for a in _resources(tpl, "AWS::CloudWatch::Alarm").values()]
+    assert any(a["MetricName"] == "ApproximateNumberOfMessagesVisible" and a["Threshold"] == 0
+               and a["ComparisonOperator"] == "GreaterThanThreshold"
+               and a["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}
+               for a in alarms)
+
+
+# -------------------------------------------------------------------------------------- DynamoDB
+def test_tables_encrypted_with_recovery(tpl):
+    tables = _resources(tpl, "AWS::DynamoDB::Table")
+    assert set(tables) == {"JobsTable", "KeysTable"}
+    for name, t in tables.items():
+        props = t["Properties"]
+        assert props["SSESpecification"]["SSEEnabled"] is True, name
+        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+        assert props["BillingMode"] == "PAY_PER_REQUEST", name
+    jobs = tables["JobsTable"]["Properties"]
+    assert jobs["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]
+    assert jobs["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert tables["KeysTable"]["Properties"]["KeySchema"] == [{"AttributeName": "key_hash", "KeyType": "HASH"}]
+
+
+# ------------------------------------------------------------------------------------------- API
+def test_api_throttled_and_traced(tpl):
+    (api,) = _resources(tpl, "AWS::Serverless::Api").values()
+    props = api["Properties"]
+    assert props["TracingEnabled"] is True
+    (ms,) = props["MethodSettings"]
+    assert ms["ResourcePath"] == "/*" and ms["HttpMethod"] == "*"
+    assert "ThrottlingRateLimit" in ms and "ThrottlingBurstLimit" in ms
+
+
+def test_routes(tpl):
+    routes = {}
+    for name, fn in _resources(tpl, "AWS::Serverless::Function").items():
+        for ev in fn["Properties"].get("Events", {}).values():
+            if ev["Type"] == "Api":
+                routes[(ev["Properties"]["Method"].upper(), ev["Properties"]["Path"])] = name
+    assert routes == {
+        ("POST", "/audio/generic/api/v2/async/diarize"): "ApiFunction",
+        ("POST", "/audio/generic/api/v1/async/diarize"): "ApiFunction",
+        ("GET", "/audio/generic/api/v2/async/diarize/{request_id}"): "ApiFunction",
+        ("POST", "/audio/generic/api/v2/uploads"): "ApiFunction",
+        ("POST", "/audio/generic/api/v2/sync/diarize"): "SyncApiFunction",
+        ("POST", "/audio/generic/api/v1/sync/diarize"): "SyncApiFunction",
+    }
+
+
+# ------------------------------------------------------------------------------ functions, env
+def test_functions_layers_and_tracing(tpl):
+    fns = tpl["Resources"]
+    assert tpl["Globals"]["Function"]["Tracing"] == "Active"
+    assert fns["ApiFunction"]["Properties"]["Layers"] == [{"Ref": "BaseLayer"}], "the API function stays light"
+    for name in ("SyncApiFunction", "WorkerFunction"):
+        assert {"Ref": "ModelsLayer"} in fns[name]["Properties"]["Layers"]
+        assert {"Ref": "RuntimeLayer"} in fns[name]["Properties"]["Layers"]
+    assert fns["SyncApiFunction"]["Properties"]["Timeout"] <= 29
+    assert fns["WorkerFunction"]["Properties"]["MemorySize"] == {"Ref": "WorkerMemorySize"}
+
+
+def test_environment_matches_what_the_code_reads(tpl):
+    env = tpl["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["DIARIZER_BACKEND"] == "aws"
+    assert env["DIARIZER_MODEL_DIR"] == "/opt/models"
+    assert env["DIARIZER_ALLOW_LOCAL_WEBHOOKS"] == "false"
+    code = (REPO / "src" / "diarizer_service" / "settings.py").read_text()
+    read = set(re.findall(r"""["'](DIARIZER_[A-Z_]+)["']""", code)) - {"DIARIZER_DATA_DIR"}  # local mode only
+    assert read, "expected the settings module to read DIARIZER_* variables"
+    assert read <= set(env), f"missing in template Globals: {sorted(read - set(env))}"
+    for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL"):
+        assert name in env
+
+
+# ------------------------------------------------------------------------------------- secrets
+def test_no_secrets_in_template(tpl):
+    text = TEMPLATE.read_text()
+    assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), "AWS access key id"
+    assert not re.search(r"(?i)aws_secret_access_key|-----BEGIN [A-Z ]*PRIVATE KEY", text)
+    assert not re.search(r"\b\d{12}\b", text), "hard-coded account id (use ${AWS::AccountId})"
+    for name, p in tpl.get("Parameters", {}).items():
+        if re.search(r"(?i)secret|password|token|apikey", name):
+            assert p.get("NoEcho") is True, name
+    env = dict(tpl["Globals"]["Function"]["Environment"]["Variables"])
+    for fn in _resources(tpl, "AWS::Serverless::Function").values():
+        env.update(fn["Properties"].get("Environment", {}).get("Variables", {}))
+    for name, value in env.items():
+        assert not re.search(r"(?i)secret|password|token|api_?key", name), f"secret-like variable {name}"
