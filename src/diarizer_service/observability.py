@@ -4,11 +4,16 @@ Never log an API key, a webhook secret or audio: log `key_id` and `request_id` (
 """
 from __future__ import annotations
 
+import warnings
+
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
 logger = Logger()
 metrics = Metrics()
 tracer = Tracer()
+
+# Status and error answers record no metric; that is expected, not worth a warning per invocation.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 __all__ = ["logger", "metrics", "tracer", "MetricUnit"]

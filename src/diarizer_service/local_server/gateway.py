@@ -1,0 +1,265 @@
+"""A small stand-in for API Gateway: HTTP request -> REST proxy (v1) event -> the API Lambda handler -> HTTP answer.
+
+What it guards like API Gateway does: request body size (checked from Content-Length before reading), bodies
+without a length (411), clients that send too slowly (socket timeout and a whole-body deadline), too many open
+connections (503). Everything else (routes, auth, validation, error bodies) is the Lambda handler's job.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from diarizer_service.local_server.handlers import LocalLambdaContext
+from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
+
+# The API refuses bodies over 10 MB itself (413 body_too_large); a little room above that lets the handler give
+# its own answer for bodies just over, while anything larger is refused here without being read.
+MAX_BODY_BYTES = MAX_REQUEST_BODY_BYTES + 1024 * 1024
+SOCKET_TIMEOUT_SECONDS = 30.0  # per read: an idle or stalled client is dropped
+BODY_DEADLINE_SECONDS = 120.0  # the whole body: a client trickling bytes cannot hold a thread forever
+MAX_CONNECTIONS = 32
+OPENAPI_PATH = "/openapi.json"
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+class RouteTable:
+    """Route templates such as /a/{request_id} -> the `resource` and `pathParameters` API Gateway would send."""
+
+    def __init__(self, templates: Iterable[str]):
+        self._routes = []
+        for template in sorted(set(templates), key=lambda t: (t.count("{"), t)):  # literal routes win
+            pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+            self._routes.append((template, re.compile(pattern + r"\Z")))
+
+    def match(self, path: str) -> tuple[str, dict | None]:
+        for template, pattern in self._routes:
+            found = pattern.match(path)
+            if found:
+                return template, (found.groupdict() or None)
+        return path, None
+
+
+def _last_values(pairs: list[tuple[str, str]]) -> dict | None:
+    return {name: value for name, value in pairs} or None
+
+
+def _multi_values(pairs: list[tuple[str, str]]) -> dict | None:
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return grouped or None
+
+
+def build_api_event(method: str, target: str, headers: list[tuple[str, str]], body: bytes, *, source_ip: str,
+                    routes: RouteTable, stage: str = "local", request_id: str | None = None) -> dict:
+    """The API Gateway REST proxy (payload v1) event for one request, as the deployed API would send it."""
+    parts = urlsplit(target)
+    path = unquote(parts.path) or "/"
+    resource, path_parameters = routes.match(path)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if body:
+        try:
+            text, is_base64 = body.decode("utf-8"), False
+        except UnicodeDecodeError:  # API Gateway passes such bodies base64-encoded
+            text, is_base64 = base64.b64encode(body).decode(), True
+    else:
+        text, is_base64 = None, False
+    lower = {name.lower(): value for name, value in headers}
+    now = time.time()
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": method,
+        "headers": _last_values(headers),
+        "multiValueHeaders": _multi_values(headers),
+        "queryStringParameters": _last_values(query),
+        "multiValueQueryStringParameters": _multi_values(query),
+        "pathParameters": path_parameters,
+        "stageVariables": None,
+        "body": text,
+        "isBase64Encoded": is_base64,
+        "requestContext": {
+            "resourcePath": resource, "httpMethod": method, "path": f"/{stage}{path}", "stage": stage,
+            "requestId": request_id or str(uuid.uuid4()), "accountId": "000000000000", "apiId": "local",
+            "protocol": "HTTP/1.1", "domainName": lower.get("host", ""),
+            "requestTime": formatdate(now, usegmt=True), "requestTimeEpoch": int(now * 1000),
+            "identity": {"sourceIp": source_ip, "userAgent": lower.get("user-agent", "")},
+        },
+    }
+
+
+@dataclass
+class Gateway:
+    """Routes each request to the API handler; serves the OpenAPI document itself."""
+
+    api_handler: Callable[[dict, object], dict]
+    openapi: dict
+    stage: str = "local"
+    routes: RouteTable = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.routes = RouteTable(self.openapi.get("paths", {}))
+
+    def invoke(self, event: dict) -> dict:
+        # One request at a time, like one Lambda container: powertools' resolver keeps the current event on a
+        # class attribute, so concurrent calls would read each other's requests.
+        with self._lock:
+            return self.api_handler(event, LocalLambdaContext("diarizer-api", timeout_seconds=29))
+
+
+class GatewayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like API Gateway; every answer has a Content-Length
+    server_version = "diarizer-local/1"
+    timeout = SOCKET_TIMEOUT_SECONDS
+    server: "GatewayServer"
+
+    # ---- every method goes to the API handler, which answers 404 for unknown routes --------------------
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
+
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized or unmeasured body before the client sends it (curl sends Expect for >1 MB).
+        problem = self._body_problem()
+        if problem is not None:
+            self._send(*problem, close=True)
+            return False
+        return super().handle_expect_100()
+
+    def _dispatch(self) -> None:
+        if self.command == "GET" and urlsplit(self.path).path == OPENAPI_PATH:
+            self._send(200, json.dumps(self.server.gateway.openapi, indent=2).encode())
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        request_id = str(uuid.uuid4())
+        event = build_api_event(self.command, self.path, list(self.headers.items()), body,
+                                source_ip=self.client_address[0], routes=self.server.gateway.routes,
+                                stage=self.server.gateway.stage, request_id=request_id)
+        try:
+            response = self.server.gateway.invoke(event)
+        except Exception:  # what API Gateway answers when the Lambda itself crashes
+            self.log_error("API handler raised for %s %s", self.command, self.path)
+            self._send(502, json.dumps({"message": "Internal server error"}).encode(), request_id=request_id)
+            return
+        self._send_proxy_response(response, request_id)
+
+    # ---- request body --------------------------------------------------------------------------------------
+    def _body_problem(self) -> tuple[int, bytes] | None:
+        if self.headers.get("Transfer-Encoding"):
+            return 411, error_body("length_required", "Send the body with a Content-Length (chunked bodies are "
+                                                      "not accepted).")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return None
+        if not raw.strip().isdigit():
+            return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
+        if int(raw) > MAX_BODY_BYTES:
+            return 413, error_body("body_too_large", "The request body is over 10 MB: use POST "
+                                   "/audio/generic/api/v2/uploads and send `upload_id` instead of `content`.")
+        return None
+
+    def _read_body(self) -> bytes | None:
+        """The body, or None after an error answer was sent (the connection is then closed)."""
+        problem = self._body_problem()
+        if problem is not None:
+            self._send(*problem, close=True)
+            return None
+        remaining = int(self.headers.get("Content-Length") or 0)
+        chunks, deadline = [], time.monotonic() + BODY_DEADLINE_SECONDS
+        try:
+            while remaining > 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunk = self.rfile.read1(min(remaining, 256 * 1024))
+                if not chunk:
+                    self.close_connection = True  # the client went away mid-body: nobody to answer
+                    return None
+                chunks.append(chunk)
+                remaining -= len(chunk)
+        except (TimeoutError, socket.timeout):
+            self._send(408, error_body("request_timeout", "The request body was not received in time."), close=True)
+            return None
+        return b"".join(chunks)
+
+    # ---- answers -------------------------------------------------------------------------------------------
+    def _send_proxy_response(self, response: dict, request_id: str) -> None:
+        body = response.get("body") or ""
+        data = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
+        headers: list[tuple[str, str]] = list((response.get("headers") or {}).items())
+        for name, values in (response.get("multiValueHeaders") or {}).items():
+            headers.extend((name, str(value)) for value in values if (name, str(value)) not in headers)
+        self._send(int(response.get("statusCode", 200)), data, headers=headers, request_id=request_id)
+
+    def _send(self, status: int, data: bytes, *, headers: list[tuple[str, str]] | None = None,
+              close: bool = False, request_id: str | None = None) -> None:
+        headers = headers or [("Content-Type", "application/json")]
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(name, str(value))
+        if request_id:
+            self.send_header("x-amzn-RequestId", request_id)
+        self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server signature)
+        if self.server.access_log:
+            super().log_message(format, *args)
+
+
+class GatewayServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on simultaneous connections (extra ones get an immediate 503)."""
+
+    daemon_threads = True  # an open keep-alive connection must not delay shutdown
+
+    def __init__(self, address: tuple[str, int], gateway: Gateway, *, access_log: bool = True,
+                 max_connections: int = MAX_CONNECTIONS):
+        self.gateway = gateway
+        self.access_log = access_log
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, GatewayHandler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = error_body("too_many_connections", "Too many open connections; retry shortly.")
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()

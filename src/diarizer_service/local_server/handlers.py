@@ -1,0 +1,60 @@
+"""Load the deployed Lambda handlers (functions/api/app.py, functions/worker/app.py) so local mode runs the same code.
+
+Both files are called `app.py` and are not a package, so they are imported by file path under distinct module
+names. They are looked up next to the source tree (a repository checkout, editable install) or in
+$DIARIZER_FUNCTIONS_DIR.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # src/diarizer_service/local_server/ -> repository root
+
+
+def functions_dir() -> Path:
+    configured = os.environ.get("DIARIZER_FUNCTIONS_DIR", "").strip()
+    return Path(configured) if configured else _REPO_ROOT / "functions"
+
+
+def load_handler_module(name: str) -> ModuleType:
+    """functions/<name>/app.py as module `diarizer_local_<name>_app` (imported once per process)."""
+    module_name = f"diarizer_local_{name}_app"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = functions_dir() / name / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from a checkout of the repository or set DIARIZER_FUNCTIONS_DIR")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+@dataclass
+class LocalLambdaContext:
+    """The attributes of a Lambda context object that powertools and the handlers read."""
+
+    function_name: str
+    memory_limit_in_mb: int = 3008
+    timeout_seconds: int = 900
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.timeout_seconds * 1000
