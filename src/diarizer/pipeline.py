@@ -22,14 +22,17 @@ from diarizer.reconstruction import (
     label_by_first_appearance,
     merge_same_speaker,
     select_speakers,
+    speaker_count,
     to_segments,
 )
 from diarizer.segmentation import (
     LOCAL_SPEAKERS,
     MIN_WINDOW_SAMPLES,
+    POWERSET,
     SAMPLE_RATE,
     Segmenter,
     frames_in,
+    hard_activity,
     window_starts,
 )
 from diarizer.types import Diarization, DiarizationOptions
@@ -43,6 +46,8 @@ class PipelineConfig:
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    onset: float = 0.5  # speech where P(anyone talks) reaches this
+    overlap: float = 0.5  # two speakers where P(two talk) reaches this
     merge_gap: float = 0.5  # the `vad` option joins same-speaker turns closer than this
     min_segment: float = 0.0  # shorter output turns are dropped
 
@@ -50,7 +55,7 @@ class PipelineConfig:
 @dataclass
 class WindowResults:
     starts: np.ndarray
-    activity: np.ndarray  # (windows, frames, local)
+    probs: np.ndarray  # (windows, frames, 7) powerset class probabilities
     embeddings: np.ndarray  # (windows, local, 192), NaN where none
     seconds: np.ndarray  # (windows, local) speech behind each embedding
 
@@ -101,7 +106,8 @@ class Diarizer:
         num_speakers = int(window_labels.max()) + 1
         if num_speakers == 0:
             return Diarization([], duration)
-        count, scores = aggregate(windows.starts, windows.activity, window_labels, num_speakers)
+        card, scores = aggregate(windows.starts, windows.probs, window_labels, num_speakers)
+        count = speaker_count(card, self.config.onset, self.config.overlap)
         active = select_speakers(count, scores, options.exclusive)
         turns = to_segments(active, duration)
         if options.merge_adjacent:
@@ -112,20 +118,19 @@ class Diarizer:
     def _segment_and_embed(self, samples: np.ndarray, progress: Progress | None) -> WindowResults:
         starts = window_starts(len(samples), self.config.step_seconds)
         frames = frames_in(min(len(samples), len(next(self.segmenter.windows(samples, starts[:1]))[1])))
-        activity = np.zeros((len(starts), frames, LOCAL_SPEAKERS), np.float32)
+        probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
         embeddings = np.full((len(starts), LOCAL_SPEAKERS, EMBEDDING_DIM), np.nan, np.float32)
         seconds = np.zeros((len(starts), LOCAL_SPEAKERS), np.float32)
         batch_size = self.segmenter.batch_size
         for first in range(0, len(starts), batch_size):
             batch = list(self.segmenter.windows(samples, starts[first : first + batch_size]))
-            local = self.segmenter.local_activity(np.stack([audio for _, audio in batch]))
+            probs[first : first + len(batch)] = self.segmenter.probabilities(np.stack([a for _, a in batch]))[:, :frames]
             for i, (_, audio) in enumerate(batch):
                 w = first + i
-                activity[w] = local[i, :frames]
-                embeddings[w], seconds[w] = self.embedder.embed_window(audio, activity[w])
+                embeddings[w], seconds[w] = self.embedder.embed_window(audio, hard_activity(probs[w]))
             if progress:
                 progress(min(1.0, (first + len(batch)) / len(starts)))
-        return WindowResults(np.asarray(starts), activity, embeddings, seconds)
+        return WindowResults(np.asarray(starts), probs, embeddings, seconds)
 
     def _cluster(self, windows: WindowResults, options: DiarizationOptions) -> np.ndarray:
         """(windows, local) global speaker of every local speaker, -1 where it has no voice print."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diarizer.segmentation import FRAME_DURATION, FRAME_STEP, SAMPLE_RATE
+from diarizer.segmentation import FRAME_DURATION, FRAME_STEP, SAMPLE_RATE, cardinality, soft_activity
 from diarizer.types import Segment
 
 _FRAME_SAMPLES = FRAME_STEP * SAMPLE_RATE  # 270
@@ -20,32 +20,40 @@ def frame_offsets(starts: np.ndarray) -> np.ndarray:
 
 
 def aggregate(
-    starts: np.ndarray, activity: np.ndarray, window_labels: np.ndarray, num_speakers: int
+    starts: np.ndarray, probs: np.ndarray, window_labels: np.ndarray, num_speakers: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Average the windows' votes on the global frame grid.
 
-    activity: (windows, frames, local) 0/1; window_labels: (windows, local) global speaker or -1.
-    Returns (count (frames,) int, scores (frames, speakers) in [0, 1]).
+    probs: (windows, frames, 7) powerset probabilities; window_labels: (windows, local) global
+    speaker or -1. Returns (cardinality (frames, 3): probability that 0/1/2 people talk,
+    scores (frames, speakers): probability that each speaker talks).
     """
-    windows, frames, local = activity.shape
+    windows, frames, _ = probs.shape
     offsets = frame_offsets(starts)
     total = offsets[-1] + frames
     coverage = np.zeros(total, np.float32)
-    count_sum = np.zeros(total, np.float32)
+    card = np.zeros((total, 3), np.float32)
     scores = np.zeros((total, max(num_speakers, 1)), np.float32)
     for w in range(windows):
         span = slice(offsets[w], offsets[w] + frames)
         coverage[span] += 1
-        count_sum[span] += activity[w].sum(axis=1)
+        card[span] += cardinality(probs[w])
+        local = soft_activity(probs[w])
         vote = np.zeros((frames, scores.shape[1]), np.float32)
-        for k in range(local):
+        for k in range(local.shape[1]):
             speaker = window_labels[w, k]
             if speaker >= 0:  # two local speakers may map to one speaker: it counts once
-                np.maximum(vote[:, speaker], activity[w, :, k], out=vote[:, speaker])
+                np.maximum(vote[:, speaker], local[:, k], out=vote[:, speaker])
         scores[span] += vote
-    coverage = np.maximum(coverage, 1)
-    count = np.rint(count_sum / coverage).astype(int)
-    return count, scores / coverage[:, None]
+    coverage = np.maximum(coverage, 1)[:, None]
+    return card / coverage, scores / coverage
+
+
+def speaker_count(card: np.ndarray, onset: float, overlap: float) -> np.ndarray:
+    """(frames,) 0, 1 or 2: speech where P(anyone talks) >= onset, two where P(two talk) >= overlap."""
+    count = (1.0 - card[:, 0] >= onset).astype(int)
+    count[(count == 1) & (card[:, 2] >= overlap)] = 2
+    return count
 
 
 def select_speakers(count: np.ndarray, scores: np.ndarray, exclusive: bool) -> np.ndarray:

@@ -6,8 +6,6 @@ arbitrary per window: clustering later tells which local speaker of which window
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 SAMPLE_RATE = 16000
@@ -35,6 +33,8 @@ def window_starts(num_samples: int, step_seconds: float) -> list[int]:
     step = int(round(step_seconds * SAMPLE_RATE))
     last = num_samples - WINDOW_SAMPLES
     starts = list(range(0, last, step))
+    if len(starts) > 1 and last - starts[-1] < step // 4:  # a near-copy of the last window adds cost only
+        starts.pop()
     return starts + [last]
 
 
@@ -48,16 +48,23 @@ def frames_in(num_samples: int) -> int:
     return max(n, 0)
 
 
-@dataclass
-class WindowSegmentation:
-    """Activity of the local speakers of each window: (windows, frames, 3) hard 0/1 decisions."""
+# Powerset classes -> how many speakers talk (0, 1 or 2).
+CARDINALITY = np.eye(3, dtype=np.float32)[POWERSET.sum(axis=1).astype(int)]  # (7, 3)
 
-    starts: np.ndarray  # (windows,) start sample of each window
-    activity: np.ndarray  # (windows, frames, LOCAL_SPEAKERS) float32 0/1
 
-    @property
-    def num_frames(self) -> int:
-        return self.activity.shape[1]
+def hard_activity(probs: np.ndarray) -> np.ndarray:
+    """(..., 7) class probabilities -> (..., 3) 0/1 local speakers of the most likely class."""
+    return POWERSET[probs.argmax(axis=-1)]
+
+
+def soft_activity(probs: np.ndarray) -> np.ndarray:
+    """(..., 7) -> (..., 3) probability that each local speaker talks."""
+    return probs @ POWERSET
+
+
+def cardinality(probs: np.ndarray) -> np.ndarray:
+    """(..., 7) -> (..., 3) probability that 0, 1 or 2 people talk."""
+    return probs @ CARDINALITY
 
 
 class Segmenter:
@@ -66,10 +73,10 @@ class Segmenter:
         self.input_name = session.get_inputs()[0].name
         self.batch_size = batch_size
 
-    def local_activity(self, windows: np.ndarray) -> np.ndarray:
-        """(batch, samples) audio -> (batch, frames, 3) 0/1 activity from the most likely class."""
+    def probabilities(self, windows: np.ndarray) -> np.ndarray:
+        """(batch, samples) audio -> (batch, frames, 7) powerset class probabilities."""
         log_probs = self.session.run(None, {self.input_name: windows[:, None, :].astype(np.float32)})[0]
-        return POWERSET[log_probs.argmax(axis=-1)]
+        return np.exp(log_probs)
 
     def windows(self, samples: np.ndarray, starts: list[int]):
         """Yield (start, audio) per window; a file shorter than one window is one short window."""
