@@ -17,7 +17,7 @@ from diarizer_service.runtime import Runtime, get_runtime, set_runtime
 from diarizer_service.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUCKET, JOBS_TABLE, KEYS_TABLE = "diarizer-test-bucket", "diarizer-test-jobs", "diarizer-test-keys"
+BUCKET, JOBS_TABLE, KEYS_TABLE = "diarizer-audio-example", "diarizer-test-jobs", "diarizer-test-keys"
 
 
 def load_handler(module_name: str, relative_path: str):
