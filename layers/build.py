@@ -10,6 +10,7 @@ One build, two ways to call it:
 
       python layers/build.py                  # everything into build/lambda/
       python layers/build.py --only base runtime
+      python layers/build.py --check-size     # build, then layers/check_size.py (exit 1 at >= 250 MB)
       DIARIZER_ARCH=arm64 python layers/build.py --out build/lambda-arm64
 
 Stand-alone output (what a function sees at run time in brackets)::
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="stand-alone output folder (default build/lambda)")
     ap.add_argument("--only", nargs="+", default=["base", "runtime", "models", "api", "worker"],
                     help="parts to build: base runtime models api worker")
+    ap.add_argument("--check-size", action="store_true",
+                    help="after building, run layers/check_size.py on the tree (exit 1 at >= 250 MB)")
     ap.add_argument("--target", choices=sorted(SAM_TARGETS), help="SAM logical id (with --dest): used by layers/Makefile")
     ap.add_argument("--dest", type=Path, help="SAM's $(ARTIFACTS_DIR) for --target")
     args = ap.parse_args(argv)
@@ -390,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp)
         return 0
     build_all(args.out.resolve(), args.arch, args.only)
+    if args.check_size:
+        sys.path.insert(0, str(LAYERS_DIR))
+        import check_size
+
+        return check_size.main(["--no-build", "--out", str(args.out.resolve())])
     return 0
 
 
