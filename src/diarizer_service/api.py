@@ -18,7 +18,7 @@ from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError
 from diarizer_service.errors import ApiError, invalid_field, service_unavailable
 from diarizer_service.jobs import Job, JobStatus, job_prefix, make_job_id
-from diarizer_service.observability import MetricUnit, logger, metrics
+from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import AudioInfo, Runtime
 from diarizer_service.validation import (
     JobRequest,
@@ -59,6 +59,7 @@ def _parse(runtime: Runtime, raw_body: str | bytes | None, is_base64: bool, quer
                              new_request_id=lambda: str(uuid.uuid4()))
 
 
+@tracer.capture_method(capture_response=False)
 def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base64: bool,
                  query: Mapping[str, str] | None) -> dict:
     """Validate, then audio -> blob store, job -> table, message -> queue; undo on failure (503)."""
@@ -143,6 +144,7 @@ def _cleanup(runtime: Runtime, job: Job, *, delete_record: bool, delete_audio: b
             logger.warning("could not delete the audio of a job that was never queued")
 
 
+@tracer.capture_method(capture_response=False)
 def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base64: bool,
                  query: Mapping[str, str] | None) -> dict:
     """Diarize in this request (short clips only) and return the Diarized object."""

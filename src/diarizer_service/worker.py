@@ -24,7 +24,7 @@ from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError, BlobNotFound
 from diarizer_service.errors import ApiError
 from diarizer_service.jobs import FINISHED, Job, job_prefix
-from diarizer_service.observability import MetricUnit, logger, metrics
+from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
 from diarizer_service.validation import engine_options, parse_speaker_options
 from diarizer_service.webhooks import DeliveryResult, deliver
@@ -79,6 +79,7 @@ class Worker:
         return self.runtime.settings.max_receive_count
 
     # ---- API jobs ----------------------------------------------------------------------------------------
+    @tracer.capture_method(capture_response=False)
     def process_job(self, job_id: str, receive_count: int) -> None:
         jobs = self.runtime.jobs
         job = jobs.get(job_id)
@@ -109,6 +110,7 @@ class Worker:
             raise
         self._complete(job, result, time.monotonic() - started)
 
+    @tracer.capture_method(capture_response=False)
     def _run_engine(self, audio: bytes, options: dict):
         max_seconds = self.runtime.settings.max_audio_seconds
         try:
@@ -150,6 +152,7 @@ class Worker:
         if job.webhook:
             self._notify(job, {"request_id": job.request_id, "error": {"code": code, "message": message}})
 
+    @tracer.capture_method(capture_response=False)
     def _notify(self, job: Job, payload: dict) -> None:
         """Signed POST to the job's webhook. A failed delivery is recorded on the job, never raised: the job
         stays done/failed and its result stays retrievable from the status route."""
@@ -170,6 +173,7 @@ class Worker:
             logger.exception("could not record the webhook delivery outcome")
 
     # ---- S3 batch objects --------------------------------------------------------------------------------
+    @tracer.capture_method(capture_response=False)
     def process_object(self, bucket: str, key: str, receive_count: int) -> None:
         settings, blobs = self.runtime.settings, self.runtime.backends.blobs
         if settings.bucket and bucket != settings.bucket:
