@@ -29,6 +29,7 @@ SOCKET_TIMEOUT_SECONDS = 30.0  # per read: an idle or stalled client is dropped
 BODY_DEADLINE_SECONDS = 120.0  # the whole body: a client trickling bytes cannot hold a thread forever
 MAX_CONNECTIONS = 32
 OPENAPI_PATH = "/openapi.json"
+_SECRET_QUERY = re.compile(r"(?i)\b(apikey|api_key)=[^&\s]*")
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -224,9 +225,10 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server signature)
+    def log_request(self, code="-", size="-") -> None:
         if self.server.access_log:
-            super().log_message(format, *args)
+            line = _SECRET_QUERY.sub(r"\1=***", self.requestline)  # never log an API key
+            self.log_message('"%s" %s %s', line, getattr(code, "value", code), size)
 
 
 class GatewayServer(ThreadingHTTPServer):

@@ -1,0 +1,184 @@
+"""`diarize serve`: the deployed API and worker handlers on one machine, no AWS account, no Docker.
+
+HTTP requests become API Gateway proxy events for functions/api/app.py; a worker thread feeds the local queue
+to functions/worker/app.py. Storage is the service's local backend (files + sqlite) under --data-dir, so a
+restart loses no job: a job that was running when the server stopped runs again at the next start.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from diarizer_service.local_server.openapi import load_openapi
+
+DEFAULT_PORT = 3000
+DEFAULT_GRACE_SECONDS = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diarize serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 3000; 0 = any free port)")
+    parser.add_argument("--api-key", metavar="KEY",
+                        help="accept this API key (registered on first use); without it a key is created on first "
+                             "start and printed once")
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("DIARIZER_DATA_DIR") or "data"),
+                        help="where jobs, audio, results and keys are kept (default $DIARIZER_DATA_DIR or ./data)")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="API only: accepted jobs wait in the queue until a server with a worker runs")
+    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
+                        help="on Ctrl-C/SIGTERM, how long a running job may finish before it is left for the "
+                             "next start (default 30)")
+    parser.add_argument("--retry-delay", type=float, default=5.0, metavar="SECONDS",
+                        help="a job whose attempt failed is retried after this long (default 5)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="level of the handlers' JSON logs on stdout (default INFO)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request on stderr")
+    return parser
+
+
+def say(message: str) -> None:
+    print(f"diarize serve: {message}", file=sys.stderr, flush=True)
+
+
+def configure_environment(data_dir: Path, log_level: str) -> None:
+    """Local-mode settings, set before the handlers are imported (the service reads its settings once)."""
+    os.environ["DIARIZER_BACKEND"] = "local"
+    os.environ["DIARIZER_DATA_DIR"] = str(data_dir)
+    os.environ["DIARIZER_ALLOW_LOCAL_WEBHOOKS"] = "true"  # http://127.0.0.1 and localhost receivers
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "diarizer")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Diarizer")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no CloudWatch here: keep stdout readable
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")  # no X-Ray daemon
+    os.environ["POWERTOOLS_LOG_LEVEL"] = log_level
+    from diarizer_service.runtime import set_runtime
+    from diarizer_service.settings import get_settings
+
+    get_settings.cache_clear()
+    set_runtime(None)
+
+
+class DataDirLock:
+    """One server per data dir: the worker loop assumes it is the only consumer of the local queue."""
+
+    def __init__(self, data_dir: Path):
+        self.path = data_dir / "serve.lock"
+        self._file = None
+
+    def acquire(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, one server per data dir is then up to the user
+            return True
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            self._file = None
+            return False
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    data_dir = args.data_dir.expanduser().resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"diarize serve: error: cannot create the data dir {data_dir}: {exc}", file=sys.stderr)
+        return 1
+    lock = DataDirLock(data_dir)
+    if not lock.acquire():
+        print(f"diarize serve: error: another `diarize serve` is using {data_dir}", file=sys.stderr)
+        return 1
+    try:
+        return _serve(args, data_dir)
+    finally:
+        lock.release()
+
+
+def _serve(args: argparse.Namespace, data_dir: Path) -> int:
+    configure_environment(data_dir, args.log_level)
+    from diarizer_service.local_server.gateway import Gateway, GatewayServer
+    from diarizer_service.local_server.handlers import load_handler_module
+    from diarizer_service.local_server.keys import KeySetupError, announce_keys
+    from diarizer_service.local_server.worker_loop import WorkerLoop, fail_dead_letter_job
+    from diarizer_service.runtime import get_runtime
+
+    try:
+        api_app = load_handler_module("api")
+        worker_app = load_handler_module("worker")
+    except FileNotFoundError as exc:
+        print(f"diarize serve: error: {exc}", file=sys.stderr)
+        return 1
+    runtime = get_runtime()
+    say(f"data dir {data_dir} (jobs, audio, results and keys; kept across restarts)")
+    try:
+        announce_keys(runtime.backends.keys, args.api_key, say)
+    except KeySetupError as exc:
+        print(f"diarize serve: error: {exc}", file=sys.stderr)
+        return 2
+
+    queue = runtime.backends.queue
+    released = queue.release_in_flight()  # we hold the lock: whoever took these messages is gone
+    if released:
+        say(f"{released} job(s) interrupted by the last stop will run again")
+    try:
+        server = GatewayServer((args.host, args.port), Gateway(api_app.lambda_handler, load_openapi()),
+                               access_log=not args.no_access_log)
+    except OSError as exc:
+        print(f"diarize serve: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    host, port = server.server_address[:2]
+    base_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    server.gateway.openapi = load_openapi(base_url)
+
+    worker = None
+    if not args.no_worker:
+        worker = WorkerLoop(queue, worker_app.lambda_handler, retry_delay=args.retry_delay, say=say,
+                            on_dead_letter=lambda dead: fail_dead_letter_job(worker_app.get_worker(), dead),
+                            warm_up=runtime.engine)
+        worker.start()
+        say(f"worker running (each job is tried up to {runtime.settings.max_receive_count} times)")
+    else:
+        say("no worker (--no-worker): accepted jobs stay queued until a server with a worker runs")
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        say(f"{signal.Signals(signum).name}: stopping")
+        stop.set()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="diarizer-http",
+                               daemon=True)
+    serving.start()
+    say(f"listening on {base_url}  (OpenAPI document: {base_url}/openapi.json)")
+    say(f"async route: POST {base_url}/audio/generic/api/v2/async/diarize?apikey=KEY&webhook=URL&request_id=ID")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.shutdown()  # stop accepting; requests in progress finish on their own threads
+        server.server_close()
+        finished = worker.stop(args.grace) if worker is not None else True
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        say("stopped" if finished else "stopped (a job was interrupted; it runs again at the next start)")
+    return 0

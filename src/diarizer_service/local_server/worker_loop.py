@@ -1,0 +1,134 @@
+"""The local stand-in for the SQS -> worker Lambda event source mapping: a thread that receives from the local
+queue, calls the worker's `lambda_handler` with an SQS-shaped event, deletes what succeeded and lets the rest
+come back (`batchItemFailures`), like SQS with ReportBatchItemFailures.
+
+Messages received too often move to the dead letters inside `receive`; their jobs are then marked failed here
+(in AWS the last attempt does that itself, but a process killed during it cannot).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Callable
+
+from diarizer_service.backends.local import QueueMessage, SqliteJobQueue, to_sqs_event
+from diarizer_service.jobs import FINISHED
+from diarizer_service.local_server.handlers import LocalLambdaContext
+
+Say = Callable[[str], None]
+
+
+class WorkerLoop:
+    def __init__(self, queue: SqliteJobQueue, handler: Callable[[dict, object], dict], *,
+                 on_dead_letter: Callable[[dict], None] | None = None, warm_up: Callable[[], object] | None = None,
+                 visibility_timeout: float = 900.0, retry_delay: float = 5.0, poll_interval: float = 0.5,
+                 say: Say = print):
+        self.queue = queue
+        self.handler = handler
+        self.on_dead_letter = on_dead_letter
+        self.warm_up = warm_up
+        self.visibility_timeout = visibility_timeout  # the worker Lambda's timeout: longer than any job
+        self.retry_delay = retry_delay  # a failed message is retried after this long
+        self.poll_interval = poll_interval
+        self.say = say
+        self._stop = threading.Event()
+        self._current: QueueMessage | None = None
+        self._dead_seen: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="diarizer-worker", daemon=True)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, grace_seconds: float) -> bool:
+        """Stop taking messages; wait up to `grace_seconds` for the one in hand. Returns True when the loop
+        ended; otherwise that message is made visible again so the next start runs it at once."""
+        self._stop.set()
+        if self.busy:
+            self.say(f"stopping: letting the running job finish (up to {grace_seconds:g} s)")
+        self._thread.join(grace_seconds)
+        if not self._thread.is_alive():
+            return True
+        current = self._current
+        if current is not None:
+            self.queue.change_visibility(current.receipt_handle, 0)
+            self.say("stopping: the running job did not finish in time; it runs again after the next start")
+        return False
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.warm_up is not None:
+            try:
+                self.warm_up()  # load the engine now, not on the first job
+            except Exception as exc:  # the jobs themselves will fail and say why
+                self.say(f"worker: could not load the engine: {type(exc).__name__}: {exc}")
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception as exc:  # e.g. the data dir vanished: keep the loop alive, slow down
+                self.say(f"worker: queue error: {type(exc).__name__}: {exc}")
+                worked = False
+            if not worked:
+                self._stop.wait(self.poll_interval)
+
+    def run_once(self) -> bool:
+        """Receive and handle at most one message; False when the queue had nothing visible."""
+        messages = self.queue.receive(max_messages=1, visibility_timeout=self.visibility_timeout)
+        self._check_dead_letters()
+        if not messages:
+            return False
+        self._current = messages[0]
+        try:
+            failed = self._invoke(messages)
+        finally:
+            self._current = None
+        for message in messages:
+            if message.message_id in failed:
+                self.queue.change_visibility(message.receipt_handle, self.retry_delay)
+            else:
+                self.queue.delete(message.receipt_handle)
+        return True
+
+    def _invoke(self, messages: list[QueueMessage]) -> set[str]:
+        """Message ids that failed (all of them when the handler itself raised)."""
+        started = time.monotonic()
+        try:
+            answer = self.handler(to_sqs_event(messages), LocalLambdaContext("diarizer-worker"))
+        except Exception as exc:
+            self.say(f"worker: handler raised {type(exc).__name__}: {exc}; retrying in {self.retry_delay:g} s")
+            return {m.message_id for m in messages}
+        failed = {item["itemIdentifier"] for item in (answer or {}).get("batchItemFailures", [])}
+        for message in messages:
+            outcome = f"failed, retrying in {self.retry_delay:g} s" if message.message_id in failed else "handled"
+            self.say(f"worker: message {message.message_id} (attempt {message.receive_count}) {outcome} "
+                     f"in {time.monotonic() - started:.1f} s")
+        return failed
+
+    def _check_dead_letters(self) -> None:
+        if self.on_dead_letter is None:
+            return
+        for dead in self.queue.dead_letters():
+            if dead["message_id"] not in self._dead_seen:
+                self._dead_seen.add(dead["message_id"])
+                self.on_dead_letter(dead)
+
+
+def fail_dead_letter_job(worker, dead_letter: dict) -> bool:
+    """Mark the job of a dead-lettered message failed (and notify its webhook) unless it already finished.
+    `worker` is the worker handler's `Worker`; returns True when the job was failed here."""
+    try:
+        job_id = json.loads(dead_letter["body"]).get("job_id")
+    except (ValueError, AttributeError):
+        return False
+    job = worker.runtime.jobs.get(str(job_id)) if job_id else None
+    if job is None or job.status in FINISHED:
+        return False
+    # Worker._fail is the one place that fails a job and sends the failure webhook (see the report: a public
+    # name for it would be better).
+    worker._fail(job, "processing_failed", f"Gave up after {dead_letter['receive_count']} attempts: the worker "
+                 "stopped or crashed while processing the job each time.")
+    return True
