@@ -56,6 +56,9 @@ PIP_LAYERS = {"base": LAYERS_DIR / "base" / "requirements.txt", "runtime": LAYER
 # Function code: the handler folder plus the two packages it imports, side by side at /var/task.
 FUNCTIONS = {"api": ROOT / "functions" / "api", "worker": ROOT / "functions" / "worker"}
 CODE_PACKAGES = [ROOT / "src" / "diarizer", ROOT / "src" / "diarizer_service"]
+# Local mode only (`diarize serve`: HTTP gateway, worker loop, its OpenAPI page): never runs in Lambda,
+# and nothing outside it imports it.
+CODE_EXCLUDES = ("local_server", "openapi.json")
 MODELS_SRC = ROOT / "models"
 # What goes into the models layer: the ONNX files, their manifest and their licences; not export.py.
 MODEL_PATTERNS = ("*.onnx", "manifest.json", "LICENSES")
@@ -309,9 +312,9 @@ def build_pip_layer(name: str, dest: Path, arch: str, use_stamp: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------ code, models
-def _copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "tests"),
-                    dirs_exist_ok=True)
+def _copy_tree(src: Path, dst: Path, *extra_ignores: str) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "tests", *extra_ignores)
+    shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True)
 
 
 def build_function(name: str, dest: Path) -> None:
@@ -326,7 +329,7 @@ def build_function(name: str, dest: Path) -> None:
         req.unlink()  # dependencies come from the layers
     for pkg in CODE_PACKAGES:
         if pkg.is_dir():
-            _copy_tree(pkg, dest / pkg.name)
+            _copy_tree(pkg, dest / pkg.name, *CODE_EXCLUDES)
         else:
             log(f"warning: {pkg.relative_to(ROOT)} missing")
 

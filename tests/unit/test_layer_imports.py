@@ -138,7 +138,8 @@ def test_api_function_is_light(python312, tree, runtime_sim, tmp_path):
         buf = io.BytesIO()
         sf.write(buf, (0.1 * np.sin(np.arange(16000) / 5)).astype("float32"), 16000, format="FLAC")
         info = probe_audio(buf.getvalue())
-        service = [m.name for m in pkgutil.walk_packages(diarizer_service.__path__, "diarizer_service.")]
+        service = [m.name for m in pkgutil.walk_packages(diarizer_service.__path__, "diarizer_service.")
+                   if not m.name.endswith(".__main__")]
         for name in service:
             importlib.import_module(name)
         missing = []
@@ -168,6 +169,8 @@ def test_worker_imports_every_runtime_module(python312, tree, runtime_sim, tmp_p
         names = []
         for pkg in (diarizer, diarizer_service):
             for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+                if m.name.rsplit(".", 1)[-1] == "__main__":
+                    continue  # `python -m` entry points run a CLI when imported
                 importlib.import_module(m.name)
                 names.append(m.name)
         import scipy.signal, scipy.cluster.hierarchy, scipy.spatial.distance, scipy.special
@@ -180,6 +183,7 @@ def test_worker_imports_every_runtime_module(python312, tree, runtime_sim, tmp_p
         print(json.dumps({"modules": names, "sessions": sessions, "ort": ort.__version__}))
         """, tmp_path, {"DIARIZER_MODEL_DIR": str(models)})
     assert "diarizer.pipeline" in out["modules"] and "diarizer_service.worker" in out["modules"]
+    assert not any(".local_server" in m for m in out["modules"]), "local mode is not shipped to Lambda"
     assert len(out["sessions"]) >= 2, out["sessions"]
 
 
