@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Mapping
+from typing import Mapping
 
 from diarizer.types import AudioDecodeError, InvalidOptionsError
 
 from diarizer_service.auth import ApiKey
-from diarizer_service.backends import BackendError
+from diarizer_service.backends import BackendError, BlobNotFound
 from diarizer_service.errors import ApiError, invalid_field, service_unavailable
 from diarizer_service.jobs import Job, JobStatus, job_prefix, make_job_id
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
@@ -198,8 +198,12 @@ def job_status(runtime: Runtime, key: ApiKey, request_id: str) -> dict:
         raise service_unavailable() from exc
 
 
-def _stored_result(runtime: Runtime, job: Job) -> dict:
-    return json.loads(runtime.backends.blobs.get(job.result_key))
+def _stored_result(runtime: Runtime, job: Job) -> dict | None:
+    """A result too big for the job record, from the blob store (None once retention removed it)."""
+    try:
+        return json.loads(runtime.backends.blobs.get(job.result_key))
+    except BlobNotFound:
+        return None
 
 
 def create_upload(runtime: Runtime, key: ApiKey) -> dict:

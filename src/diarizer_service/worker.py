@@ -74,10 +74,6 @@ class Worker:
             return
         logger.error("dropping a message of unknown shape")
 
-    @property
-    def _last_attempt_count(self) -> int:
-        return self.runtime.settings.max_receive_count
-
     # ---- API jobs ----------------------------------------------------------------------------------------
     @tracer.capture_method(capture_response=False)
     def process_job(self, job_id: str, receive_count: int) -> None:

@@ -1,7 +1,6 @@
 """The API and worker handlers on moto with a fake engine: contract edges, privacy, failures, logs."""
 import base64
 import io
-import json
 import socket
 
 import pytest
