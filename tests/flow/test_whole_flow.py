@@ -79,3 +79,18 @@ def test_sync_routes_with_the_real_engine(engine_stack, api_handler, demo_two_sp
     status, segments = engine_stack.call_api("POST", "/audio/generic/api/v1/sync/diarize", body=body, handler=api_handler)
     assert status == 200 and isinstance(segments, list)
     assert {s["speaker_id"] for s in segments} == {1, 2}
+
+
+def test_librispeech_conversation_through_the_service(engine_stack, api_handler, worker_handler, webhook_receiver,
+                                                      libri_pool):
+    import audio_factory
+
+    samples, turns = audio_factory.conversation_from_pool(libri_pool, 2, seed=1, seconds=20)
+    audio = audio_factory.encode(samples, format="FLAC")
+    status, _ = engine_stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "libri"},
+                                      body={"content": base64.b64encode(audio).decode()}, handler=api_handler)
+    assert status == 200
+    assert engine_stack.run_worker(worker_handler) == {"batchItemFailures": []}
+    [hit] = webhook_receiver.received
+    assert verify_signature(engine_stack.key.record.webhook_secret, hit.headers, hit.body)
+    assert hit.json()["response"]["num_speakers"] == len({label for _, _, label in turns}) == 2
