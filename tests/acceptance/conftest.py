@@ -1,0 +1,44 @@
+"""Fixtures for the acceptance tests: real `diarize serve` subprocesses, always killed in teardown."""
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+
+import pytest
+from serve_helpers import DEMO_TWO_SPEAKERS, LocalServer
+
+
+def new_api_key() -> str:
+    return "dk_test_" + secrets.token_urlsafe(16)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(data_dir=None, *args) -> a running LocalServer; every one started is killed in teardown."""
+    started: list[LocalServer] = []
+    api_key = new_api_key()
+
+    def start(data_dir: Path | None = None, *extra_args: str) -> LocalServer:
+        server = LocalServer(data_dir or tmp_path / "data", tmp_path / f"serve-{len(started)}.log", api_key,
+                             list(extra_args))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for a module's tests that only submit and read (start-up and engine load paid once)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    server = LocalServer(tmp / "data", tmp / "serve.log", new_api_key(), [])
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def demo_audio_b64() -> str:
+    return base64.b64encode(DEMO_TWO_SPEAKERS.read_bytes()).decode()
