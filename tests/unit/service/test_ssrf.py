@@ -68,3 +68,10 @@ def test_local_mode_still_refuses_private_networks_and_remote_http(dns, url):
 ])
 def test_is_public_address(address, public):
     assert is_public_address(address) is public
+
+
+@pytest.mark.parametrize("url", ["https://2130706433/", "https://0x7f000001/", "https://127.1/", "https://0177.0.0.1/"])
+def test_numeric_host_spellings_of_loopback_are_refused(url):
+    # Not IP literals to the ipaddress module, but the real resolver turns them into 127.0.0.1.
+    with pytest.raises(UnsafeUrlError):
+        resolve_safe_target(url, allow_local=False)
