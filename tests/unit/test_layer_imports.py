@@ -240,3 +240,24 @@ def test_trimmed_parts_are_gone(tree):
             assert not list(layer.glob(pattern)), (layer, pattern)
     for dist in ("sympy", "protobuf", "flatbuffers", "boto3", "botocore"):
         assert not list(base.glob(f"{dist}-*.dist-info")) and not list(runtime.glob(f"{dist}-*.dist-info")), dist
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_sam_makefile_targets_lay_out_code_and_models(tmp_path):
+    """What `sam build` runs (layers/Makefile, from the repository root as WorkingDirectory: . says):
+    the function zip has app.py and both packages at its root, the models layer has models/ at its
+    root (-> /opt/models)."""
+    for target, check in (
+        ("build-ApiFunction", ["app.py", "diarizer/__init__.py", "diarizer_service/api.py"]),
+        ("build-WorkerFunction", ["app.py", "diarizer/pipeline.py", "diarizer_service/worker.py"]),
+        ("build-ModelsLayer", ["models/manifest.json"]),
+    ):
+        dest = tmp_path / target
+        r = subprocess.run(["make", "--no-print-directory", "-f", "layers/Makefile", target,
+                            f"ARTIFACTS_DIR={dest}", f"PYTHON={sys.executable}"],
+                           cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        for rel in check:
+            assert (dest / rel).is_file(), (target, rel)
+        assert not list(dest.rglob("__pycache__")) and not (dest / "diarizer_service" / "local_server").exists()
+    assert list((tmp_path / "build-ModelsLayer" / "models").glob("*.onnx"))
