@@ -125,8 +125,11 @@ class Gateway:
 class GatewayHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like API Gateway; every answer has a Content-Length
     server_version = "diarizer-local/1"
-    timeout = SOCKET_TIMEOUT_SECONDS
     server: "GatewayServer"
+
+    def setup(self) -> None:
+        self.timeout = self.server.socket_timeout  # StreamRequestHandler applies it to the socket
+        super().setup()
 
     # ---- every method goes to the API handler, which answers 404 for unknown routes --------------------
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
@@ -183,7 +186,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self._send(*problem, close=True)
             return None
         remaining = int(self.headers.get("Content-Length") or 0)
-        chunks, deadline = [], time.monotonic() + BODY_DEADLINE_SECONDS
+        chunks, deadline = [], time.monotonic() + self.server.body_deadline
         try:
             while remaining > 0:
                 if time.monotonic() > deadline:
@@ -237,9 +240,12 @@ class GatewayServer(ThreadingHTTPServer):
     daemon_threads = True  # an open keep-alive connection must not delay shutdown
 
     def __init__(self, address: tuple[str, int], gateway: Gateway, *, access_log: bool = True,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
+                 body_deadline: float = BODY_DEADLINE_SECONDS):
         self.gateway = gateway
         self.access_log = access_log
+        self.socket_timeout = socket_timeout
+        self.body_deadline = body_deadline
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, GatewayHandler)
 

@@ -1,0 +1,200 @@
+"""The local API Gateway stand-in, in-process with a recording fake handler: event shape, answers, and the
+guards (body size, missing length, slow clients, connection cap, one handler call at a time)."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from diarizer_service.local_server.gateway import Gateway, GatewayServer, RouteTable, build_api_event
+from diarizer_service.local_server.openapi import load_openapi
+
+STATUS_ROUTE = "/audio/generic/api/v2/async/diarize/{request_id}"
+
+
+class RecordingHandler:
+    def __init__(self):
+        self.events: list[dict] = []
+        self.active = self.most_active = 0
+        self.delay = 0.0
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict, context) -> dict:
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            self.events.append(event)
+            time.sleep(self.delay)
+            if self.fail:
+                raise RuntimeError("boom")
+            assert context.function_name == "diarizer-api" and context.get_remaining_time_in_millis() > 0
+            return {"statusCode": 201, "headers": {"Content-Type": "application/json", "X-A": "1"},
+                    "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]}, "body": json.dumps({"ok": True}),
+                    "isBase64Encoded": False}
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+@pytest.fixture
+def handler() -> RecordingHandler:
+    return RecordingHandler()
+
+
+@pytest.fixture
+def make_server(handler):
+    servers = []
+
+    def make(**options) -> GatewayServer:
+        options = {"access_log": False, "socket_timeout": 1.0, "body_deadline": 2.0, **options}
+        server = GatewayServer(("127.0.0.1", 0), Gateway(handler, load_openapi()), **options)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def server(make_server) -> GatewayServer:
+    return make_server()
+
+
+def call(server: GatewayServer, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        conn.close()
+
+
+def raw_exchange(server: GatewayServer, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes, return what the server answers before closing (or `wait` seconds)."""
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=wait) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_a_request_becomes_an_api_gateway_rest_proxy_event(server, handler):
+    status, headers, body = call(server, "GET", "/audio/generic/api/v2/async/diarize/r%3A1?apikey=k&x=1&x=2",
+                                 headers={"X-Api-Key": "h", "User-Agent": "t"})
+    [event] = handler.events
+    assert event["httpMethod"] == "GET"
+    assert event["resource"] == STATUS_ROUTE and event["path"] == "/audio/generic/api/v2/async/diarize/r:1"
+    assert event["pathParameters"] == {"request_id": "r:1"}
+    assert event["queryStringParameters"] == {"apikey": "k", "x": "2"}  # the last value, like API Gateway
+    assert event["multiValueQueryStringParameters"] == {"apikey": ["k"], "x": ["1", "2"]}
+    assert event["headers"]["X-Api-Key"] == "h" and event["multiValueHeaders"]["X-Api-Key"] == ["h"]
+    assert event["body"] is None and event["isBase64Encoded"] is False
+    context = event["requestContext"]
+    assert context["identity"] == {"sourceIp": "127.0.0.1", "userAgent": "t"}
+    assert context["stage"] == "local" and context["resourcePath"] == STATUS_ROUTE and context["requestId"]
+    # ... and the proxy answer becomes the HTTP answer.
+    assert status == 201 and json.loads(body) == {"ok": True}
+    assert ("X-A", "1") in headers and [v for k, v in headers if k == "Set-Cookie"] == ["a=1", "b=2"]
+    assert dict(headers)["x-amzn-RequestId"] == context["requestId"]
+
+
+def test_bodies_are_passed_as_text_or_base64(server, handler):
+    call(server, "POST", "/audio/generic/api/v2/async/diarize", body='{"a": "é"}'.encode())
+    call(server, "POST", "/audio/generic/api/v2/async/diarize", body=b"\xff\xfe\x00")
+    text, binary = handler.events
+    assert (text["body"], text["isBase64Encoded"]) == ('{"a": "é"}', False)
+    assert text["resource"] == "/audio/generic/api/v2/async/diarize" and text["pathParameters"] is None
+    assert (base64.b64decode(binary["body"]), binary["isBase64Encoded"]) == (b"\xff\xfe\x00", True)
+
+
+def test_unknown_paths_reach_the_handler_unrouted():
+    routes = RouteTable(["/a/{id}", "/a/list"])
+    assert routes.match("/a/list") == ("/a/list", None)  # a literal route wins over a template
+    assert routes.match("/a/7") == ("/a/{id}", {"id": "7"})
+    assert routes.match("/a/7/x") == ("/a/7/x", None)
+    event = build_api_event("POST", "/nowhere?q", [], b"", source_ip="::1", routes=routes)
+    assert event["resource"] == "/nowhere" and event["queryStringParameters"] == {"q": ""}
+
+
+def test_an_oversized_body_is_refused_from_its_length_without_reading_it(server, handler):
+    answer = raw_exchange(server, b"POST /audio/generic/api/v2/async/diarize HTTP/1.1\r\nHost: x\r\n"
+                                  b"Content-Length: 20000000\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"Connection: close" in head
+    assert json.loads(body)["error"]["code"] == "body_too_large"
+    assert handler.events == []
+
+
+def test_expect_continue_is_refused_before_the_body_is_sent(server, handler):
+    answer = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n"
+                                  b"Expect: 100-continue\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+    assert handler.events == []
+
+
+def test_chunked_and_malformed_lengths_are_refused(server, handler):
+    chunked = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411")
+    assert json.loads(chunked.partition(b"\r\n\r\n")[2])["error"]["code"] == "length_required"
+    malformed = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+    assert malformed.startswith(b"HTTP/1.1 400")
+    assert handler.events == []
+
+
+def test_a_client_that_stops_sending_gets_408_and_is_dropped(server, handler):
+    began = time.monotonic()
+    answer = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - began < 4.5
+    assert handler.events == []
+
+
+def test_a_handler_crash_is_a_502_like_api_gateway(server, handler):
+    handler.fail = True
+    status, _, body = call(server, "GET", "/x")
+    assert status == 502 and json.loads(body) == {"message": "Internal server error"}
+
+
+def test_requests_reach_the_handler_one_at_a_time(server, handler):
+    handler.delay = 0.2  # powertools' resolver keeps the current event on a class attribute
+    threads = [threading.Thread(target=call, args=(server, "GET", f"/r{i}")) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(handler.events) == 4 and handler.most_active == 1
+
+
+def test_connections_over_the_cap_get_503(make_server):
+    server = make_server(max_connections=1, socket_timeout=3.0)
+    with socket.create_connection(("127.0.0.1", server.server_address[1])):  # holds the only slot, idle
+        time.sleep(0.3)
+        status, _, body = call(server, "GET", "/openapi.json")
+    assert status == 503 and json.loads(body)["error"]["code"] == "too_many_connections"
+
+
+def test_the_access_log_never_shows_the_api_key(make_server, capsys):
+    server = make_server(access_log=True)
+    call(server, "GET", "/x?apikey=very-secret&api_key=also-secret&b=1")
+    logged = capsys.readouterr().err
+    assert "GET /x?apikey=***&api_key=***&b=1" in logged and "secret" not in logged
+
+
+def test_openapi_json_is_served_without_the_handler(server, handler):
+    status, _, body = call(server, "GET", "/openapi.json")
+    assert status == 200 and "/audio/generic/api/v2/async/diarize" in json.loads(body)["paths"]
+    assert handler.events == []
