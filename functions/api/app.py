@@ -102,7 +102,8 @@ def handle_unexpected(_: Exception) -> Response:
     return _json(500, {"error": {"code": "internal_error", "message": "Internal error; retry later."}})
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+# log_event=False even if POWERTOOLS_LOGGER_LOG_EVENT is set: the event holds the API key and the audio.
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: object) -> dict:

@@ -153,9 +153,14 @@ class Worker:
         """Signed POST to the job's webhook. A failed delivery is recorded on the job, never raised: the job
         stays done/failed and its result stays retrievable from the status route."""
         settings = self.runtime.settings
-        key_item = self.runtime.backends.keys.get(job.key_hash)
+        try:
+            key_item = self.runtime.backends.keys.get(job.key_hash)
+        except BackendError as exc:
+            key_item, lookup_error = None, f"could not read the signing secret: {exc}"
+        else:
+            lookup_error = "the API key that created the job no longer exists"
         if key_item is None:
-            outcome = DeliveryResult(False, 0, None, "the API key that created the job no longer exists")
+            outcome = DeliveryResult(False, 0, None, lookup_error)
         else:
             outcome = self.deliver(job.webhook, payload, secret=ApiKey.from_item(key_item).webhook_secret,
                                    msg_id=job.webhook_id, timeout=settings.webhook_timeout_seconds,
