@@ -281,6 +281,13 @@ def test_functions_layers_and_tracing(tpl):
     assert fns["WorkerFunction"]["Properties"]["MemorySize"] == {"Ref": "WorkerMemorySize"}
 
 
+def test_worker_tmp_holds_the_longest_decoded_audio(tpl):
+    """The engine spills decoded 16 kHz float32 audio to /tmp (src/diarizer/audio.py)."""
+    longest = tpl["Parameters"]["MaxAudioSeconds"]["Default"]
+    size_mb = tpl["Resources"]["WorkerFunction"]["Properties"]["EphemeralStorage"]["Size"]
+    assert size_mb * 1024 * 1024 >= longest * 16000 * 4 * 1.5
+
+
 def test_environment_matches_what_the_code_reads(tpl):
     env = tpl["Globals"]["Function"]["Environment"]["Variables"]
     assert env["DIARIZER_BACKEND"] == "aws"
