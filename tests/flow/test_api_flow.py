@@ -266,3 +266,13 @@ def test_logs_never_contain_the_api_key_or_secret(stack, api_handler, worker_han
     assert stack.key.record.key_id in output and '"request_id":"logged"' in output  # logging really happened
     assert stack.key.api_key not in output and stack.key.api_key[-20:] not in output
     assert stack.key.record.webhook_secret not in output
+
+
+def test_the_engine_is_created_once_per_container(stack, worker_handler, submit, fake_engine):
+    created = []
+    stack.runtime.engine_factory = lambda: created.append(1) or fake_engine
+    submit("first")
+    stack.run_worker(worker_handler)
+    submit("second")
+    stack.run_worker(worker_handler)
+    assert fake_engine.calls == 2 and len(created) == 1
