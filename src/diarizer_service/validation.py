@@ -11,7 +11,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from diarizer.types import DiarizationOptions
 
@@ -185,7 +185,7 @@ def validate_webhook(url: Any, *, allow_local: bool) -> str:
 
 
 def parse_job_request(body: Mapping[str, Any], query: Mapping[str, str] | None, *, require_webhook: bool,
-                      allow_local_webhooks: bool, new_request_id) -> JobRequest:
+                      allow_local_webhooks: bool, new_request_id: Callable[[], str]) -> JobRequest:
     query = query or {}
     request_id = _first(query, body, "request_id")
     request_id = new_request_id() if request_id in (None, "") else validate_request_id(request_id)
