@@ -15,11 +15,14 @@ def new_api_key() -> str:
 
 @pytest.fixture
 def start_server(tmp_path):
-    """start_server(data_dir=None, *args) -> a running LocalServer; every one started is killed in teardown."""
+    """start_server(data_dir=None, *args, api_key=...) -> a running LocalServer; all of them are killed in teardown.
+
+    Every server of a test gets the same key (and data dir) unless told otherwise; api_key=None lets the server
+    create one."""
     started: list[LocalServer] = []
     api_key = new_api_key()
 
-    def start(data_dir: Path | None = None, *extra_args: str) -> LocalServer:
+    def start(data_dir: Path | None = None, *extra_args: str, api_key: str | None = api_key) -> LocalServer:
         server = LocalServer(data_dir or tmp_path / "data", tmp_path / f"serve-{len(started)}.log", api_key,
                              list(extra_args))
         started.append(server)

@@ -37,17 +37,22 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 
 class LocalServer:
-    def __init__(self, data_dir: Path, log_path: Path, api_key: str, extra_args: list[str]):
+    def __init__(self, data_dir: Path, log_path: Path, api_key: str | None, extra_args: list[str]):
+        """With `api_key` None the server makes one on first start and prints it (read back from the log)."""
         self.data_dir, self.log_path, self.api_key = data_dir, log_path, api_key
         command = [sys.executable, "-m", "diarizer.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-                   "--api-key", api_key, "--retry-delay", "0.5", *extra_args]
+                   "--retry-delay", "0.5", *(["--api-key", api_key] if api_key else []), *extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for name in [n for n in env if n.startswith("DIARIZER_")]:  # nothing from the test process leaks in
             del env[name]
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
         self.url = self._wait_until_listening()
-        self.webhook_secret = re.search(r"webhook secret: (\S+)", self.log()).group(1)
+        if self.api_key is None:
+            found = re.search(r"api key: (\S+)", self.log())
+            self.api_key = found.group(1) if found else None
+        found = re.search(r"webhook secret: (\S+)", self.log())
+        self.webhook_secret = found.group(1) if found else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,6 +84,15 @@ class LocalServer:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
+
+    def submit(self, audio_b64: str, webhook: str, request_id: str) -> None:
+        """The v2 async request, as the official SDK sends it."""
+        status, answer = self.request("POST", "/audio/generic/api/v2/async/diarize",
+                                      body={"content": audio_b64, "encoding": "FLAC", "sampleRate": 16000,
+                                            "languageCode": "en-US", "speakers": -1, "audioType": "default",
+                                            "vad": True},
+                                      query={"webhook": webhook, "request_id": request_id})
+        assert (status, answer) == (200, {"request_id": request_id, "api": "diarize"})
 
     def job(self, request_id: str) -> dict:
         status, answer = self.request("GET", f"/audio/generic/api/v2/async/diarize/{request_id}")
