@@ -198,3 +198,18 @@ def test_openapi_json_is_served_without_the_handler(server, handler):
     status, _, body = call(server, "GET", "/openapi.json")
     assert status == 200 and "/audio/generic/api/v2/async/diarize" in json.loads(body)["paths"]
     assert handler.events == []
+
+
+def test_sync_requests_wait_for_the_engine_without_blocking_other_routes(make_server, handler):
+    server = make_server()
+    gate = server.gateway.engine_gate = threading.Lock()
+    server.gateway.engine_wait_seconds = 0.5
+    with gate:  # the worker is running a job
+        began = time.monotonic()
+        status, headers, body = call(server, "POST", "/audio/generic/api/v2/sync/diarize", body=b"{}")
+        assert status == 503 and json.loads(body)["error"]["code"] == "engine_busy"
+        assert dict(headers)["Retry-After"] and 0.4 < time.monotonic() - began < 3
+        assert call(server, "GET", "/audio/generic/api/v2/async/diarize/r")[0] == 201  # not behind the gate
+    assert len(handler.events) == 1
+    assert call(server, "POST", "/audio/generic/api/v1/sync/diarize", body=b"{}")[0] == 201  # free again
+    assert not gate.locked()

@@ -136,3 +136,16 @@ def test_the_job_of_a_dead_letter_is_failed_and_its_webhook_told(settings, backe
     assert fail_dead_letter_job(worker, dead) is False  # already failed: nothing twice
     assert fail_dead_letter_job(worker, {"message_id": "x", "body": "{}", "receive_count": 3}) is False
     assert len(deliveries) == 1
+
+
+def test_a_job_waits_while_a_sync_request_holds_the_engine(backends):
+    handler, gate = FakeWorkerHandler(), threading.Lock()
+    loop = make_loop(backends, handler, [], engine_gate=gate)
+    backends.queue.send({"job_id": "k#r"})
+    with gate:
+        worker = threading.Thread(target=loop.run_once)
+        worker.start()
+        time.sleep(0.2)
+        assert handler.events == []  # taken from the queue, waiting for the engine
+    worker.join(5)
+    assert len(handler.events) == 1 and not gate.locked()

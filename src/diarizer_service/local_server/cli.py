@@ -138,8 +138,10 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     released = queue.release_in_flight()  # we hold the lock: whoever took these messages is gone
     if released:
         say(f"{released} job(s) interrupted by the last stop will run again")
+    engine_gate = threading.Lock()  # one engine on this machine: a job or a sync request at a time
     try:
-        server = GatewayServer((args.host, args.port), Gateway(api_app.lambda_handler, load_openapi()),
+        server = GatewayServer((args.host, args.port),
+                               Gateway(api_app.lambda_handler, load_openapi(), engine_gate=engine_gate),
                                access_log=not args.no_access_log)
     except OSError as exc:
         print(f"diarize serve: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
@@ -151,6 +153,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     worker = None
     if not args.no_worker:
         worker = WorkerLoop(queue, worker_app.lambda_handler, retry_delay=args.retry_delay, say=say,
+                            engine_gate=engine_gate,
                             on_dead_letter=lambda dead: fail_dead_letter_job(worker_app.get_worker(), dead),
                             warm_up=runtime.engine)
         worker.start()

@@ -29,6 +29,7 @@ SOCKET_TIMEOUT_SECONDS = 30.0  # per read: an idle or stalled client is dropped
 BODY_DEADLINE_SECONDS = 120.0  # the whole body: a client trickling bytes cannot hold a thread forever
 MAX_CONNECTIONS = 32
 OPENAPI_PATH = "/openapi.json"
+SYNC_ROUTES = {"/audio/generic/api/v1/sync/diarize", "/audio/generic/api/v2/sync/diarize"}  # they run the engine
 _SECRET_QUERY = re.compile(r"(?i)\b(apikey|api_key)=[^&\s]*")
 
 
@@ -104,11 +105,18 @@ def build_api_event(method: str, target: str, headers: list[tuple[str, str]], bo
 
 @dataclass
 class Gateway:
-    """Routes each request to the API handler; serves the OpenAPI document itself."""
+    """Routes each request to the API handler; serves the OpenAPI document itself.
+
+    `engine_gate` (shared with the worker loop) stands for the one engine of this machine: a sync request waits
+    for it *before* taking the handler lock, so a long job keeps the sync routes waiting (503 `engine_busy` after
+    `engine_wait_seconds`) without blocking submits and status reads behind them.
+    """
 
     api_handler: Callable[[dict, object], dict]
     openapi: dict
     stage: str = "local"
+    engine_gate: threading.Lock | None = None
+    engine_wait_seconds: float = 25.0  # answer before a client (or API Gateway, at 29 s) gives up
     routes: RouteTable = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -116,6 +124,18 @@ class Gateway:
         self.routes = RouteTable(self.openapi.get("paths", {}))
 
     def invoke(self, event: dict) -> dict:
+        if self.engine_gate is None or event["resource"] not in SYNC_ROUTES:
+            return self._call(event)
+        if not self.engine_gate.acquire(timeout=self.engine_wait_seconds):
+            return {"statusCode": 503, "headers": {"Content-Type": "application/json", "Retry-After": "10"},
+                    "body": error_body("engine_busy", "The engine is busy with a job; retry later, or use the "
+                                       "async route.").decode(), "isBase64Encoded": False}
+        try:
+            return self._call(event)
+        finally:
+            self.engine_gate.release()
+
+    def _call(self, event: dict) -> dict:
         # One request at a time, like one Lambda container: powertools' resolver keeps the current event on a
         # class attribute, so concurrent calls would read each other's requests.
         with self._lock:
@@ -246,6 +266,8 @@ class GatewayServer(ThreadingHTTPServer):
         self.access_log = access_log
         self.socket_timeout = socket_timeout
         self.body_deadline = body_deadline
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, GatewayHandler)
 

@@ -22,12 +22,13 @@ Say = Callable[[str], None]
 class WorkerLoop:
     def __init__(self, queue: SqliteJobQueue, handler: Callable[[dict, object], dict], *,
                  on_dead_letter: Callable[[dict], None] | None = None, warm_up: Callable[[], object] | None = None,
-                 visibility_timeout: float = 900.0, retry_delay: float = 5.0, poll_interval: float = 0.5,
-                 say: Say = print):
+                 engine_gate: threading.Lock | None = None, visibility_timeout: float = 900.0,
+                 retry_delay: float = 5.0, poll_interval: float = 0.5, say: Say = print):
         self.queue = queue
         self.handler = handler
         self.on_dead_letter = on_dead_letter
         self.warm_up = warm_up
+        self.engine_gate = engine_gate  # held while a job runs: sync requests wait for it (see Gateway)
         self.visibility_timeout = visibility_timeout  # the worker Lambda's timeout: longer than any job
         self.retry_delay = retry_delay  # a failed message is retried after this long
         self.poll_interval = poll_interval
@@ -97,7 +98,11 @@ class WorkerLoop:
         """Message ids that failed (all of them when the handler itself raised)."""
         started = time.monotonic()
         try:
-            answer = self.handler(to_sqs_event(messages), LocalLambdaContext("diarizer-worker"))
+            if self.engine_gate is not None:
+                with self.engine_gate:
+                    answer = self.handler(to_sqs_event(messages), LocalLambdaContext("diarizer-worker"))
+            else:
+                answer = self.handler(to_sqs_event(messages), LocalLambdaContext("diarizer-worker"))
         except Exception as exc:
             self.say(f"worker: handler raised {type(exc).__name__}: {exc}; retrying in {self.retry_delay:g} s")
             return {m.message_id for m in messages}
