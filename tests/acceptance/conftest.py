@@ -18,13 +18,14 @@ def start_server(tmp_path):
     """start_server(data_dir=None, *args, api_key=...) -> a running LocalServer; all of them are killed in teardown.
 
     Every server of a test gets the same key (and data dir) unless told otherwise; api_key=None lets the server
-    create one."""
+    create one; `env` adds environment variables (e.g. DIARIZER_MAX_RECEIVE_COUNT)."""
     started: list[LocalServer] = []
     api_key = new_api_key()
 
-    def start(data_dir: Path | None = None, *extra_args: str, api_key: str | None = api_key) -> LocalServer:
+    def start(data_dir: Path | None = None, *extra_args: str, api_key: str | None = api_key,
+              env: dict | None = None) -> LocalServer:
         server = LocalServer(data_dir or tmp_path / "data", tmp_path / f"serve-{len(started)}.log", api_key,
-                             list(extra_args))
+                             list(extra_args), env)
         started.append(server)
         return server
 

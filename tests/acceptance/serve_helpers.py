@@ -37,7 +37,8 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 
 class LocalServer:
-    def __init__(self, data_dir: Path, log_path: Path, api_key: str | None, extra_args: list[str]):
+    def __init__(self, data_dir: Path, log_path: Path, api_key: str | None, extra_args: list[str],
+                 env_overrides: dict | None = None):
         """With `api_key` None the server makes one on first start and prints it (read back from the log)."""
         self.data_dir, self.log_path, self.api_key = data_dir, log_path, api_key
         command = [sys.executable, "-m", "diarizer.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
@@ -45,6 +46,7 @@ class LocalServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for name in [n for n in env if n.startswith("DIARIZER_")]:  # nothing from the test process leaks in
             del env[name]
+        env.update(env_overrides or {})
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
         self.url = self._wait_until_listening()

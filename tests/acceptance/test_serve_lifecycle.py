@@ -90,3 +90,22 @@ def test_one_server_per_data_dir(start_server):
     second = subprocess.run([sys.executable, "-m", "diarizer.cli", "serve", "--port", "0", "--data-dir",
                              str(server.data_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert second.returncode == 1 and "another `diarize serve` is using" in second.stderr
+
+
+def test_a_job_past_its_attempts_is_failed_and_its_webhook_told(start_server, webhook_receiver, demo_audio_b64):
+    one_attempt = {"DIARIZER_MAX_RECEIVE_COUNT": "1"}
+    first = start_server(env=one_attempt)
+    first.submit(demo_audio_b64, webhook_receiver.url, "doomed-1")
+    wait_until_running(first, "doomed-1")
+    first.process.send_signal(signal.SIGKILL)  # its only attempt dies with the server
+    first.process.wait(10)
+
+    second = start_server(env=one_attempt)  # the message is dead-lettered on the next receive
+    [hook] = wait_for(lambda: webhook_receiver.received, JOB_TIMEOUT, "the failure webhook")
+    payload = hook.json()
+    assert set(payload) == {"request_id", "error"} and payload["request_id"] == "doomed-1"
+    assert payload["error"]["code"] == "processing_failed" and "Gave up after 1 attempts" in payload["error"]["message"]
+    assert verify_webhook(second.webhook_secret, hook.headers, hook.body)
+    job = second.job("doomed-1")
+    assert job["status"] == "failed" and job["error"]["code"] == "processing_failed" and "response" not in job
+

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     data_dir = args.data_dir.expanduser().resolve()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds the webhook signing secrets
     except OSError as exc:
         print(f"diarize serve: error: cannot create the data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
