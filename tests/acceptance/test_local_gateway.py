@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from serve_helpers import wait_for
 
 from diarizer_service.local_server.gateway import Gateway, GatewayServer, RouteTable, build_api_event
 from diarizer_service.local_server.openapi import load_openapi
@@ -213,3 +214,13 @@ def test_sync_requests_wait_for_the_engine_without_blocking_other_routes(make_se
     assert len(handler.events) == 1
     assert call(server, "POST", "/audio/generic/api/v1/sync/diarize", body=b"{}")[0] == 201  # free again
     assert not gate.locked()
+
+
+def test_wait_idle_waits_for_requests_being_handled(server, handler):
+    handler.delay = 0.5
+    request = threading.Thread(target=call, args=(server, "GET", "/slow"))
+    request.start()
+    wait_for(lambda: handler.events, 5, "the request to reach the handler")
+    assert server.gateway.wait_idle(0.05) is False
+    assert server.gateway.wait_idle(5) is True
+    request.join(5)

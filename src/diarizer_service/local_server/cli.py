@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from diarizer_service.local_server.openapi import load_openapi
@@ -160,7 +161,11 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         say(f"worker running (each job is tried up to {runtime.settings.max_receive_count} times)")
     else:
         say("no worker (--no-worker): accepted jobs stay queued until a server with a worker runs")
+    return _run_until_stopped(server, worker, base_url, args.grace)
 
+
+def _run_until_stopped(server, worker, base_url: str, grace: float) -> int:
+    """Serve until SIGINT/SIGTERM; then stop accepting, give requests and the running job `grace` seconds."""
     stop = threading.Event()
 
     def request_stop(signum, _frame) -> None:
@@ -169,18 +174,22 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
 
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="diarizer-http",
-                               daemon=True)
-    serving.start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="diarizer-http",
+                     daemon=True).start()
     say(f"listening on {base_url}  (OpenAPI document: {base_url}/openapi.json)")
     say(f"async route: POST {base_url}/audio/generic/api/v2/async/diarize?apikey=KEY&webhook=URL&request_id=ID")
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        server.shutdown()  # stop accepting; requests in progress finish on their own threads
+        deadline = time.monotonic() + grace
+        if worker is not None:
+            worker.request_stop()
+        server.shutdown()  # no new connections; requests being handled may finish within the grace period
+        if not server.gateway.wait_idle(grace):
+            say("stopping: a request was still being handled; its client gets no answer")
         server.server_close()
-        finished = worker.stop(args.grace) if worker is not None else True
+        finished = worker.stop(max(0.0, deadline - time.monotonic())) if worker is not None else True
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not finished:

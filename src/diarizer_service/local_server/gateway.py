@@ -119,11 +119,28 @@ class Gateway:
     engine_wait_seconds: float = 25.0  # answer before a client (or API Gateway, at 29 s) gives up
     routes: RouteTable = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _in_progress: int = field(default=0, init=False, repr=False)
+    _idle: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.openapi.get("paths", {}))
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being handled; False if one still is after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_progress == 0, timeout)
+
     def invoke(self, event: dict) -> dict:
+        with self._idle:
+            self._in_progress += 1
+        try:
+            return self._route(event)
+        finally:
+            with self._idle:
+                self._in_progress -= 1
+                self._idle.notify_all()
+
+    def _route(self, event: dict) -> dict:
         if self.engine_gate is None or event["resource"] not in SYNC_ROUTES:
             return self._call(event)
         if not self.engine_gate.acquire(timeout=self.engine_wait_seconds):

@@ -45,10 +45,14 @@ class WorkerLoop:
     def start(self) -> None:
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Take no new message (the one in hand goes on)."""
+        self._stop.set()
+
     def stop(self, grace_seconds: float) -> bool:
         """Stop taking messages; wait up to `grace_seconds` for the one in hand. Returns True when the loop
         ended; otherwise that message is made visible again so the next start runs it at once."""
-        self._stop.set()
+        self.request_stop()
         if self.busy:
             self.say(f"stopping: letting the running job finish (up to {grace_seconds:g} s)")
         self._thread.join(grace_seconds)
