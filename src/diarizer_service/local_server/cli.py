@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-worker", action="store_true",
                         help="API only: accepted jobs wait in the queue until a server with a worker runs")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
-                        help="on Ctrl-C/SIGTERM, how long a running job may finish before it is left for the "
-                             "next start (default 30)")
+                        help="on Ctrl-C/SIGTERM, how long requests in progress and the running job may take to "
+                             "finish; a job still running then is left for the next start (default 30)")
     parser.add_argument("--retry-delay", type=float, default=5.0, metavar="SECONDS",
                         help="a job whose attempt failed is retried after this long (default 5)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -127,7 +127,11 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     except FileNotFoundError as exc:
         print(f"diarize serve: error: {exc}", file=sys.stderr)
         return 1
-    runtime = get_runtime()
+    try:
+        runtime = get_runtime()
+    except ValueError as exc:  # a bad DIARIZER_* setting
+        print(f"diarize serve: error: {exc}", file=sys.stderr)
+        return 2
     say(f"data dir {data_dir} (jobs, audio, results and keys; kept across restarts)")
     try:
         announce_keys(runtime.backends.keys, args.api_key, say)
