@@ -130,8 +130,8 @@ def reference_speakers(audio_path: Path) -> int | None:
 
 def print_result(audio_path: Path, diarized: dict, signature_ok: bool, elapsed: float) -> None:
     segments = diarized["segments"]
-    print(f"\nWho spoke when in {audio_path.relative_to(REPO_ROOT) if audio_path.is_relative_to(REPO_ROOT) else audio_path}"
-          f" (answered in {elapsed:.1f} s):\n")
+    shown = audio_path.relative_to(REPO_ROOT) if audio_path.is_relative_to(REPO_ROOT) else audio_path
+    print(f"\nWho spoke when in {shown} (answered in {elapsed:.1f} s):\n")
     print(f"  {'speaker':<10} {'start':>7} {'end':>7} {'length':>7}")
     for segment in segments:
         start, end = segment["start"], segment["end"]

@@ -149,7 +149,8 @@ def test_expect_continue_is_refused_before_the_body_is_sent(server, handler):
 
 
 def test_chunked_and_malformed_lengths_are_refused(server, handler):
-    chunked = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    chunked = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"5\r\nhello\r\n0\r\n\r\n")
     assert chunked.startswith(b"HTTP/1.1 411")
     assert json.loads(chunked.partition(b"\r\n\r\n")[2])["error"]["code"] == "length_required"
     malformed = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")

@@ -13,8 +13,8 @@ from diarizer_service.local_server.openapi import load_openapi
 OPENAPI_FILE = REPO_ROOT / "src" / "diarizer_service" / "openapi.json"
 HTTP_METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 # Error codes produced by the local HTTP front itself (gateway.py), not by the API handler.
-GATEWAY_CODES = {"length_required", "invalid_content_length", "body_too_large", "request_timeout", "too_many_connections",
-                 "engine_busy"}
+GATEWAY_CODES = {"length_required", "invalid_content_length", "body_too_large", "request_timeout",
+                 "too_many_connections", "engine_busy"}
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,9 @@ def _run_until_stopped(server, worker, base_url: str, grace: float) -> int:
         stop.set()
 
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+    previous = {}
+    if in_main_thread:
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="diarizer-http",
                      daemon=True).start()
     say(f"listening on {base_url}  (OpenAPI document: {base_url}/openapi.json)")

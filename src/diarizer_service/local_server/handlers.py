@@ -29,7 +29,8 @@ def load_handler_module(name: str) -> ModuleType:
         return sys.modules[module_name]
     path = functions_dir() / name / "app.py"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run from a checkout of the repository or set DIARIZER_FUNCTIONS_DIR")
+        raise FileNotFoundError(f"{path} not found: run from a checkout of the repository, or set "
+                                "DIARIZER_FUNCTIONS_DIR")
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
