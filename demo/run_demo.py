@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import queue
 import re
 import secrets
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"the job failed: {payload['error']['code']}: {payload['error']['message']}")
             print_result(audio_path, payload["response"], signature_is_valid(service.webhook_secret, headers, body),
                          time.monotonic() - began)
+            return 0
+        except BrokenPipeError:  # e.g. `run_demo.py | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             return 0
         except (RuntimeError, OSError) as exc:
             print(f"\nrun_demo: {exc}", file=sys.stderr)
