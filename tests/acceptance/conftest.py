@@ -46,3 +46,17 @@ def shared_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_audio_b64() -> str:
     return base64.b64encode(DEMO_TWO_SPEAKERS.read_bytes()).decode()
+
+
+@pytest.fixture(scope="session")
+def long_audio_b64() -> str:
+    """The demo conversation three times over (88 s, FLAC): a job that surely still runs a moment later."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    samples, rate = sf.read(DEMO_TWO_SPEAKERS, dtype="int16")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.tile(samples, 3), rate, format="FLAC", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode()
