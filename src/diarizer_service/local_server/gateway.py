@@ -183,11 +183,11 @@ class GatewayHandler(BaseHTTPRequestHandler):
         return super().handle_expect_100()
 
     def _dispatch(self) -> None:
+        body = self._read_body()  # always read first: unread bytes would corrupt the next request on this connection
+        if body is None:
+            return
         if self.command == "GET" and urlsplit(self.path).path == OPENAPI_PATH:
             self._send(200, json.dumps(self.server.gateway.openapi, indent=2).encode())
-            return
-        body = self._read_body()
-        if body is None:
             return
         request_id = str(uuid.uuid4())
         event = build_api_event(self.command, self.path, list(self.headers.items()), body,
