@@ -120,7 +120,7 @@ def run_set(engine, folder: Path, options, cache_dir: Path | None) -> tuple[dict
             windows = engine.analyse(samples)
             if cached:
                 cached.write_bytes(pickle.dumps(windows))
-        result = engine.resolve(windows, duration, options)
+        result = engine.resolve(windows, samples, options)
         compute_seconds += time.perf_counter() - began
         audio_seconds += duration
         hypothesis[path.stem] = {**result.to_dict(), "duration": duration}

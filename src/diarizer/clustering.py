@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 @dataclass(frozen=True)
 class ClusteringConfig:
     threshold: float = 0.75  # euclidean distance between unit vectors (cosine similarity 0.72)
-    min_cluster_size: int = 3  # absolute floor for a cluster to count as a speaker ...
+    min_cluster_size: int = 2  # absolute floor for a cluster to count as a speaker ...
     min_cluster_fraction: float = 0.0  # ... or this fraction of all embeddings, whichever is larger
 
 
@@ -51,17 +51,38 @@ def _absorb_small(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarra
     return _relabel(out)
 
 
+def cut_into(tree: np.ndarray, k: int) -> np.ndarray:
+    """Exactly k clusters: replay the first n - k merges of the linkage.
+
+    (fcluster's "maxclust" may return fewer than k for centroid linkage, whose merge heights
+    are not monotonic.)
+    """
+    n = len(tree) + 1
+    parent = list(range(2 * n - 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for step, (a, b, _, _) in enumerate(tree[: n - max(k, 1)]):
+        parent[root(int(a))] = n + step
+        parent[root(int(b))] = n + step
+    return _relabel(np.array([root(i) for i in range(n)]))
+
+
 def _cut(tree: np.ndarray, x: np.ndarray, min_size: int, target: int) -> np.ndarray:
     """Labels with `target` clusters: the finest cut whose large clusters number `target`, so that
     stray embeddings do not take a speaker's place; failing that, the plain `target`-cluster cut."""
     for k in range(target, min(len(x), target + 20) + 1):
-        labels = _absorb_small(x, fcluster(tree, k, criterion="maxclust"), min_size)
+        labels = _absorb_small(x, cut_into(tree, k), min_size)
         count = labels.max() + 1
         if count == target:
             return labels
         if count > target:
             break
-    return _relabel(fcluster(tree, target, criterion="maxclust"))
+    return cut_into(tree, target)
 
 
 def cluster(

@@ -21,15 +21,35 @@ def fbank_to_segmentation_frames(num_fbank_frames: int, num_seg_frames: int) -> 
     return np.clip(seg, 0, max(num_seg_frames - 1, 0))
 
 
+def longest_stretches(mask: np.ndarray, budget: int) -> np.ndarray:
+    """Keep the longest runs of True in `mask` (in time order) until `budget` frames are used."""
+    if mask.sum() <= budget:
+        return mask
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    keep = np.zeros_like(mask)
+    left = budget
+    for i in np.argsort(starts - ends, kind="stable"):  # longest first
+        take = min(ends[i] - starts[i], left)
+        keep[starts[i] : starts[i] + take] = True
+        left -= take
+        if left == 0:
+            break
+    return keep
+
+
 class Embedder:
-    def __init__(self, session, min_frames: int = 50, clean_min_frames: int = 100):
+    def __init__(self, session, min_frames: int = 50, clean_min_frames: int = 100, max_frames: int = 500):
         """min_frames: fewer speech frames (x10 ms) than this give no embedding at all.
         clean_min_frames: use overlap-free frames only when there are at least this many.
+        max_frames: longer selections keep their longest stretches only (CAM++ costs per frame,
+        and a voice print gains little beyond a few seconds).
         """
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.min_frames = min_frames
         self.clean_min_frames = clean_min_frames
+        self.max_frames = max_frames
 
     def embed_frames(self, feats: np.ndarray) -> np.ndarray:
         """(frames, 80) fbank -> (192,) embedding, after per-segment mean normalisation."""
@@ -58,6 +78,7 @@ class Embedder:
             clean = active & alone
             chosen = clean if clean.sum() >= self.clean_min_frames else active
             if chosen.sum() >= self.min_frames:
+                chosen = longest_stretches(chosen, self.max_frames)
                 out[k] = self.embed_frames(feats[chosen])
                 seconds[k] = chosen.sum() * features.FRAME_SHIFT / SAMPLE_RATE
         return out, seconds

@@ -7,15 +7,18 @@ Each block is a separate module with explicit hyper-parameters, gathered in `Pip
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from diarizer import audio as audio_io
+from diarizer import features
 from diarizer.clustering import ClusteringConfig, assign_per_window, centroids_of, cluster
 from diarizer.embedding import EMBEDDING_DIM, Embedder
-from diarizer.models import locate_models, open_session
+from diarizer.models import default_threads, locate_models, open_session
 from diarizer.reconstruction import (
     aggregate,
     drop_short,
@@ -25,11 +28,13 @@ from diarizer.reconstruction import (
     speaker_count,
     to_segments,
 )
+from diarizer.refinement import reassign_turns
 from diarizer.segmentation import (
     LOCAL_SPEAKERS,
     MIN_WINDOW_SAMPLES,
     POWERSET,
     SAMPLE_RATE,
+    WINDOW_SAMPLES,
     Segmenter,
     frames_in,
     hard_activity,
@@ -38,6 +43,7 @@ from diarizer.segmentation import (
 from diarizer.types import Diarization, DiarizationOptions
 
 Progress = Callable[[float], None]
+WINDOW_BATCH = 4  # windows per segmentation call
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,13 @@ class PipelineConfig:
     step_seconds: float = 5.0  # hop between 10 s segmentation windows
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
+    max_embed_seconds: float = 5.0  # a voice print uses at most this much of a window's speech
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
-    onset: float = 0.5  # speech where P(anyone talks) reaches this
+    window_bound: bool = True  # at least as many speakers as the busiest window holds
+    onset: float = 0.6  # speech where P(anyone talks) reaches this
     overlap: float = 0.5  # two speakers where P(two talk) reaches this
+    refine_turns: bool = True  # second look at each turn's speaker (see refinement.py)
+    min_turn_seconds: float = 0.5  # shorter turns keep their speaker
     merge_gap: float = 0.5  # the `vad` option joins same-speaker turns closer than this
     min_segment: float = 0.0  # shorter output turns are dropped
 
@@ -71,11 +81,19 @@ class Diarizer:
     ):
         files = locate_models(model_dir)
         self.config = config or PipelineConfig()
-        self.segmenter = Segmenter(open_session(files.segmentation, threads))
-        self.embedder = Embedder(
-            open_session(files.embedding, threads),
-            min_frames=int(self.config.min_embed_seconds * 100),
-        )
+        # One single-threaded (segmenter, embedder) pair per core, each working through its own
+        # windows: small ONNX calls scale far better across cores this way than with intra-op threads.
+        self._workers = [
+            (
+                Segmenter(open_session(files.segmentation, threads=1)),
+                Embedder(
+                    open_session(files.embedding, threads=1),
+                    min_frames=int(self.config.min_embed_seconds * 100),
+                    max_frames=int(self.config.max_embed_seconds * 100),
+                ),
+            )
+            for _ in range(max(1, threads or default_threads()))
+        ]
 
     def diarize(
         self,
@@ -90,18 +108,20 @@ class Diarizer:
         self, samples: np.ndarray, options: DiarizationOptions | None = None, progress: Progress | None = None
     ) -> Diarization:
         """Same as `diarize` for 16 kHz mono float32 samples."""
-        duration = len(samples) / SAMPLE_RATE
         if len(samples) < MIN_WINDOW_SAMPLES:
-            return Diarization([], duration)
-        return self.resolve(self.analyse(samples, progress), duration, options)
+            return Diarization([], len(samples) / SAMPLE_RATE)
+        return self.resolve(self.analyse(samples, progress), samples, options)
 
     def analyse(self, samples: np.ndarray, progress: Progress | None = None) -> WindowResults:
         """The expensive, option-independent part: local segmentation and voice prints per window."""
         return self._segment_and_embed(samples, progress)
 
-    def resolve(self, windows: WindowResults, duration: float, options: DiarizationOptions | None = None) -> Diarization:
-        """The cheap part: cluster the voice prints and build the timeline for these options."""
+    def resolve(
+        self, windows: WindowResults, samples: np.ndarray, options: DiarizationOptions | None = None
+    ) -> Diarization:
+        """Cluster the voice prints, build the timeline for these options, re-check each turn."""
         options = options or DiarizationOptions()
+        duration = len(samples) / SAMPLE_RATE
         window_labels = self._cluster(windows, options)
         num_speakers = int(window_labels.max()) + 1
         if num_speakers == 0:
@@ -110,26 +130,85 @@ class Diarizer:
         count = speaker_count(card, self.config.onset, self.config.overlap)
         active = select_speakers(count, scores, options.exclusive)
         turns = to_segments(active, duration)
-        if options.merge_adjacent:
-            turns = merge_same_speaker(turns, self.config.merge_gap)
+        if self.config.refine_turns:
+            turns = reassign_turns(
+                samples, turns, self._embed_many, self.config.merge_gap,
+                self.config.min_turn_seconds, self.config.max_embed_seconds,
+            )
+        # Joining closer turns is the `vad` option; joining overlapping runs of one speaker is not optional.
+        turns = merge_same_speaker(turns, self.config.merge_gap if options.merge_adjacent else 0.0)
         turns = drop_short(turns, self.config.min_segment)
         return Diarization(label_by_first_appearance(turns), duration)
 
+    def _embed_many(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Voice prints of whole clips, spread over the per-core embedders."""
+        out = np.zeros((len(clips), EMBEDDING_DIM), np.float32)
+        jobs = queue.SimpleQueue()
+        for i in range(len(clips)):
+            jobs.put(i)
+
+        def work(embedder: Embedder) -> None:
+            while True:
+                try:
+                    i = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                feats = features.fbank(clips[i])
+                if len(feats):
+                    out[i] = embedder.embed_frames(feats)
+
+        self._run_on_workers(lambda pair: work(pair[1]))
+        return out
+
+    def _run_on_workers(self, task: Callable[[tuple[Segmenter, Embedder]], None]) -> None:
+        """Run `task(worker_pair)` on every worker at once (the caller's thread takes the first)."""
+        failures: list[BaseException] = []
+
+        def guarded(pair) -> None:
+            try:
+                task(pair)
+            except BaseException as err:  # re-raised in the caller's thread
+                failures.append(err)
+
+        threads = [threading.Thread(target=guarded, args=(pair,), daemon=True) for pair in self._workers[1:]]
+        for thread in threads:
+            thread.start()
+        guarded(self._workers[0])
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+
     def _segment_and_embed(self, samples: np.ndarray, progress: Progress | None) -> WindowResults:
         starts = window_starts(len(samples), self.config.step_seconds)
-        frames = frames_in(min(len(samples), len(next(self.segmenter.windows(samples, starts[:1]))[1])))
+        frames = frames_in(min(len(samples), WINDOW_SAMPLES))
         probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
         embeddings = np.full((len(starts), LOCAL_SPEAKERS, EMBEDDING_DIM), np.nan, np.float32)
         seconds = np.zeros((len(starts), LOCAL_SPEAKERS), np.float32)
-        batch_size = self.segmenter.batch_size
-        for first in range(0, len(starts), batch_size):
-            batch = list(self.segmenter.windows(samples, starts[first : first + batch_size]))
-            probs[first : first + len(batch)] = self.segmenter.probabilities(np.stack([a for _, a in batch]))[:, :frames]
-            for i, (_, audio) in enumerate(batch):
-                w = first + i
-                embeddings[w], seconds[w] = self.embedder.embed_window(audio, hard_activity(probs[w]))
-            if progress:
-                progress(min(1.0, (first + len(batch)) / len(starts)))
+        batches = queue.SimpleQueue()
+        for first in range(0, len(starts), WINDOW_BATCH):
+            batches.put(first)
+        done = [0]
+        lock = threading.Lock()
+
+        def work(pair: tuple[Segmenter, Embedder]) -> None:
+            segmenter, embedder = pair
+            while True:
+                try:
+                    first = batches.get_nowait()
+                except queue.Empty:
+                    return
+                batch = list(segmenter.windows(samples, starts[first : first + WINDOW_BATCH]))
+                p = segmenter.probabilities(np.stack([a for _, a in batch]))[:, :frames]
+                probs[first : first + len(batch)] = p
+                for i, (_, audio) in enumerate(batch):
+                    embeddings[first + i], seconds[first + i] = embedder.embed_window(audio, hard_activity(p[i]))
+                with lock:
+                    done[0] += len(batch)
+                    if progress:
+                        progress(done[0] / len(starts))
+
+        self._run_on_workers(work)
         return WindowResults(np.asarray(starts), probs, embeddings, seconds)
 
     def _cluster(self, windows: WindowResults, options: DiarizationOptions) -> np.ndarray:
@@ -142,11 +221,19 @@ class Diarizer:
         if not strong.any():
             strong = valid
         fixed = options.speakers if options.speakers > 0 else None
+        # Voices the segmentation model heard side by side in one window are different people:
+        # the busiest window is a lower bound on the speaker count (cannot-link evidence).
+        heard_together = int((windows.seconds >= self.config.min_cluster_seconds).sum(axis=1).max())
+        if not self.config.window_bound:
+            heard_together = 1
+        min_speakers = max(options.min_speakers or 1, heard_together)
+        if options.max_speakers:
+            min_speakers = min(min_speakers, options.max_speakers)
         strong_labels = cluster(
             windows.embeddings[strong],
             self.config.clustering,
             num_speakers=fixed,
-            min_speakers=options.min_speakers,
+            min_speakers=min_speakers,
             max_speakers=options.max_speakers,
         )
         centroids = centroids_of(windows.embeddings[strong], strong_labels)

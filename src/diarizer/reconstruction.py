@@ -12,6 +12,7 @@ from diarizer.segmentation import FRAME_DURATION, FRAME_STEP, SAMPLE_RATE, cardi
 from diarizer.types import Segment
 
 _FRAME_SAMPLES = FRAME_STEP * SAMPLE_RATE  # 270
+Turn = tuple[int, float, float]  # (speaker index, start seconds, end seconds)
 
 
 def frame_offsets(starts: np.ndarray) -> np.ndarray:
@@ -66,7 +67,7 @@ def select_speakers(count: np.ndarray, scores: np.ndarray, exclusive: bool) -> n
     return ((rank < count[:, None]) & (scores > 0)).astype(np.int8)
 
 
-def to_segments(active: np.ndarray, duration: float) -> list[tuple[int, float, float]]:
+def to_segments(active: np.ndarray, duration: float) -> list[Turn]:
     """Runs of active frames -> (speaker, start, end) in seconds, clipped to the audio."""
     out = []
     padded = np.vstack([np.zeros((1, active.shape[1]), np.int8), active, np.zeros((1, active.shape[1]), np.int8)])
@@ -83,7 +84,7 @@ def to_segments(active: np.ndarray, duration: float) -> list[tuple[int, float, f
     return out
 
 
-def merge_same_speaker(turns: list[tuple[int, float, float]], max_gap: float) -> list[tuple[int, float, float]]:
+def merge_same_speaker(turns: list[Turn], max_gap: float) -> list[Turn]:
     """Join turns of one speaker separated by less than `max_gap` seconds."""
     merged: dict[int, list[list[float]]] = {}
     for speaker, start, end in sorted(turns, key=lambda t: (t[0], t[1])):
@@ -95,11 +96,11 @@ def merge_same_speaker(turns: list[tuple[int, float, float]], max_gap: float) ->
     return [(s, a, b) for s, runs in merged.items() for a, b in runs]
 
 
-def drop_short(turns: list[tuple[int, float, float]], min_duration: float) -> list[tuple[int, float, float]]:
+def drop_short(turns: list[Turn], min_duration: float) -> list[Turn]:
     return [t for t in turns if t[2] - t[1] >= min_duration]
 
 
-def label_by_first_appearance(turns: list[tuple[int, float, float]]) -> list[Segment]:
+def label_by_first_appearance(turns: list[Turn]) -> list[Segment]:
     """Sort by time and name speakers speaker1, speaker2, ... in order of first appearance."""
     names: dict[int, str] = {}
     segments = []

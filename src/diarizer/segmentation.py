@@ -68,10 +68,9 @@ def cardinality(probs: np.ndarray) -> np.ndarray:
 
 
 class Segmenter:
-    def __init__(self, session, batch_size: int = 8):
+    def __init__(self, session):
         self.session = session
         self.input_name = session.get_inputs()[0].name
-        self.batch_size = batch_size
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
         """(batch, samples) audio -> (batch, frames, 7) powerset class probabilities."""

@@ -1,0 +1,59 @@
+"""Clustering on synthetic voice prints with a known answer."""
+import numpy as np
+import pytest
+
+from diarizer.clustering import ClusteringConfig, assign_per_window, centroids_of, cluster
+
+
+def voices(counts, dim=192, spread=0.25, seed=0):
+    """Embeddings around len(counts) random, well separated centres; returns (x, true labels)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(counts), dim))
+    x = np.concatenate([c + spread * rng.standard_normal((n, dim)) for c, n in zip(centres, counts)])
+    return x, np.repeat(np.arange(len(counts)), counts)
+
+
+def same_partition(a, b):
+    return len(set(zip(a, b))) == len(set(a)) == len(set(b))
+
+
+@pytest.mark.parametrize("counts", [[10], [10, 8], [6, 9, 12], [5, 5, 5, 5, 5]])
+def test_estimates_the_number_of_speakers(counts):
+    x, truth = voices(counts)
+    labels = cluster(x, ClusteringConfig())
+    assert labels.max() + 1 == len(counts)
+    assert same_partition(labels, truth)
+
+
+def test_a_few_stray_embeddings_do_not_become_a_speaker():
+    x, _ = voices([12, 12, 1], seed=1)
+    labels = cluster(x, ClusteringConfig(min_cluster_size=3))
+    assert labels.max() + 1 == 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_an_exact_speaker_count_is_obeyed(n):
+    x, _ = voices([8, 8, 8], seed=2)
+    assert cluster(x, ClusteringConfig(), num_speakers=n).max() + 1 == n
+
+
+def test_bounds_clip_the_estimate():
+    x, _ = voices([8, 8, 8, 8], seed=3)
+    assert cluster(x, ClusteringConfig(), max_speakers=2).max() + 1 == 2
+    x, _ = voices([20], seed=4)
+    assert cluster(x, ClusteringConfig(), min_speakers=2).max() + 1 == 2
+
+
+def test_tiny_inputs():
+    assert len(cluster(np.zeros((0, 192)), ClusteringConfig())) == 0
+    assert list(cluster(np.ones((1, 192)), ClusteringConfig())) == [0]
+
+
+def test_local_speakers_of_one_window_get_different_speakers():
+    x, truth = voices([6, 6], seed=5)
+    centroids = centroids_of(x, truth)
+    # Two embeddings of speaker 0 in the same window: they cannot both be speaker 0.
+    window_of = np.array([0, 0] + list(range(1, len(x) - 1)))
+    labels = assign_per_window(x, centroids, window_of)
+    assert labels[0] != labels[1]
+    assert (labels[2:] == truth[2:]).all()

@@ -1,0 +1,137 @@
+"""The whole engine on real audio: the bundled recordings and, when present, LibriSpeech conversations."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import audio_factory as af
+from diarizer import AudioDecodeError, DiarizationOptions, InvalidOptionsError
+
+
+def der(reference, segments, duration, component="diarization error rate"):
+    """Diarization error rate (or one of its components, as a fraction of speech) with
+    pyannote.metrics, forgiving +-0.25 s around reference boundaries (strict collar-0 figures are
+    the benchmark's job)."""
+    from pyannote.core import Annotation, Segment
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    ref, hyp = Annotation(), Annotation()
+    for i, (start, end, label) in enumerate(reference):
+        ref[Segment(start, end), i] = label
+    for i, s in enumerate(segments):
+        hyp[Segment(s.start, s.end), i] = s.speaker_id
+    detail = DiarizationErrorRate(collar=0.5)(ref, hyp, uem=Segment(0, duration), detailed=True)
+    return detail[component] if component == "diarization error rate" else detail[component] / detail["total"]
+
+
+@pytest.mark.parametrize("name, speakers", [("two-speakers", 2), ("three-speakers", 3)])
+def test_bundled_conversations(engine, name, speakers):
+    samples, reference = af.demo_recording(name)
+    result = engine.diarize(af.encode(samples, 16000, "FLAC"))
+    assert result.num_speakers == speakers
+    assert der(reference, result.segments, result.duration) < 0.15
+
+
+@af.requires_shared_eval
+@pytest.mark.parametrize("seed", [21, 23])
+def test_librispeech_two_speaker_conversation(engine, tmp_path, seed):
+    """A one-minute, two-speaker conversation from the evaluation generator (exact voice-level
+    reference, pauses, overlap, noise)."""
+    subprocess.run(
+        [sys.executable, str(af.SHARED_EVAL / "make_conversations.py"), "--pool", str(af.LIBRI_POOL),
+         "--out", str(tmp_path), "--count", "1", "--speakers", "2-2", "--minutes", "1-1", "--seed", str(seed)],
+        check=True, capture_output=True, timeout=120,
+    )
+    audio = next(tmp_path.glob("*.flac"))
+    reference = [
+        (float(p[3]), float(p[3]) + float(p[4]), p[7])
+        for p in (line.split() for line in (tmp_path / "reference.rttm").read_text().splitlines())
+    ]
+    result = engine.diarize(audio)
+    assert result.num_speakers == 2
+    assert der(reference, result.segments, result.duration) < 0.10
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_a_given_speaker_count_is_obeyed(engine, n):
+    samples, _ = af.demo_recording("three-speakers")
+    assert engine.diarize_samples(samples, DiarizationOptions(speakers=n)).num_speakers == n
+
+
+def test_bounds_limit_the_estimate(engine):
+    samples, _ = af.demo_recording("three-speakers")
+    assert engine.diarize_samples(samples, DiarizationOptions(max_speakers=2)).num_speakers == 2
+    samples, _ = af.demo_recording("two-speakers")
+    assert engine.diarize_samples(samples, DiarizationOptions(min_speakers=3)).num_speakers == 3
+
+
+def test_conflicting_bounds_are_rejected():
+    with pytest.raises(InvalidOptionsError):
+        DiarizationOptions(min_speakers=4, max_speakers=2)
+    with pytest.raises(InvalidOptionsError):
+        DiarizationOptions(speakers=0)
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [af.silence(20.0), af.silence(0.2), af.demo_recording()[0][:3200], np.zeros(0, np.float32)],
+    ids=["20 s of silence", "0.2 s of silence", "0.2 s of speech", "nothing"],
+)
+def test_silence_and_tiny_clips_give_an_empty_result(engine, samples):
+    result = engine.diarize(af.encode(samples, 16000, "WAV")) if len(samples) else engine.diarize_samples(samples)
+    assert result.num_speakers == 0 and result.segments == []
+    assert result.to_dict() == {"num_speakers": 0, "segments": []}
+
+
+@pytest.mark.parametrize("name", ["wav_stereo", "wav_8k", "mp3", "ogg_vorbis", "flac_44k_stereo"])
+def test_other_formats_give_the_same_speakers(engine, name):
+    samples, _ = af.demo_recording("two-speakers")
+    assert engine.diarize(af.variant(samples, name)).num_speakers == 2
+
+
+def test_corrupt_file_is_a_clear_error(engine):
+    samples, _ = af.demo_recording()
+    with pytest.raises(AudioDecodeError):
+        engine.diarize(af.corrupt(af.encode(samples, 16000, "FLAC")))
+
+
+def test_output_contract(engine):
+    samples, _ = af.demo_recording("two-speakers")
+    result = engine.diarize_samples(samples)
+    body = result.to_dict()
+    assert body["num_speakers"] == 2
+    ids = [s["speaker_id"] for s in body["segments"]]
+    assert ids[0] == "speaker1" and set(ids) == {"speaker1", "speaker2"}
+    starts = [s["start"] for s in body["segments"]]
+    assert starts == sorted(starts)
+    assert all(0 <= s["start"] < s["end"] <= result.duration + 1e-6 for s in body["segments"])
+    rttm = result.to_rttm("demo").splitlines()
+    assert len(rttm) == len(body["segments"]) and rttm[0].startswith("SPEAKER demo 1 ")
+
+
+def test_exclusive_output_never_overlaps(engine):
+    samples, _ = af.demo_recording("three-speakers")
+    segments = engine.diarize_samples(samples, DiarizationOptions(exclusive=True)).segments
+    for a, b in zip(segments, segments[1:]):
+        assert a.end <= b.start + 1e-6
+
+
+def test_merging_joins_turns_of_the_same_speaker(engine):
+    samples, _ = af.demo_recording("two-speakers")
+    merged = engine.diarize_samples(samples, DiarizationOptions(merge_adjacent=True)).segments
+    raw = engine.diarize_samples(samples, DiarizationOptions(merge_adjacent=False)).segments
+    assert len(merged) <= len(raw)
+    by_speaker = {}
+    for s in merged:
+        by_speaker.setdefault(s.speaker_id, []).append(s)
+    gap = engine.config.merge_gap
+    for turns in by_speaker.values():
+        assert all(b.start - a.end >= gap - 1e-6 for a, b in zip(turns, turns[1:]))
+
+
+def test_progress_is_reported(engine):
+    samples, _ = af.demo_recording("two-speakers")
+    seen = []
+    engine.diarize_samples(samples, progress=seen.append)
+    assert seen and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)

@@ -1,0 +1,58 @@
+"""From frame decisions to segments: timing, overlap, merging and speaker names."""
+import numpy as np
+
+from diarizer.reconstruction import (
+    label_by_first_appearance,
+    merge_same_speaker,
+    select_speakers,
+    speaker_count,
+    to_segments,
+)
+from diarizer.segmentation import FRAME_STEP, frames_in, window_starts, WINDOW_SAMPLES
+
+
+def test_window_layout_covers_the_audio_and_ends_at_its_end():
+    n = 16000 * 37
+    starts = window_starts(n, 5.0)
+    assert starts[0] == 0 and starts[-1] + WINDOW_SAMPLES == n
+    assert all(b - a <= 5 * 16000 for a, b in zip(starts, starts[1:]))
+    assert window_starts(16000 * 4, 5.0) == [0]
+
+
+def test_frames_per_window_match_the_model():
+    assert frames_in(160000) == 589
+
+
+def test_speaker_count_thresholds():
+    card = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]])
+    assert list(speaker_count(card, onset=0.5, overlap=0.5)) == [0, 1, 2]
+
+
+def test_select_keeps_the_best_supported_speakers():
+    scores = np.array([[0.9, 0.2, 0.0], [0.6, 0.7, 0.1], [0.0, 0.0, 0.0]])
+    count = np.array([1, 2, 1])
+    active = select_speakers(count, scores, exclusive=False)
+    assert active.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    assert select_speakers(count, scores, exclusive=True).sum(axis=1).max() == 1
+
+
+def test_runs_of_frames_become_segments_in_seconds():
+    active = np.zeros((100, 2), np.int8)
+    active[10:20, 0] = 1
+    active[50:60, 1] = 1
+    turns = to_segments(active, duration=100 * FRAME_STEP)
+    assert [t[0] for t in turns] == [0, 1]
+    (_, s0, e0), (_, s1, e1) = turns
+    assert abs((e0 - s0) - 10 * FRAME_STEP) < 1e-6 and abs((e1 - s1) - 10 * FRAME_STEP) < 1e-6
+    assert s0 < s1
+
+
+def test_merge_joins_close_turns_of_one_speaker_only():
+    turns = [(0, 0.0, 1.0), (0, 1.2, 2.0), (1, 2.1, 3.0), (0, 5.0, 6.0)]
+    merged = sorted(merge_same_speaker(turns, max_gap=0.5), key=lambda t: t[1])
+    assert merged == [(0, 0.0, 2.0), (1, 2.1, 3.0), (0, 5.0, 6.0)]
+
+
+def test_speakers_are_named_by_first_appearance():
+    segments = label_by_first_appearance([(7, 3.0, 4.0), (2, 0.5, 1.0), (7, 1.5, 2.0)])
+    assert [(s.speaker_id, s.start) for s in segments] == [("speaker1", 0.5), ("speaker2", 1.5), ("speaker2", 3.0)]
