@@ -14,6 +14,8 @@ For CAM++ it builds, in a temporary folder:
                  MinMax-calibrated on fbank features of real speech from half of the AMI
                  files (the other half is used to evaluate); every supported op quantised;
   * int8-qdq-conv: same, but only the Conv ops quantised;
+  * int8-qdq-conv-nohead: Conv only, FCM front-end and final dense kept fp32;
+  * int8-qdq-camlocal: only the CAM layers' local (k=3) convs quantised;
 and reports ms per batch of 8 x 300 frames (median over interleaved repeats) at 1 and 2 intra-op threads,
 plus the cosine similarity of each variant's embeddings to the fp32 embeddings on 1.5 s
 subsegments of real speech (../shared/eval/ami/*.flac). For segmentation it reports ms per
@@ -179,6 +181,20 @@ def main() -> int:
                         op_types_to_quantize=["Conv"],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
         variants["int8-qdq-conv"] = (qdqc, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        import onnx
+
+        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+        for name, exclude in {
+            # FCM front-end (2-D convs) and the final dense layer kept in fp32
+            "int8-qdq-conv-nohead": [c for c in convs if c.startswith("/head/")] + convs[-1:],
+            # only the 52 CAM-layer local convs (k=3) quantised
+            "int8-qdq-camlocal": [c for c in convs if "linear_local" not in c],
+        }.items():
+            path = tmp / f"campplus.{name}.onnx"
+            quantize_static(str(pre), str(path), Reader(calib_feats), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["Conv"], nodes_to_exclude=exclude,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+            variants[name] = (path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 
         ref_sess, _ = session(emb_fp32, 2)
         ref = embed(ref_sess, eval_feats)
