@@ -95,7 +95,12 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     try:
         created = jobs.create(job)
     except BackendError as exc:
-        _cleanup(runtime, job, delete_record=False, delete_audio=request.upload_id is None)
+        # The write may have happened with only its reply lost (a timeout): a record left `queued` with no
+        # message would never run, and the client's retry with this request_id would be told 200. Remove it
+        # if it is ours (its webhook_id is unique to this attempt); leave another request's job and audio alone.
+        owner = _stored_owner(runtime, job)
+        _cleanup(runtime, job, delete_record=owner == "ours",
+                 delete_audio=request.upload_id is None and owner in ("ours", "absent"))
         raise service_unavailable() from exc
     if not created:  # an identical request won the race: same reply, its audio is the same object
         return reply
@@ -123,6 +128,19 @@ def _checked_upload(runtime: Runtime, key: ApiKey, upload_id: str) -> str:
         raise ApiError(413, "upload_too_large",
                        f"The uploaded file is over {runtime.settings.max_upload_bytes} bytes.", field="upload_id")
     return audio_key
+
+
+def _stored_owner(runtime: Runtime, job: Job) -> str:
+    """After a failed create, whose record is stored under the job id: "ours" (same webhook_id, so this very
+    attempt wrote it), "other" (an identical request that may be queued), "absent", or "unknown"."""
+    try:
+        stored = runtime.jobs.get(job.job_id)
+    except BackendError:
+        logger.warning("could not check whether a failed job write happened")
+        return "unknown"
+    if stored is None:
+        return "absent"
+    return "ours" if stored.webhook_id == job.webhook_id else "other"
 
 
 def _cleanup(runtime: Runtime, job: Job, *, delete_record: bool, delete_audio: bool) -> None:
