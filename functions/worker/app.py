@@ -4,6 +4,8 @@ The engine is created once per container (lazily, on the first record) and reuse
 """
 from __future__ import annotations
 
+import time
+
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
@@ -13,6 +15,7 @@ from diarizer_service.worker import Worker
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 _worker: Worker | None = None
+_deadline: float | None = None  # time.monotonic() when this invocation times out (set per invocation)
 
 
 def get_worker() -> Worker:
@@ -27,7 +30,7 @@ def record_handler(record: SQSRecord) -> None:
     logger.append_keys(message_id=record.message_id)
     receive_count = int(record.attributes.approximate_receive_count or 1)
     try:
-        get_worker().handle_message(record.body, receive_count)
+        get_worker().handle_message(record.body, receive_count, deadline=_deadline)
     except Exception:
         logger.exception("record failed; SQS will redeliver it", extra={"receive_count": receive_count})
         raise
@@ -37,4 +40,7 @@ def record_handler(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: object) -> dict:
+    global _deadline
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    _deadline = time.monotonic() + remaining_ms() / 1000 if callable(remaining_ms) else None
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

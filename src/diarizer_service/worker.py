@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -31,6 +32,11 @@ from diarizer_service.webhooks import DeliveryResult, deliver
 
 INCOMING_PREFIX = "incoming/"
 RESULTS_PREFIX = "results/"
+# On the last allowed attempt, fail the job this long before the invocation's deadline if it is still running:
+# a Lambda timeout kills the process, and the next receive moves the message to the DLQ without any worker
+# seeing it, so the job would stay `running` forever. Room for the failure webhook (3 tries of at most
+# DIARIZER_WEBHOOK_TIMEOUT_SECONDS each, 10 s by default, plus 3 s of backoff).
+TIMEOUT_MARGIN_SECONDS = 45.0
 
 
 class PermanentJobError(Exception):
@@ -51,7 +57,8 @@ class Worker:
     deliver: Deliver = deliver
 
     # ---- entry point -------------------------------------------------------------------------------------
-    def handle_message(self, body: str, receive_count: int) -> None:
+    def handle_message(self, body: str, receive_count: int, deadline: float | None = None) -> None:
+        """`deadline`: time.monotonic() at which this invocation is killed (Lambda timeout), if known."""
         try:
             message = json.loads(body)
         except ValueError:
@@ -70,13 +77,13 @@ class Worker:
                                         receive_count)
             return
         if "job_id" in message:
-            self.process_job(str(message["job_id"]), receive_count)
+            self.process_job(str(message["job_id"]), receive_count, deadline)
             return
         logger.error("dropping a message of unknown shape")
 
     # ---- API jobs ----------------------------------------------------------------------------------------
     @tracer.capture_method(capture_response=False)
-    def process_job(self, job_id: str, receive_count: int) -> None:
+    def process_job(self, job_id: str, receive_count: int, deadline: float | None = None) -> None:
         jobs = self.runtime.jobs
         job = jobs.get(job_id)
         if job is None:
@@ -90,6 +97,21 @@ class Worker:
             logger.info("job finished meanwhile: duplicate delivery ignored")
             return
         started = time.monotonic()
+        watchdog = None
+        if deadline is not None and receive_count >= self.runtime.settings.max_receive_count:
+            watchdog = threading.Timer(max(0.0, deadline - started - TIMEOUT_MARGIN_SECONDS), self._fail,
+                                       args=(job, "processing_failed", f"Gave up after {receive_count} attempts: "
+                                             "the job did not finish within the worker's time limit."))
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            self._run_job(job, receive_count, started)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                watchdog.join(TIMEOUT_MARGIN_SECONDS)  # if it fired, let its failure webhook go out first
+
+    def _run_job(self, job: Job, receive_count: int, started: float) -> None:
         try:
             try:
                 audio = self.runtime.backends.blobs.get(job.audio_key)
