@@ -1,0 +1,283 @@
+"""Faults on the deployed path (moto S3/SQS/DynamoDB + the real handlers, fake engine): a worker that dies,
+a job that keeps failing, storage failing under the API, webhook receivers that are down, slow or flaky, and
+duplicate submissions racing each other. No job may be lost, none may finish (or notify) twice.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from diarizer_service.api import submit_async
+from diarizer_service.auth import create_key
+from diarizer_service.webhooks import verify_signature
+from diarizer_service.worker import Worker
+from reliability.helpers import ASYNC_V2, audio_body, closed_port_url
+
+
+class WorkerKilled(BaseException):
+    """What the worker sees of a Lambda timeout or a killed process: nothing after this line runs (not an
+    Exception, so no handler code can catch it and record anything)."""
+
+
+def receive(stack, visibility: float) -> dict:
+    """Receive like the Lambda poller, with a chosen visibility timeout (seconds)."""
+    answer = stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                       VisibilityTimeout=visibility, WaitTimeSeconds=0)
+    return {"Records": [{
+        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+        "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+        "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:diarizer-jobs",
+        "awsRegion": "us-east-1"} for m in answer.get("Messages", [])]}
+
+
+def submit(stack, api_handler, webhook: str, request_id: str, audio: bytes) -> tuple[int, dict]:
+    return stack.call_api("POST", ASYNC_V2, query={"webhook": webhook, "request_id": request_id},
+                          body=audio_body(audio), handler=api_handler)
+
+
+def job_status(stack, api_handler, request_id: str) -> dict:
+    status, job = stack.call_api("GET", f"{ASYNC_V2}/{request_id}", handler=api_handler)
+    assert status == 200, job
+    return job
+
+
+def queued_messages(stack, url: str | None = None) -> int:
+    attrs = stack.sqs.get_queue_attributes(QueueUrl=url or stack.queue_url, AttributeNames=["All"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+# ------------------------------------------------------------------------------------------ worker dies
+@pytest.mark.parametrize("death", ["exception", "killed"])
+def test_a_job_whose_worker_dies_comes_back_after_the_visibility_timeout_and_finishes_once(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, fake_engine, death):
+    """exception: the engine raises (the record is reported failed); killed: a Lambda timeout / killed process
+    (nothing is reported, the message is simply not deleted). Either way SQS hands the message out again."""
+    assert submit(stack, api_handler, webhook_receiver.url, "phoenix", wav_bytes(1.0))[0] == 200
+    first = receive(stack, visibility=1)
+    fake_engine.fail_with = RuntimeError("engine crashed") if death == "exception" else WorkerKilled()
+    if death == "exception":
+        answer = worker_handler.lambda_handler(first, stack.context)  # the poller deletes nothing it reports
+        assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [first["Records"][0]["messageId"]]
+    else:
+        with pytest.raises(WorkerKilled):
+            worker_handler.lambda_handler(first, stack.context)
+    assert job_status(stack, api_handler, "phoenix")["status"] == "running"  # left mid-job
+    assert receive(stack, visibility=1)["Records"] == []  # still invisible: nobody else takes it meanwhile
+
+    fake_engine.fail_with = None
+    deadline = time.monotonic() + 5
+    second = {"Records": []}
+    while not second["Records"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        second = receive(stack, visibility=30)
+    [record] = second["Records"]
+    assert record["attributes"]["ApproximateReceiveCount"] == "2"
+    assert stack.run_worker(worker_handler, second) == {"batchItemFailures": []}
+    assert stack.run_worker(worker_handler, second) == {"batchItemFailures": []}  # a late duplicate as well
+
+    job = job_status(stack, api_handler, "phoenix")
+    assert job["status"] == "done" and job["response"]["num_speakers"] == 2
+    assert stack.job_item("phoenix")["attempts"] == 2
+    [hook] = webhook_receiver.received  # one webhook for one finished job
+    assert hook.json() == {"request_id": "phoenix", "response": job["response"]}
+    assert queued_messages(stack) == 0
+
+
+def test_a_job_that_fails_on_every_receive_ends_in_the_dlq_and_failed_with_a_readable_reason(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, fake_engine):
+    """Real SQS redrive (maxReceiveCount 3 on the moto queue), not a faked receive count."""
+    assert submit(stack, api_handler, webhook_receiver.url, "doomed", wav_bytes(1.0))[0] == 200
+    fake_engine.fail_with = RuntimeError("segfault-ish")
+    attempts = 0
+    for _ in range(6):  # bounded: 3 receives, then SQS moves it to the DLQ
+        event = receive(stack, visibility=0)
+        if not event["Records"]:
+            break
+        attempts += 1
+        answer = worker_handler.lambda_handler(event, stack.context)
+        assert len(answer["batchItemFailures"]) == 1
+    assert attempts == 3 and fake_engine.calls == 3
+    dead = stack.sqs.receive_message(QueueUrl=stack.dlq_url, MaxNumberOfMessages=10).get("Messages", [])
+    assert [json.loads(m["Body"]) for m in dead] == [{"job_id": f"{stack.key.record.key_id}#doomed"}]
+
+    job = job_status(stack, api_handler, "doomed")
+    assert job["status"] == "failed" and "response" not in job
+    assert job["error"]["code"] == "processing_failed"
+    assert "3 attempts" in job["error"]["message"] and "RuntimeError" in job["error"]["message"]
+    [hook] = webhook_receiver.received
+    assert hook.json() == {"request_id": "doomed", "error": job["error"]}
+    assert verify_signature(stack.key.record.webhook_secret, hook.headers, hook.body)
+
+
+def test_a_job_killed_on_its_last_attempt_is_still_failed_before_the_lambda_dies(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, fake_engine, monkeypatch):
+    """A job longer than the worker's timeout dies on every attempt; nothing after the kill runs, and the next
+    receive moves the message to the DLQ without any worker seeing it. The last attempt must fail the job
+    before the Lambda timeout, or the client sees `running` forever."""
+    assert submit(stack, api_handler, webhook_receiver.url, "too-slow", wav_bytes(1.0))[0] == 200
+    event = receive(stack, visibility=30)
+    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"  # the last allowed attempt
+    remaining = {"ms": 1500}  # the Lambda has 1.5 s left
+    monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: remaining["ms"], raising=False)
+    monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)
+
+    def engine_that_outlives_the_lambda(audio, options):
+        time.sleep(1.5)  # the watchdog fires after 0.5 s: 1 s before the end
+        raise WorkerKilled()  # then Lambda kills the runtime
+
+    fake_engine.diarize = engine_that_outlives_the_lambda
+    with pytest.raises(WorkerKilled):
+        worker_handler.lambda_handler(event, stack.context)
+    job = job_status(stack, api_handler, "too-slow")
+    assert job["status"] == "failed" and job["error"]["code"] == "processing_failed"
+    assert "time" in job["error"]["message"]
+    [hook] = webhook_receiver.received
+    assert hook.json() == {"request_id": "too-slow", "error": job["error"]}
+
+
+def test_a_last_attempt_that_finishes_in_time_is_done_and_the_watchdog_stays_quiet(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, monkeypatch):
+    assert submit(stack, api_handler, webhook_receiver.url, "just-in-time", wav_bytes(1.0))[0] == 200
+    event = receive(stack, visibility=30)
+    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"
+    monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: 1300, raising=False)
+    monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)  # would fire after 0.3 s
+    assert stack.run_worker(worker_handler, event) == {"batchItemFailures": []}
+    time.sleep(0.5)
+    assert job_status(stack, api_handler, "just-in-time")["status"] == "done"
+    [hook] = webhook_receiver.received
+    assert "response" in hook.json()
+
+
+# ------------------------------------------------------------------------------- storage fails under the API
+def _break(stack, what: str, monkeypatch):
+    runtime = stack.runtime
+    if what == "s3 put":
+        stack.s3.delete_bucket(Bucket=runtime.settings.bucket)  # NoSuchBucket from now on
+    elif what == "dynamodb put":
+        def refuse(**kwargs):
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                              "PutItem")
+        monkeypatch.setattr(runtime.backends.jobs._table, "put_item", refuse)
+    elif what == "dynamodb put lost reply":  # the write happened, its answer did not arrive
+        table = runtime.backends.jobs._table
+        real_put = table.put_item
+
+        def put_then_time_out(**kwargs):
+            real_put(**kwargs)
+            raise ClientError({"Error": {"Code": "RequestTimeout", "Message": "reply lost"}}, "PutItem")
+        monkeypatch.setattr(table, "put_item", put_then_time_out)
+    elif what == "sqs send":
+        def refuse_send(**kwargs):
+            raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "try later"}}, "SendMessage")
+        monkeypatch.setattr(runtime.backends.queue._sqs, "send_message", refuse_send)
+
+
+@pytest.mark.parametrize("what", ["s3 put", "dynamodb put", "dynamodb put lost reply", "sqs send"])
+def test_a_storage_failure_is_a_retryable_503_and_the_retry_runs_the_job(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, monkeypatch, what):
+    with monkeypatch.context() as broken:
+        _break(stack, what, broken)
+        status, answer = submit(stack, api_handler, webhook_receiver.url, "retry-me", wav_bytes(1.0))
+        assert status == 503
+        assert answer["error"]["code"] == "service_unavailable" and answer["error"]["retryable"] is True
+        assert queued_messages(stack) == 0
+        item = stack.job_item("retry-me")
+        assert item is None or item["status"] == "failed", f"a half-made job was left: {item}"
+    if what == "s3 put":
+        stack.s3.create_bucket(Bucket=stack.runtime.settings.bucket)
+
+    # The client retries the same request (same request_id) once storage is back: the job must really run.
+    status, answer = submit(stack, api_handler, webhook_receiver.url, "retry-me", wav_bytes(1.0))
+    assert (status, answer) == (200, {"request_id": "retry-me", "api": "diarize"})
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+    assert job_status(stack, api_handler, "retry-me")["status"] == "done"
+    assert len(webhook_receiver.received) == 1
+
+
+@pytest.mark.parametrize("route", ["submit", "status"])
+def test_the_key_or_job_table_down_is_503_not_403_or_500(stack, api_handler, webhook_receiver, wav_bytes,
+                                                        monkeypatch, route):
+    def refuse(**kwargs):
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "down"}}, "GetItem")
+    if route == "submit":  # the key lookup fails: not "invalid key"
+        monkeypatch.setattr(stack.runtime.backends.keys._table, "get_item", refuse)
+        status, answer = submit(stack, api_handler, webhook_receiver.url, "x", wav_bytes(0.5))
+    else:
+        monkeypatch.setattr(stack.runtime.backends.jobs._table, "get_item", refuse)
+        status, answer = stack.call_api("GET", f"{ASYNC_V2}/x", handler=api_handler)
+    assert status == 503 and answer["error"]["retryable"] is True
+    assert queued_messages(stack) == 0
+
+
+# ------------------------------------------------------------------------------------------- webhooks
+@pytest.mark.parametrize("receiver_kind", ["down", "slow then ok", "500 then 200"])
+def test_webhook_receiver_faults_retry_with_backoff_and_the_result_stays_retrievable(
+        stack, api_handler, worker_handler, scripted_receiver, wav_bytes, monkeypatch, receiver_kind):
+    import dataclasses
+    monkeypatch.setattr("diarizer_service.webhooks.BACKOFF_SECONDS", 0.1)
+    stack.runtime.settings = dataclasses.replace(stack.runtime.settings, webhook_timeout_seconds=0.5)
+    receiver = None
+    if receiver_kind == "down":
+        url = closed_port_url()
+    else:
+        receiver = scripted_receiver(["slow:1.5"] if receiver_kind == "slow then ok" else ["500"])
+        url = receiver.url
+    assert submit(stack, api_handler, url, "hooked", wav_bytes(1.0))[0] == 200
+    event = stack.receive_sqs_event()
+    assert stack.run_worker(worker_handler, event) == {"batchItemFailures": []}  # never retried through SQS
+
+    job = job_status(stack, api_handler, "hooked")
+    assert job["status"] == "done" and job["response"]["num_speakers"] == 2  # always readable here
+    if receiver is None:
+        assert job["webhook"]["delivered"] is False and job["webhook"]["attempts"] == 3
+        assert "ConnectionRefused" in job["webhook"]["error"]
+        return
+    assert job["webhook"] == {"delivered": True, "attempts": 2, "status": 200}
+    times = [t for t, _, _ in receiver.hits]
+    assert len(times) == 2 and times[1] - times[0] >= 0.1  # waited (backoff) before the retry
+    ids = {headers["webhook-id"] for _, headers, _ in receiver.hits}
+    assert len(ids) == 1  # the same message id on every attempt: receivers can de-duplicate
+    assert all(verify_signature(stack.key.record.webhook_secret, h, b) for _, h, b in receiver.hits)
+    assert json.loads(receiver.hits[-1][2]) == {"request_id": "hooked", "response": job["response"]}
+
+    stack.run_worker(worker_handler, event)  # a duplicate SQS delivery after success: no new POST
+    time.sleep(1.6 if receiver_kind == "slow then ok" else 0)  # let the slow first answer finish
+    assert len(receiver.hits) == 2
+    assert receiver.ok_answers == (2 if receiver_kind == "slow then ok" else 1)
+
+
+# -------------------------------------------------------------------------------- duplicate submissions
+def test_the_same_request_id_submitted_concurrently_is_one_job_and_one_webhook(local_runtime, wav_bytes,
+                                                                               webhook_receiver, fake_engine):
+    """Eight clients race with one request_id (local sqlite backend: real concurrent transactions)."""
+    key = create_key(local_runtime.backends.keys, "racer").record
+    body = json.dumps(audio_body(wav_bytes(1.0)))
+    query = {"webhook": webhook_receiver.url, "request_id": "race-1"}
+    replies, errors = [], []
+    barrier = threading.Barrier(8)
+
+    def client():
+        try:
+            barrier.wait(5)
+            replies.append(submit_async(local_runtime, key, body, False, query))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and replies == [{"request_id": "race-1", "api": "diarize"}] * 8
+    queue = local_runtime.backends.queue
+    messages = queue.receive(max_messages=10, visibility_timeout=30)
+    assert len(messages) == 1
+    worker = Worker(local_runtime)
+    worker.handle_message(messages[0].body, 1)
+    worker.handle_message(messages[0].body, 2)  # and a duplicate delivery of it
+    assert fake_engine.calls == 1 and len(webhook_receiver.received) == 1
