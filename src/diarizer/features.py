@@ -55,8 +55,8 @@ def _mel_banks() -> np.ndarray:
 def fbank(samples: np.ndarray, chunk_frames: int = 6000) -> np.ndarray:
     """(num_frames, 80) float32 log-mel energies of 16 kHz mono samples in [-1, 1].
 
-    Kaldi scales input as 16-bit integers; we do the same so that the log floor behaves alike.
-    Computed in chunks of frames so a long file never needs a (frames x 512) matrix at once.
+    The samples stay in [-1, 1] (not Kaldi's 16-bit scale): 3D-Speaker trained CAM++ on such
+    input, and the log floor treats quiet frames differently at the two scales. Computed in chunks of frames so a long file never needs a (frames x 512) matrix at once.
     """
     total = num_frames(len(samples))
     out = np.empty((total, NUM_MEL_BINS), np.float32)
@@ -65,7 +65,7 @@ def fbank(samples: np.ndarray, chunk_frames: int = 6000) -> np.ndarray:
         count = min(chunk_frames, total - first)
         start = first * FRAME_SHIFT
         span = np.asarray(samples[start : start + (count - 1) * FRAME_SHIFT + FRAME_LENGTH], np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(span * 32768.0, FRAME_LENGTH)[::FRAME_SHIFT]
+        frames = np.lib.stride_tricks.sliding_window_view(span, FRAME_LENGTH)[::FRAME_SHIFT]
         frames = frames - frames.mean(axis=1, keepdims=True)  # DC removal, per frame
         emphasized = np.empty_like(frames)
         emphasized[:, 1:] = frames[:, 1:] - PREEMPHASIS * frames[:, :-1]

@@ -15,7 +15,7 @@ def kaldi_fbank(samples: np.ndarray) -> np.ndarray:
     opts.frame_opts.snip_edges = True
     opts.mel_opts.num_bins = 80
     online = knf.OnlineFbank(opts)
-    online.accept_waveform(16000, (samples * 32768).tolist())
+    online.accept_waveform(16000, samples.tolist())
     online.input_finished()
     return np.stack([online.get_frame(i) for i in range(online.num_frames_ready)])
 
