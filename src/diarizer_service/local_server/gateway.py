@@ -275,6 +275,10 @@ class GatewayServer(ThreadingHTTPServer):
     """ThreadingHTTPServer with a cap on simultaneous connections (extra ones get an immediate 503)."""
 
     daemon_threads = True  # an open keep-alive connection must not delay shutdown
+    # listen() backlog. socketserver's default of 5 overflows when a few dozen clients connect at once while
+    # the process is busy (the worker holds the GIL part of the time): Linux then falls back to SYN cookies
+    # and some clients get "connection reset by peer" instead of an answer (seen with bench/load.py).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], gateway: Gateway, *, access_log: bool = True,
                  max_connections: int = MAX_CONNECTIONS, socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
