@@ -51,14 +51,14 @@ class PipelineConfig:
     step_seconds: float = 5.0  # hop between 10 s segmentation windows
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
-    max_embed_seconds: float = 5.0  # a voice print uses at most this much of a window's speech
+    max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     window_bound: bool = True  # at least as many speakers as the busiest window holds
     onset: float = 0.6  # speech where P(anyone talks) reaches this
-    overlap: float = 0.5  # two speakers where P(two talk) reaches this
+    overlap: float = 0.4  # two speakers where P(two talk) reaches this
     refine_turns: bool = True  # second look at each turn's speaker (see refinement.py)
     min_turn_seconds: float = 0.5  # shorter turns keep their speaker
-    merge_gap: float = 0.5  # the `vad` option joins same-speaker turns closer than this
+    merge_gap: float = 0.3  # the `vad` option joins same-speaker turns closer than this (NIST's 0.3 s)
     min_segment: float = 0.0  # shorter output turns are dropped
 
 
