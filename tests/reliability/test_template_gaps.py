@@ -1,0 +1,79 @@
+"""template.yaml checks that tests/unit/test_template_security.py does not make yet: nothing in the API logs
+that could hold a key or audio, ACLs off and stale multipart uploads aborted, a DLQ that outlives its source
+queue's retention, bounded throttling parameters. Two known gaps are strict xfails (they start failing, as a
+reminder to drop the marker, once template.yaml is fixed)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from unit.test_template_security import TEMPLATE, _CfnLoader, _resources, yaml
+
+
+@pytest.fixture(scope="module")
+def tpl() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def test_api_logs_never_record_bodies_query_strings_or_keys(tpl):
+    (api,) = _resources(tpl, "AWS::Serverless::Api").values()
+    props = api["Properties"]
+    for settings in props["MethodSettings"]:
+        assert settings.get("DataTraceEnabled") in (None, False), "data trace logs full requests: keys and audio"
+    access = props.get("AccessLogSetting", {})
+    if isinstance(access, dict) and "Fn::If" in access:
+        access = access["Fn::If"][1]
+    log_format = access.get("Format", "")
+    assert log_format, "expected an access log format"
+    variables = set(re.findall(r"\$context\.[\w.]+|\$input\.[\w.]+", log_format))
+    forbidden = [v for v in variables if re.search(r"(?i)querystring|header|apikey|api_key|\$input|authorizer", v)]
+    assert forbidden == [], forbidden
+    assert "$context.path" in variables  # the path (request_id) is fine: never the query with `apikey`
+
+
+def test_bucket_acls_disabled_and_stale_multipart_uploads_aborted(tpl):
+    props = tpl["Resources"]["Bucket"]["Properties"]
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    aborts = [r for r in props["LifecycleConfiguration"]["Rules"] if "AbortIncompleteMultipartUpload" in r]
+    assert aborts and all(r["Status"] == "Enabled" and "Prefix" not in r for r in aborts)
+    assert all(r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7 for r in aborts)
+    versioning = props.get("VersioningConfiguration", {}).get("Status")
+    if versioning == "Enabled":  # old versions of audio would outlive the expiry rules
+        assert any("NoncurrentVersionExpiration" in r or "NoncurrentVersionExpirationInDays" in r
+                   for r in props["LifecycleConfiguration"]["Rules"])
+
+
+def test_dead_letters_outlive_the_source_queue_retention(tpl):
+    """SQS keeps a dead-lettered message only until its *original* enqueue time + the DLQ's retention."""
+    resources = tpl["Resources"]
+    source = resources["JobsQueue"]["Properties"]["MessageRetentionPeriod"]
+    dlq = resources["JobsDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+    assert dlq > source and dlq == 1209600  # the 14-day maximum: time to inspect and redrive
+
+
+def test_throttling_parameters_are_bounded_numbers(tpl):
+    params = tpl["Parameters"]
+    for name in ("ApiRateLimit", "ApiBurstLimit"):
+        assert params[name]["Type"] == "Number" and params[name]["MinValue"] >= 1, name
+        assert 1 <= params[name]["Default"] <= 10_000, name
+    assert params["ApiBurstLimit"]["Default"] >= params["ApiRateLimit"]["Default"]
+
+
+@pytest.mark.xfail(strict=True, reason="template.yaml: results/ (batch outputs: who spoke when, derived from the "
+                   "customer's audio) has no expiry rule; reported to the lead")
+def test_batch_results_expire_like_the_audio(tpl):
+    rules = tpl["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("Prefix") == "results/" and "ExpirationInDays" in r for r in rules)
+
+
+@pytest.mark.xfail(strict=True, reason="template.yaml: the functions' CloudWatch log groups are created by Lambda "
+                   "with no retention (kept forever); reported to the lead")
+def test_function_logs_have_a_retention(tpl):
+    functions = _resources(tpl, "AWS::Serverless::Function")
+    groups = _resources(tpl, "AWS::Logs::LogGroup")
+    for name, fn in functions.items():
+        logging = fn["Properties"].get("LoggingConfig", {})
+        assert logging.get("LogGroup") or any(name in str(g["Properties"].get("LogGroupName", ""))
+                                              for g in groups.values()), name
+    assert all("RetentionInDays" in g["Properties"] for g in groups.values())
