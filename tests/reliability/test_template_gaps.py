@@ -1,7 +1,7 @@
 """template.yaml checks that tests/unit/test_template_security.py does not make yet: nothing in the API logs
 that could hold a key or audio, ACLs off and stale multipart uploads aborted, a DLQ that outlives its source
-queue's retention, bounded throttling parameters. Two known gaps are strict xfails (they start failing, as a
-reminder to drop the marker, once template.yaml is fixed)."""
+queue's retention, bounded throttling parameters, batch results that expire and function logs with a
+retention (two gaps these tests found, since fixed in template.yaml)."""
 from __future__ import annotations
 
 import re
@@ -60,15 +60,11 @@ def test_throttling_parameters_are_bounded_numbers(tpl):
     assert params["ApiBurstLimit"]["Default"] >= params["ApiRateLimit"]["Default"]
 
 
-@pytest.mark.xfail(strict=True, reason="template.yaml: results/ (batch outputs: who spoke when, derived from the "
-                   "customer's audio) has no expiry rule; reported to the lead")
 def test_batch_results_expire_like_the_audio(tpl):
     rules = tpl["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     assert any(r.get("Prefix") == "results/" and "ExpirationInDays" in r for r in rules)
 
 
-@pytest.mark.xfail(strict=True, reason="template.yaml: the functions' CloudWatch log groups are created by Lambda "
-                   "with no retention (kept forever); reported to the lead")
 def test_function_logs_have_a_retention(tpl):
     functions = _resources(tpl, "AWS::Serverless::Function")
     groups = _resources(tpl, "AWS::Logs::LogGroup")
