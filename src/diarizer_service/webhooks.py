@@ -20,6 +20,7 @@ import json
 import secrets
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -102,14 +103,42 @@ class _RetryableError(Exception):
 
 
 def _post_once(target: WebhookTarget, body: bytes, headers: dict, timeout: float) -> int:
+    """One POST; its status. `timeout` bounds the whole attempt, not just each socket read: a receiver that
+    trickles its answer (a header line every few seconds) would otherwise hold the worker until the Lambda
+    timeout. When the time is up the socket is shut down, which ends any blocked read."""
     conn_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     conn = conn_class(target, timeout)
+    timed_out = threading.Event()
+
+    def abort() -> None:
+        timed_out.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout, abort)
+    timer.daemon = True
+    timer.start()
     try:
-        conn.request("POST", target.path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read(64 * 1024)  # drain a little; redirects are not followed on purpose
+        try:
+            conn.request("POST", target.path, body=body, headers=headers)
+            response = conn.getresponse()
+            if timed_out.is_set():  # headers cut short by the shutdown: not a complete answer
+                raise TimeoutError
+        except (OSError, http.client.HTTPException) as exc:
+            if timed_out.is_set():
+                raise TimeoutError(f"no complete answer within {timeout:g} s") from exc
+            raise
+        try:
+            response.read(64 * 1024)  # drain a little; redirects are not followed on purpose
+        except (OSError, http.client.HTTPException):
+            pass  # the status line and headers arrived: the answer counts, whatever the body does
         return response.status
     finally:
+        timer.cancel()
         conn.close()
 
 
