@@ -281,3 +281,57 @@ def test_the_same_request_id_submitted_concurrently_is_one_job_and_one_webhook(l
     worker.handle_message(messages[0].body, 1)
     worker.handle_message(messages[0].body, 2)  # and a duplicate delivery of it
     assert fake_engine.calls == 1 and len(webhook_receiver.received) == 1
+
+
+def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker(stack, api_handler, worker_handler, wav_bytes,
+                                                                    monkeypatch):
+    """A hostile (or broken) receiver sends a header line every 0.2 s: each read succeeds, so a per-read timeout
+    never fires. The webhook timeout must bound the whole attempt."""
+    import dataclasses
+    import socket as socket_module
+
+    monkeypatch.setattr("diarizer_service.webhooks.BACKOFF_SECONDS", 0.0)
+    stack.runtime.settings = dataclasses.replace(stack.runtime.settings, webhook_timeout_seconds=0.5)
+    listener = socket_module.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def drip(conn):
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(50):  # 10 s of headers if nobody hangs up
+                if stop.is_set():
+                    return
+                conn.sendall(b"X-Slow: a\r\n")
+                time.sleep(0.2)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def accept_loop():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept_loop, daemon=True)
+    acceptor.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        assert submit(stack, api_handler, url, "trickled", wav_bytes(1.0))[0] == 200
+        started = time.monotonic()
+        assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+        assert time.monotonic() - started < 4  # 3 attempts x 0.5 s, not 3 x 10 s of trickle
+    finally:
+        stop.set()
+        acceptor.join(2)
+        listener.close()
+    job = job_status(stack, api_handler, "trickled")
+    assert job["status"] == "done" and job["response"]["num_speakers"] == 2
+    assert job["webhook"]["delivered"] is False and "TimeoutError" in job["webhook"]["error"]
