@@ -91,11 +91,7 @@ def test_broken_json_wrong_types_and_bombs_are_400(still_serving, webhook_receiv
 
 def test_a_body_over_10_mb_is_413_without_being_parsed(still_serving):
     body = json.dumps({"content": "A" * (10 * 1024 * 1024)}).encode()
-    try:
-        answer = raw_post(still_serving, SYNC_V2, body)
-    except OSError:  # the server may close before reading the rest: then re-ask with headers only
-        pytest.skip("connection closed before the answer could be read")
-    assert_error(answer, 413, "body_too_large")
+    assert_error(raw_post(still_serving, SYNC_V2, body), 413, "body_too_large")  # the handler's own limit
 
 
 # ------------------------------------------------------------------------------------ audio
