@@ -214,6 +214,48 @@ def test_the_key_or_job_table_down_is_503_not_403_or_500(stack, api_handler, web
     assert queued_messages(stack) == 0
 
 
+@pytest.mark.parametrize("what", ["s3 result put", "dynamodb finish", "dynamodb start"])
+def test_a_storage_failure_in_the_worker_retries_the_job_and_it_finishes_once(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, fake_engine, monkeypatch, what):
+    assert submit(stack, api_handler, webhook_receiver.url, "w-fail", wav_bytes(1.0))[0] == 200
+    runtime = stack.runtime
+    failures = {"left": 1}
+
+    def once(real, operation):
+        def wrapper(**kwargs):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise ClientError({"Error": {"Code": "InternalError", "Message": "blip"}}, operation)
+            return real(**kwargs)
+        return wrapper
+
+    if what == "s3 result put":
+        monkeypatch.setattr(runtime.backends.blobs._s3, "put_object",
+                            once(runtime.backends.blobs._s3.put_object, "PutObject"))
+    else:
+        table = runtime.backends.jobs._table
+        real_update = table.update_item
+
+        def update(**kwargs):  # fail only the transition under test: queued -> running, or running -> done
+            values = kwargs.get("ExpressionAttributeValues", {})
+            new_values = {value for name, value in values.items() if name.startswith(":v")}
+            hit = "running" in new_values if what == "dynamodb start" else "done" in new_values
+            if hit and failures["left"]:
+                failures["left"] -= 1
+                raise ClientError({"Error": {"Code": "InternalServerError", "Message": "blip"}}, "UpdateItem")
+            return real_update(**kwargs)
+        monkeypatch.setattr(table, "update_item", update)
+
+    first = receive(stack, visibility=0)
+    answer = worker_handler.lambda_handler(first, stack.context)
+    assert len(answer["batchItemFailures"]) == 1 and failures["left"] == 0  # reported: SQS will redeliver
+    assert webhook_receiver.received == []
+    assert stack.run_worker(worker_handler, receive(stack, visibility=30)) == {"batchItemFailures": []}
+    job = job_status(stack, api_handler, "w-fail")
+    assert job["status"] == "done" and job["response"]["num_speakers"] == 2
+    assert len(webhook_receiver.received) == 1 and queued_messages(stack) == 0
+
+
 # ------------------------------------------------------------------------------------------- webhooks
 @pytest.mark.parametrize("receiver_kind", ["down", "slow then ok", "500 then 200"])
 def test_webhook_receiver_faults_retry_with_backoff_and_the_result_stays_retrievable(
