@@ -238,7 +238,7 @@ def test_a_storage_failure_in_the_worker_retries_the_job_and_it_finishes_once(
 
         def update(**kwargs):  # fail only the transition under test: queued -> running, or running -> done
             values = kwargs.get("ExpressionAttributeValues", {})
-            new_values = {value for name, value in values.items() if name.startswith(":v")}
+            new_values = [value for name, value in values.items() if name.startswith(":v")]
             hit = "running" in new_values if what == "dynamodb start" else "done" in new_values
             if hit and failures["left"]:
                 failures["left"] -= 1
