@@ -20,6 +20,10 @@ every measurement. The headline numbers use this process's environment as it is 
 OPENBLAS_* variables); the `openblas` section only compares against a variant of it.
 
 Sections (all by default; `--skip` a comma list): rtf, threads, openblas, cold, size, profile.
+The threads/openblas variants run interleaved (A B C A B C ...) on the ~5-minute file: default
+threads vs `threads=1`, the OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE variant, and OPENBLAS_NUM_THREADS=1
+(numpy's own BLAS thread pool next to the engine's workers). CPU seconds per audio second and
+"cores busy" (CPU / wall) are printed too: under other users' load they are steadier than wall time.
 The Lambda `MemorySize` recommendation is derived from the rtf + threads sections.
 """
 from __future__ import annotations
@@ -173,20 +177,22 @@ def med(rows: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def rtf_series(path: Path, runs: int, threads: int | None = None, env: dict | None = None, label: str = "") -> dict:
-    rows = []
-    for i in range(runs):
-        args = ["rtf", str(path)] + (["--threads", str(threads)] if threads else [])
-        r = run_fresh(args, env=env)
-        log(f"{label} run {i + 1}/{runs}: RTF {r['rtf']:.4f} ({r['diarize_s']:.1f} s for {r['audio_s'] / 60:.1f} min), "
-            f"load {r['load_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, load avg {r['load1_before']}->{r['load1_after']}")
-        rows.append(r)
+def rtf_run(path: Path, threads: int | None = None, env: dict | None = None, label: str = "", tag: str = "") -> dict:
+    args = ["rtf", str(path)] + (["--threads", str(threads)] if threads else [])
+    r = run_fresh(args, env=env)
+    log(f"{label} {tag}: RTF {r['rtf']:.4f} ({r['diarize_s']:.1f} s for {r['audio_s'] / 60:.1f} min), "
+        f"{r['cores_busy']:.2f} cores busy, load {r['load_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+        f"load avg {r['load1_before']}->{r['load1_after']}")
+    return r
+
+
+def summarize(path: Path, rows: list[dict], label: str) -> dict:
     rtf = med(rows, "rtf")
     return {
         "label": label,
         "file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
         "threads": rows[0]["threads"],
-        "runs": runs,
+        "runs": len(rows),
         "audio_min": rows[0]["audio_s"] / 60,
         "rtf_median": rtf,
         "rtf_all": [r["rtf"] for r in rows],
@@ -204,6 +210,19 @@ def rtf_series(path: Path, runs: int, threads: int | None = None, env: dict | No
         "load1": [r["load1_before"] for r in rows] + [rows[-1]["load1_after"]],
         "raw": rows,
     }
+
+
+def rtf_series(path: Path, runs: int, threads: int | None = None, env: dict | None = None, label: str = "") -> dict:
+    return summarize(path, [rtf_run(path, threads, env, label, f"run {i + 1}/{runs}") for i in range(runs)], label)
+
+
+def interleaved(path: Path, runs: int, variants: list[tuple[str, int | None, dict | None]]) -> list[dict]:
+    """Round-robin over the variants (A B C A B C ...), so a change in other users' load hits all alike."""
+    rows: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
+    for i in range(runs):
+        for label, threads, env in variants:
+            rows[label].append(rtf_run(path, threads, env, label, f"round {i + 1}/{runs}"))
+    return [summarize(path, rows[label], label) for label, _, _ in variants]
 
 
 def cold_series(clip: Path, runs: int) -> dict:
@@ -305,7 +324,7 @@ def speedup_at(vcpus: float, s2: float) -> float:
     extrapolation: not measured here)."""
     if vcpus <= 1:
         return vcpus
-    return 1 + (vcpus - 1) * (s2 - 1)
+    return 1 + (vcpus - 1) * (max(s2, 1.0) - 1)  # a measured slow-down (load noise) counts as no gain
 
 
 def lambda_recommendation(rtf1: float, rtf2: float, mem: dict, cold_s: float | None) -> dict:
@@ -422,39 +441,48 @@ def render(res: dict) -> str:
         out.append("")
     if res.get("lambda"):
         lam = res["lambda"]
+        mem = res["memory"]
         out.append("### Lambda `MemorySize` (worker)\n")
-        out.append(f"Inputs: RTF 1 thread {lam['rtf_1_thread']:.4f}, 2 threads {lam['rtf_2_threads']:.4f} "
-                   f"(speed-up {lam['speedup_2_threads']:.2f}x) on the 5-minute file; memory "
-                   f"{res['memory']['base_mb']:.0f} MB + {res['memory']['per_audio_hour_mb']:.0f} MB/audio h; "
-                   f"cold start {fmt(lam['cold_s'], '.1f')} s taken off the {LAMBDA_TIMEOUT_S} s timeout. "
-                   f"vCPUs = MemorySize / {MB_PER_VCPU} (max 6); throughput between 1 and 2 vCPUs interpolated "
-                   f"from the measured speed-up, above 2 vCPUs extrapolated (*). Max audio = the smaller of "
-                   f"the timeout limit and 90 % of MemorySize by the memory model. This machine's cores, "
-                   f"not Lambda's: scale the times by a measured Lambda run.\n")
-        out.append("| MemorySize MB | vCPUs | est. RTF | s per audio hour | GB-s per audio hour | cost vs 1,769 MB | "
-                   "max audio (timeout) | max audio (memory) |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for r in lam["rows"]:
-            star = " *" if r["extrapolated"] else ""
-            out.append(f"| {r['memory_mb']:,}{star} | {r['vcpus']:.2f} | {r['rtf_est']:.4f} | "
-                       f"{r['s_per_audio_hour']:.0f} | {r['gb_s_per_audio_hour']:.0f} | {r['cost_rel']:.2f}x | "
-                       f"{r['max_audio_h_timeout']:.1f} h | {r['max_audio_h_memory']:.1f} h |")
-        b = lam["recommended"]
-        out.append(f"\n**Recommendation: MemorySize {b['memory_mb']:,} MB (~{b['vcpus']:.1f} vCPUs)** — "
+        out.append(f"Model: vCPUs = MemorySize / {MB_PER_VCPU} (max 6); throughput between 1 and 2 vCPUs "
+                   f"interpolated from the 1- vs 2-thread speed-up measured on the 5-minute file, above 2 vCPUs "
+                   f"extrapolated (*, not measured: this machine has 2 cores). Cost = GB-s per audio hour. "
+                   f"Max audio per invocation = the smaller of the {LAMBDA_TIMEOUT_S} s timeout (minus a "
+                   f"{fmt(lam['cold_s'], '.1f')} s cold start) and 90 % of MemorySize by the memory model "
+                   f"({mem['base_mb']:.0f} MB + {mem['per_audio_hour_mb']:.0f} MB per audio hour). Times are this "
+                   f"machine's (AMD EPYC); Lambda's cores differ, so confirm with one timed invocation.\n")
+        bases = [("wall", "wall-clock time as measured", lam),
+                 ("cpu", "CPU time (other users' load removed; 2 threads assumed to keep both cores busy, an "
+                         "optimistic bound)", lam["cpu_time_based"])]
+        for key, what, data in bases:
+            head = " (headline)" if lam["basis"] == key else ""
+            out.append(f"From {what}{head}: 1 thread {data['rtf_1_thread']:.4f}, 2 threads "
+                       f"{data['rtf_2_threads']:.4f} s per audio s, speed-up {data['speedup_2_threads']:.2f}x\n")
+            out.append("| MemorySize MB | vCPUs | est. RTF | s per audio hour | GB-s per audio hour | "
+                       "cost vs 1,769 MB | max audio (timeout) | max audio (memory) |")
+            out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            for r in data["rows"]:
+                star = " *" if r["extrapolated"] else ""
+                out.append(f"| {r['memory_mb']:,}{star} | {r['vcpus']:.2f} | {r['rtf_est']:.4f} | "
+                           f"{r['s_per_audio_hour']:.0f} | {r['gb_s_per_audio_hour']:.0f} | {r['cost_rel']:.2f}x | "
+                           f"{r['max_audio_h_timeout']:.1f} h | {r['max_audio_h_memory']:.1f} h |")
+            out.append("")
+        p60 = res.get("peak_60min_mb")
+        mem_note = "" if p60 is None else (
+            f" The 60-minute peak RSS ({p60:,.0f} MB) fits even 1,769 MB, so memory is bought for vCPUs, not RSS."
+            if p60 < 0.9 * MB_PER_VCPU else f" The 60-minute peak RSS is {p60:,.0f} MB: check it fits.")
+        chosen = lam if lam["basis"] == "wall" else lam["cpu_time_based"]
+        other = lam["cpu_time_based"] if lam["basis"] == "wall" else lam
+        b = chosen["recommended"]
+        why = (f"the median 1-minute load average during the thread runs was {lam['basis_load1_median']:.1f} on "
+               f"{os.cpu_count()} cores, so " + ("the wall-clock 2-thread speed-up mostly measures other users' "
+                                                 "work and CPU time is the basis" if lam["basis"] == "cpu"
+                                                 else "wall-clock time is the basis"))
+        out.append(f"**Recommendation: MemorySize {b['memory_mb']:,} MB (~{b['vcpus']:.1f} vCPUs)** — "
                    f"{b['s_per_audio_hour']:.0f} s per audio hour (RTF {b['rtf_est']:.4f}), "
                    f"{b['cost_rel']:.2f}x the GB-s of 1,769 MB, up to {b['max_audio_h']:.1f} h of audio per "
-                   f"invocation. Rule: the fastest setting within the measured range (≤ 2 vCPUs, the engine "
-                   f"uses one worker per core) whose cost is within 25 % of the cheapest; going beyond 2 "
-                   f"vCPUs needs a measurement with more cores.")
-        cb = lam.get("cpu_time_based")
-        if cb:
-            r = cb["recommended"]
-            out.append(f"\nFrom CPU time instead of wall time (other users' load removed; 2 threads assumed to "
-                       f"keep both cores busy, an optimistic bound): 1 thread {cb['rtf_1_thread']:.4f}, 2 threads "
-                       f"{cb['rtf_2_threads']:.4f} CPU-s per audio s (speed-up {cb['speedup_2_threads']:.2f}x) -> "
-                       f"{r['memory_mb']:,} MB (~{r['vcpus']:.1f} vCPUs): {r['s_per_audio_hour']:.0f} s per audio "
-                       f"hour, {r['cost_rel']:.2f}x the GB-s of 1,769 MB, up to {r['max_audio_h']:.1f} h per "
-                       f"invocation.")
+                   f"invocation. Rule: the fastest setting within the measured range (≤ 2 vCPUs; the engine runs "
+                   f"one worker per core) whose cost is within 25 % of the cheapest. Basis: {why} (the other "
+                   f"basis gives {other['recommended']['memory_mb']:,} MB)." + mem_note)
         out.append("")
     if res.get("profile"):
         p = res["profile"]
@@ -550,14 +578,9 @@ def main(argv: list[str] | None = None) -> int:
 
     short_runs = args.runs or 3
     if short is not None and ({"threads", "openblas"} - skip):
-        series = []
-        default = by_minutes.get(short) or rtf_series(files[short], short_runs, label=f"{short:g} min default")
-        default = dict(default, label=f"default ({default['threads']} threads, this environment)")
-        series.append(default)
-        one = None
+        variants: list[tuple[str, int | None, dict | None]] = [("default threads, this environment", None, None)]
         if "threads" not in skip:
-            one = rtf_series(files[short], short_runs, threads=1, label="threads=1")
-            series.append(one)
+            variants.append(("threads=1", 1, None))
         if "openblas" not in skip:
             env = dict(os.environ)
             if args.openblas == "auto":
@@ -576,8 +599,19 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     env[k] = v
             desc = ", ".join(f"{k}={v}" if v is not None else f"{k} unset" for k, v in change.items())
-            series.append(rtf_series(files[short], short_runs, env=env, label=f"default threads, {desc}"))
+            variants.append((f"default threads, {desc}", None, env))
+            # numpy's OpenBLAS keeps its own thread pool (busy-waiting after each call) next to the
+            # engine's worker threads; pinning it to 1 thread shows what that costs.
+            one_blas = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+            variants.append(("default threads, OPENBLAS_NUM_THREADS=1", None, one_blas))
+            if "threads" not in skip:
+                variants.append(("threads=1, OPENBLAS_NUM_THREADS=1", 1, one_blas))
+        log(f"threads/OpenBLAS on the {short:g}-minute file, interleaved: {[v[0] for v in variants]}")
+        series = interleaved(files[short], short_runs, variants)
+        default = series[0]
+        one = next((x for x in series if x["label"] == "threads=1"), None)
         res["threads"] = {"file": str(files[short]), "default_threads": default["threads"], "series": series,
+                          "interleaved": True,
                           "speedup": (one["rtf_median"] / default["rtf_median"]) if one else None}
 
     if "cold" not in skip:
@@ -588,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         res["size"] = package_sizes()
 
     if res.get("threads") and res["threads"].get("speedup") and res.get("memory"):
-        one = next(s for s in res["threads"]["series"] if s["threads"] == 1)
+        one = next(x for x in res["threads"]["series"] if x["label"] == "threads=1")
         two = res["threads"]["series"][0]
         if two["threads"] == 2:
             cold_s = None
@@ -606,6 +640,12 @@ def main(argv: list[str] | None = None) -> int:
                 "rtf_1_thread": c1, "rtf_2_threads": c2, "speedup_2_threads": cpu_rec["speedup_2_threads"],
                 "recommended_mb": cpu_rec["recommended_mb"], "recommended": cpu_rec["recommended"],
                 "rows": cpu_rec["rows"]}
+            # Headline basis: wall time, unless the machine was busier than its cores during these runs
+            # (then the measured 2-thread speed-up mostly shows other users' work, and CPU time is used).
+            load = statistics.median(one["load1"] + two["load1"])
+            contended = load > (os.cpu_count() or 1)
+            res["lambda"]["basis"] = "cpu" if contended else "wall"
+            res["lambda"]["basis_load1_median"] = load
         else:
             log(f"default threads = {two['threads']}, not 2: no Lambda recommendation (it interpolates 1 -> 2)")
 
