@@ -393,7 +393,8 @@ def render(res: dict) -> str:
         out.append("")
     if res.get("threads"):
         t = res["threads"]
-        out.append("### Threads and OpenBLAS environment (5-minute file)\n")
+        out.append(f"### Threads and OpenBLAS environment ({t['series'][0]['audio_min']:.1f}-minute file, variants "
+                   f"interleaved, fresh process per run)\n")
         out.append("| variant | runs | threads | median RTF | RTF all runs | CPU s / audio s | cores busy | "
                    "peak RSS MB | load avg (runs) |")
         out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -444,7 +445,7 @@ def render(res: dict) -> str:
         mem = res["memory"]
         out.append("### Lambda `MemorySize` (worker)\n")
         out.append(f"Model: vCPUs = MemorySize / {MB_PER_VCPU} (max 6); throughput between 1 and 2 vCPUs "
-                   f"interpolated from the 1- vs 2-thread speed-up measured on the 5-minute file, above 2 vCPUs "
+                   f"interpolated from the 1- vs 2-thread speed-up measured on the short file, above 2 vCPUs "
                    f"extrapolated (*, not measured: this machine has 2 cores). Cost = GB-s per audio hour. "
                    f"Max audio per invocation = the smaller of the {LAMBDA_TIMEOUT_S} s timeout (minus a "
                    f"{fmt(lam['cold_s'], '.1f')} s cold start) and 90 % of MemorySize by the memory model "
