@@ -68,6 +68,7 @@ SAM_TARGETS = {
     "ApiFunction": ("function", "api"),
     "SyncApiFunction": ("function", "api"),
     "WorkerFunction": ("function", "worker"),
+    "DeadLetterFunction": ("function", "worker"),  # the worker code's dead_letter_handler, no engine
     "BaseLayer": ("pip", "base"),
     "RuntimeLayer": ("pip", "runtime"),
     "ModelsLayer": ("models", "models"),

@@ -1,6 +1,8 @@
 """Worker Lambda (SQS, ReportBatchItemFailures): each record is an API job or an S3 batch event.
 
 The engine is created once per container (lazily, on the first record) and reused for every message.
+`dead_letter_handler` is the DeadLetterFunction (same code, no engine): it reads the dead-letter queue
+and fails the jobs whose worker died on every attempt, so no client waits on a job stuck in "running".
 """
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import time
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from diarizer_service.observability import logger, metrics, tracer
+from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import get_runtime
 from diarizer_service.worker import Worker
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+dead_letter_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 _worker: Worker | None = None
 _deadline: float | None = None  # time.monotonic() when this invocation times out (set per invocation)
 
@@ -44,3 +47,20 @@ def lambda_handler(event: dict, context: object) -> dict:
     remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
     _deadline = time.monotonic() + remaining_ms() / 1000 if callable(remaining_ms) else None
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+
+def dead_letter_record_handler(record: SQSRecord) -> None:
+    logger.remove_keys(["request_id", "key_id", "object_key"])
+    logger.append_keys(message_id=record.message_id)
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    if get_worker().fail_dead_letter(record.body, receive_count):
+        metrics.add_metric(name="DeadLettersFailed", unit=MetricUnit.Count, value=1)
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def dead_letter_handler(event: dict, context: object) -> dict:
+    return process_partial_response(
+        event=event, record_handler=dead_letter_record_handler, processor=dead_letter_processor, context=context
+    )

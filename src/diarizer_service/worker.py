@@ -81,6 +81,36 @@ class Worker:
             return
         logger.error("dropping a message of unknown shape")
 
+    # ---- dead letters ------------------------------------------------------------------------------------
+    def fail_dead_letter(self, body: str, receive_count: int) -> bool:
+        """A message that exhausted its receives (the worker died each time: out of memory, killed, ...):
+        fail its job with a readable reason and tell the webhook, or write the batch object's error record.
+        Returns True when something was failed here; finished jobs and results are left alone."""
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(message, dict):
+            return False
+        reason = (f"Gave up after {receive_count} attempts: the worker stopped or crashed while processing "
+                  "it each time (out of memory or killed).")
+        if "job_id" in message:
+            job = self.runtime.jobs.get(str(message["job_id"]))
+            if job is None or job.status in FINISHED:
+                return False
+            logger.append_keys(request_id=job.request_id, key_id=job.key_id)
+            self._fail(job, "processing_failed", reason)
+            return True
+        failed = False
+        for record in message.get("Records", []):
+            key = unquote_plus(str(record.get("s3", {}).get("object", {}).get("key", "")))
+            if key.startswith(INCOMING_PREFIX) and not key.endswith("/"):
+                results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+                if self.runtime.backends.blobs.head(results_base + ".json") is None:
+                    self._write_batch_error(key, results_base, "processing_failed", reason)
+                    failed = True
+        return failed
+
     # ---- API jobs ----------------------------------------------------------------------------------------
     @tracer.capture_method(capture_response=False)
     def process_job(self, job_id: str, receive_count: int, deadline: float | None = None) -> None:

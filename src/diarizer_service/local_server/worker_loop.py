@@ -7,13 +7,11 @@ Messages received too often move to the dead letters inside `receive`; their job
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Callable
 
 from diarizer_service.backends.local import QueueMessage, SqliteJobQueue, to_sqs_event
-from diarizer_service.jobs import FINISHED
 from diarizer_service.local_server.handlers import LocalLambdaContext
 
 Say = Callable[[str], None]
@@ -127,17 +125,6 @@ class WorkerLoop:
 
 
 def fail_dead_letter_job(worker, dead_letter: dict) -> bool:
-    """Mark the job of a dead-lettered message failed (and notify its webhook) unless it already finished.
-    `worker` is the worker handler's `Worker`; returns True when the job was failed here."""
-    try:
-        job_id = json.loads(dead_letter["body"]).get("job_id")
-    except (ValueError, AttributeError):
-        return False
-    job = worker.runtime.jobs.get(str(job_id)) if job_id else None
-    if job is None or job.status in FINISHED:
-        return False
-    # Worker._fail is the one place that fails a job and sends the failure webhook (see the report: a public
-    # name for it would be better).
-    worker._fail(job, "processing_failed", f"Gave up after {dead_letter['receive_count']} attempts: the worker "
-                 "stopped or crashed while processing the job each time.")
-    return True
+    """Fail the job (or batch object) of a dead-lettered message unless it already finished, as the deployed
+    stack's DeadLetterFunction does. `worker` is the worker handler's `Worker`."""
+    return worker.fail_dead_letter(dead_letter["body"], dead_letter["receive_count"])
