@@ -8,12 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+
+from loopback import LoopbackHTTPServer
 
 for _name, _value in {
     "POWERTOOLS_SERVICE_NAME": "diarizer",
@@ -150,7 +151,7 @@ class ReceivedWebhook:
         return json.loads(self.body)
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackHTTPServer):
     """An http.server on 127.0.0.1 in a thread; records every POST; answers `statuses` in turn (then 200)."""
 
     def __init__(self):
@@ -170,17 +171,7 @@ class WebhookReceiver:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import ipaddress
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from acceptance.serve_helpers import DEMO_TWO_SPEAKERS
+from loopback import LoopbackHTTPServer
 
 ASYNC_V2 = "/audio/generic/api/v2/async/diarize"
 SYNC_V2 = "/audio/generic/api/v2/sync/diarize"
@@ -51,7 +52,7 @@ class ConnectionGuard:
 
 
 # --------------------------------------------------------------------------- a scriptable webhook receiver
-class ScriptedReceiver:
+class ScriptedReceiver(LoopbackHTTPServer):
     """An http.server on 127.0.0.1: each POST takes the next behaviour from `script` ("ok", "500", "slow:<s>"),
     then "ok"; records (monotonic time, headers, body) of every POST, and which answers were 2xx."""
 
@@ -85,18 +86,7 @@ class ScriptedReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def closed_port_url() -> str:
