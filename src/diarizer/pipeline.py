@@ -223,14 +223,12 @@ class Diarizer:
         if not valid.any():
             return labels
         strong = valid & (windows.seconds >= self.config.min_cluster_seconds)
+        # Voices the segmentation model heard side by side in one window are different people:
+        # the busiest window is a lower bound on the speaker count (cannot-link evidence).
+        heard_together = int(strong.sum(axis=1).max()) if self.config.window_bound else 1
         if not strong.any():
             strong = valid
         fixed = options.speakers if options.speakers > 0 else None
-        # Voices the segmentation model heard side by side in one window are different people:
-        # the busiest window is a lower bound on the speaker count (cannot-link evidence).
-        heard_together = int((windows.seconds >= self.config.min_cluster_seconds).sum(axis=1).max())
-        if not self.config.window_bound:
-            heard_together = 1
         min_speakers = max(options.min_speakers or 1, heard_together)
         if options.max_speakers:
             min_speakers = min(min_speakers, options.max_speakers)

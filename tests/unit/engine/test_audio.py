@@ -1,10 +1,8 @@
 """Decoding: every format/rate/channel layout to 16 kHz mono; broken input gives a clear error."""
-import io
 from math import gcd
 
 import numpy as np
 import pytest
-import soundfile as sf
 from scipy.signal import resample_poly
 
 import audio_factory as af
