@@ -56,3 +56,9 @@ def test_merge_joins_close_turns_of_one_speaker_only():
 def test_speakers_are_named_by_first_appearance():
     segments = label_by_first_appearance([(7, 3.0, 4.0), (2, 0.5, 1.0), (7, 1.5, 2.0)])
     assert [(s.speaker_id, s.start) for s in segments] == [("speaker1", 0.5), ("speaker2", 1.5), ("speaker2", 3.0)]
+
+
+def test_merge_never_bridges_a_gap_where_someone_else_talks():
+    turns = [(0, 0.0, 1.0), (1, 1.05, 1.15), (0, 1.2, 2.0), (0, 1.9, 2.5)]
+    merged = sorted(merge_same_speaker(turns, max_gap=0.5), key=lambda t: (t[1], t[0]))
+    assert merged == [(0, 0.0, 1.0), (1, 1.05, 1.15), (0, 1.2, 2.5)]  # overlapping runs still join
