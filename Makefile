@@ -24,8 +24,8 @@ demo: $(STAMP)
 
 ## test: install and run every test, the template lint and the Lambda size check
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory lint size
+	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
