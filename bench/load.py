@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
-import hmac
 import io
 import json
-import os
 import random
-import re
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +29,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from diarizer_service.local_server.child import ServeProcess
+from diarizer_service.webhooks import verify_signature
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "two-speakers.flac"
@@ -63,15 +60,8 @@ def make_clips(count: int, min_seconds: float, max_seconds: float, seed: int) ->
 
 # ------------------------------------------------------------------------------------------------ webhooks
 def verify(secret: str | None, headers, body: bytes) -> bool:
-    if not secret:
-        return True  # the secret is unknown when targeting a server started elsewhere without --webhook-secret
-    msg_id, timestamp = headers.get("webhook-id"), headers.get("webhook-timestamp") or ""
-    if not msg_id or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
-        return False
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest())
-    return any(v == "v1" and hmac.compare_digest(s, expected.decode())
-               for v, _, s in (c.partition(",") for c in (headers.get("webhook-signature") or "").split()))
+    # The secret is unknown when targeting a server started elsewhere without --webhook-secret.
+    return verify_signature(secret, headers, body) if secret else True
 
 
 class Receiver:
@@ -120,43 +110,6 @@ class Receiver:
 
 
 # ------------------------------------------------------------------------------------------------ server
-class Server:
-    """`diarize serve` on a free loopback port with its own data dir; its output goes to a log file."""
-
-    def __init__(self, data_dir: Path, api_key: str, log_path: Path, start_timeout: float):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIARIZER_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "diarizer.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir",
-             str(data_dir), "--api-key", api_key, "--no-access-log", "--retry-delay", "1"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        deadline = time.monotonic() + start_timeout
-        self.url = self.webhook_secret = None
-        while time.monotonic() < deadline and self.process.poll() is None:
-            text = log_path.read_text(errors="replace")
-            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", text)
-            if found:
-                self.url = found.group(1)
-                secret = re.search(r"webhook secret: (\S+)", text)
-                self.webhook_secret = secret.group(1) if secret else None
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"diarize serve did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
-
-
 # ------------------------------------------------------------------------------------------------ client
 def http(base: str, method: str, path: str, api_key: str, *, body: bytes | None = None, query: dict | None = None,
          timeout: float = 60.0) -> tuple[int, dict]:
@@ -197,7 +150,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="diarizer-load-")
         api_key = "dk_load_" + secrets.token_urlsafe(16)
-        server = Server(Path(tmp.name) / "data", api_key, Path(tmp.name) / "serve.log", args.start_timeout)
+        server = ServeProcess(Path(tmp.name) / "data", api_key, Path(tmp.name) / "serve.log", "--retry-delay", "1",
+                              start_timeout=args.start_timeout)
         base, secret = server.url, server.webhook_secret
     receiver = Receiver(secret)
     run_id = secrets.token_hex(3)

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
-import hmac
 import json
 import os
 import queue
-import re
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +23,9 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
+
+from diarizer_service.local_server.child import ServeProcess
+from diarizer_service.webhooks import verify_signature  # the check the README shows receivers
 
 DEMO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEMO_DIR.parent
@@ -60,55 +58,7 @@ class WebhookReceiver:
         self.server.server_close()
 
 
-def signature_is_valid(secret: str, headers: dict, body: bytes) -> bool:
-    """The check a webhook receiver makes (the same as the README's snippet)."""
-    msg_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
-    if not msg_id or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
-        return False
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest())
-    return any(sig.partition(",")[0] == "v1" and hmac.compare_digest(sig.partition(",")[2], expected.decode())
-               for sig in headers.get("webhook-signature", "").split())
-
-
-class LocalService:
-    """`diarize serve --port 0` as a subprocess; its output goes to a log file that is shown if anything fails."""
-
-    def __init__(self, data_dir: Path, log_path: Path, api_key: str):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "diarizer.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-             "--api-key", api_key, "--no-access-log", "--log-level", "WARNING"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        self.url, self.webhook_secret = self._wait_until_listening()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def _wait_until_listening(self) -> tuple[str, str]:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            listening = re.search(r"listening on (http://\S+)", self.log())
-            if listening:
-                return listening.group(1), re.search(r"webhook secret: (\S+)", self.log()).group(1)
-            if self.process.poll() is not None:
-                raise RuntimeError(f"`diarize serve` exited with code {self.process.returncode}")
-            time.sleep(0.1)
-        raise RuntimeError(f"`diarize serve` did not start within {START_TIMEOUT:g} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
-
-
-def submit(service: LocalService, api_key: str, audio: bytes, webhook: str, request_id: str) -> dict:
+def submit(service: ServeProcess, api_key: str, audio: bytes, webhook: str, request_id: str) -> dict:
     query = urllib.parse.urlencode({"apikey": api_key, "webhook": webhook, "request_id": request_id})
     body = {"content": base64.b64encode(audio).decode(), "encoding": "FLAC", "sampleRate": 16000,
             "languageCode": "en-US", "speakers": -1}
@@ -161,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         receiver, service = WebhookReceiver(), None
         try:
             print("Starting the local service (diarize serve)...", flush=True)
-            service = LocalService(Path(tmp) / "data", Path(tmp) / "serve.log", api_key)
+            service = ServeProcess(Path(tmp) / "data", api_key, Path(tmp) / "serve.log", "--log-level", "WARNING",
+                                   start_timeout=START_TIMEOUT)
             print(f"Listening on {service.url}; sending {audio_path.name} to POST "
                   "/audio/generic/api/v2/async/diarize with a webhook...", flush=True)
             began = time.monotonic()
@@ -175,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             payload = json.loads(body)
             if "error" in payload:
                 raise RuntimeError(f"the job failed: {payload['error']['code']}: {payload['error']['message']}")
-            print_result(audio_path, payload["response"], signature_is_valid(service.webhook_secret, headers, body),
+            print_result(audio_path, payload["response"], verify_signature(service.webhook_secret, headers, body),
                          time.monotonic() - began)
             return 0
         except BrokenPipeError:  # e.g. `run_demo.py | head`: the reader left, nothing to report
