@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 import boto3
 from botocore.config import Config
@@ -14,6 +15,15 @@ from diarizer_service.settings import Settings
 
 # Short timeouts and few retries: the API must answer 503 quickly instead of hitting API Gateway's 29 s.
 _BOTO_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
+
+
+@contextmanager
+def _failures_as(operation: str) -> Iterator[None]:
+    """boto3/botocore errors become BackendError naming the operation (the API answers 503 on it)."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise BackendError(f"{operation} failed: {exc}") from exc
 
 
 def _error_code(exc: ClientError) -> str:
@@ -47,11 +57,9 @@ class S3BlobStore:
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None:
-        try:
+        with _failures_as("S3 put"):
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
                                 Metadata=dict(metadata or {}), ServerSideEncryption="AES256")
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"S3 put failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:
@@ -76,10 +84,8 @@ class S3BlobStore:
         return BlobInfo(size=answer["ContentLength"], etag=answer.get("ETag", "").strip('"'), metadata=metadata)
 
     def delete(self, key: str) -> None:
-        try:
+        with _failures_as("S3 delete"):
             self._s3.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"S3 delete failed: {exc}") from exc
 
     def presign_put(self, key: str, expires_seconds: int) -> str:
         # The bucket's default encryption (SSE-S3 at least) applies to presigned uploads.
@@ -94,10 +100,8 @@ class SqsJobQueue:
         self._sqs = client or boto3.client("sqs", config=_BOTO_CONFIG)
 
     def send(self, body: dict) -> str:
-        try:
+        with _failures_as("SQS send"):
             return self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body))["MessageId"]
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"SQS send failed: {exc}") from exc
 
 
 class DynamoJobTable:
@@ -116,10 +120,8 @@ class DynamoJobTable:
             raise BackendError(f"DynamoDB put failed: {exc}") from exc
 
     def get(self, job_id: str) -> dict | None:
-        try:
+        with _failures_as("DynamoDB get"):
             item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"DynamoDB get failed: {exc}") from exc
         return _from_dynamo(item) if item else None
 
     def update(self, job_id: str, changes: dict, *, expected_status: Collection[str] | None = None) -> bool:
@@ -156,10 +158,8 @@ class DynamoJobTable:
             raise BackendError(f"DynamoDB update failed: {exc}") from exc
 
     def delete(self, job_id: str) -> None:
-        try:
+        with _failures_as("DynamoDB delete"):
             self._table.delete_item(Key={"job_id": job_id})
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"DynamoDB delete failed: {exc}") from exc
 
 
 class DynamoKeyStore:
@@ -167,42 +167,34 @@ class DynamoKeyStore:
         self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
 
     def put(self, item: dict) -> None:
-        try:
+        with _failures_as("DynamoDB put"):
             self._table.put_item(Item=_to_dynamo(item))
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"DynamoDB put failed: {exc}") from exc
 
     def get(self, key_hash: str) -> dict | None:
-        try:
+        with _failures_as("DynamoDB get"):
             item = self._table.get_item(Key={"key_hash": key_hash}).get("Item")
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"DynamoDB get failed: {exc}") from exc
         return _from_dynamo(item) if item else None
 
     def list(self) -> list[dict]:
         items, kwargs = [], {}
-        try:
+        with _failures_as("DynamoDB scan"):
             while True:
                 page = self._table.scan(**kwargs)
                 items.extend(_from_dynamo(item) for item in page.get("Items", []))
                 if "LastEvaluatedKey" not in page:
                     return items
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"DynamoDB scan failed: {exc}") from exc
 
     def update(self, key_hash: str, changes: dict) -> None:
         names = {f"#a{i}": name for i, name in enumerate(changes)}
         values = {f":v{i}": _to_dynamo(value) for i, value in enumerate(changes.values())}
-        try:
+        with _failures_as("DynamoDB update"):
             self._table.update_item(
                 Key={"key_hash": key_hash},
                 UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(changes))),
                 ConditionExpression="attribute_exists(key_hash)",
                 ExpressionAttributeNames=names, ExpressionAttributeValues=values,
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendError(f"DynamoDB update failed: {exc}") from exc
 
 
 def create_aws_backends(settings: Settings) -> Backends:
