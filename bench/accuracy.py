@@ -104,16 +104,39 @@ def score(reference_rttm: Path, hypothesis: dict, uem_path: Path | None) -> dict
     return report
 
 
-def run_set(engine, folder: Path, options, cache_dir: Path | None) -> tuple[dict, float, float]:
+def reference_counts(reference_rttm: Path) -> dict[str, int]:
+    speakers: dict[str, set] = {}
+    for line in reference_rttm.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] == "SPEAKER":
+            speakers.setdefault(parts[1], set()).add(parts[7])
+    return {uri: len(s) for uri, s in speakers.items()}
+
+
+def analysis_tag(config) -> str:
+    """Short hash of the settings that change `analyse` (segmentation + voice prints): a cache key part."""
+    import hashlib
+
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k in ANALYSIS_FIELDS}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+ANALYSIS_FIELDS = {"step_seconds", "min_embed_seconds", "max_embed_seconds", "short_step_seconds", "short_file_seconds"}
+
+
+def run_set(engine, folder: Path, options, cache_dir: Path | None, oracle: bool = False) -> tuple[dict, float, float]:
     from diarizer import audio as audio_io
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    truth = reference_counts(folder / "reference.rttm") if oracle else {}
     hypothesis, audio_seconds, compute_seconds = {}, 0.0, 0.0
     for path in files:
         began = time.perf_counter()
         samples = audio_io.decode(path)
         duration = len(samples) / 16000
-        cached = cache_dir / f"{folder.name}-{path.stem}.pkl" if cache_dir else None
+        if oracle:
+            options = dataclasses.replace(options, speakers=max(1, truth.get(path.stem, 1)))
+        cached = cache_dir / f"{folder.name}-{path.stem}-{analysis_tag(engine.config)}.pkl" if cache_dir else None
         if cached and cached.is_file():
             windows = pickle.loads(cached.read_bytes())
         else:
@@ -175,7 +198,9 @@ def main() -> int:
     print(f"pipeline: {dataclasses.asdict(config)}\n")
     for name in args.sets or ["ami", "dev"]:
         folder = resolve_set(name, args.work)
-        hypothesis, audio_s, compute_s = run_set(engine, folder, DiarizationOptions(), args.cache)
+        hypothesis, audio_s, compute_s = run_set(
+            engine, folder, DiarizationOptions(), args.cache, oracle=args.speakers == "oracle"
+        )
         report = score(folder / "reference.rttm", hypothesis, folder / "reference.uem")
         rtf = compute_s / audio_s if audio_s else 0.0
         full["sets"][name] = {**report, "rtf": rtf, "audio_seconds": audio_s}

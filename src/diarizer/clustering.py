@@ -18,11 +18,17 @@ from scipy.optimize import linear_sum_assignment
 
 @dataclass(frozen=True)
 class ClusteringConfig:
-    threshold: float = 0.75  # euclidean distance between unit vectors (cosine similarity 0.72)
+    method: str = "centroid"  # "constrained" average linkage, or "centroid" (the previous engine)
+    threshold: float = 0.75  # centroid: euclidean distance between unit vectors (cosine similarity 0.72)
+    min_similarity: float = 0.45  # constrained: clusters less alike than this (average cosine) stay apart
     min_cluster_size: int = 2  # absolute floor for a cluster to count as a speaker ...
     # ... or this fraction of all embeddings, whichever is larger: on a 3-hour recording (~4,000 voice
     # prints) pairs of stray prints otherwise pass for speakers (10 found where 6 talk; 5 with it).
     min_cluster_fraction: float = 0.005
+    # With the speech behind each print known (the pipeline knows it), the floors are in seconds of
+    # distinct speech, which does not depend on how densely windows sample the file.
+    min_speaker_seconds: float = 3.0
+    min_speaker_fraction: float = 0.005
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -38,12 +44,15 @@ def _centroids(x: np.ndarray, labels: np.ndarray, keep: list[int]) -> np.ndarray
     return l2_normalise(np.stack([x[labels == k].mean(axis=0) for k in keep]))
 
 
-def _absorb_small(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Move members of clusters smaller than min_size to the nearest large cluster."""
-    ids, sizes = np.unique(labels, return_counts=True)
-    large = [k for k, s in zip(ids, sizes) if s >= min_size]
+def _absorb_small(x: np.ndarray, labels: np.ndarray, min_size: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Move members of clusters lighter than min_size (summed `weights`, default 1 each) to the
+    nearest heavy cluster."""
+    weights = np.ones(len(x)) if weights is None else weights
+    ids = np.unique(labels)
+    mass = np.array([weights[labels == k].sum() for k in ids])
+    large = [k for k, m in zip(ids, mass) if m >= min_size]
     if not large:  # nothing is big enough: the largest cluster stands for the speaker
-        large = [ids[np.argmax(sizes)]]
+        large = [ids[np.argmax(mass)]]
     if len(large) == len(ids):
         return _relabel(labels)
     centroids = _centroids(x, labels, large)
@@ -74,11 +83,11 @@ def cut_into(tree: np.ndarray, k: int) -> np.ndarray:
     return _relabel(np.array([root(i) for i in range(n)]))
 
 
-def _cut(tree: np.ndarray, x: np.ndarray, min_size: int, target: int) -> np.ndarray:
+def _cut(tree: np.ndarray, x: np.ndarray, min_size: float, target: int, weights: np.ndarray | None = None) -> np.ndarray:
     """Labels with `target` clusters: the finest cut whose large clusters number `target`, so that
     stray embeddings do not take a speaker's place; failing that, the plain `target`-cluster cut."""
     for k in range(target, min(len(x), target + 20) + 1):
-        labels = _absorb_small(x, cut_into(tree, k), min_size)
+        labels = _absorb_small(x, cut_into(tree, k), min_size, weights)
         count = labels.max() + 1
         if count == target:
             return labels
@@ -87,29 +96,113 @@ def _cut(tree: np.ndarray, x: np.ndarray, min_size: int, target: int) -> np.ndar
     return cut_into(tree, target)
 
 
+def constrained_linkage(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, int]:
+    """Average-linkage AHC on cosine similarity in which two clusters never merge while they hold
+    voice prints of one group (one window: the segmentation model heard those voices side by side,
+    so they are different people), for as long as any other merge is left.
+
+    x: (N, D) unit vectors; groups: (N,) group of each print. Returns a scipy-style linkage matrix
+    (distance column = 1 - average cosine similarity) and how many of its merges, from the first,
+    respect the constraints; the merges after those break them (only an exact count asks for them).
+    Within the constrained part the merge similarities never increase (the best average similarity
+    cannot grow by averaging or by forbidding pairs), so any threshold cuts it at one place.
+    """
+    n = len(x)
+    sim = (x @ x.T).astype(np.float32)
+    cannot = groups[:, None] == groups[None, :]
+    np.fill_diagonal(cannot, False)
+    size = np.ones(n)
+    node = np.arange(n)  # scipy id of the cluster that row i stands for
+    active = np.ones(n, dtype=bool)
+    tree = np.zeros((n - 1, 4))
+
+    def allowed_row(i: int) -> np.ndarray:
+        row = sim[i].copy()
+        row[~active | cannot[i]] = -np.inf
+        row[i] = -np.inf
+        return row
+
+    def all_allowed() -> np.ndarray:
+        out = sim.copy()
+        out[cannot | ~active[None, :] | ~active[:, None]] = -np.inf
+        np.fill_diagonal(out, -np.inf)
+        return out
+
+    allowed = all_allowed()
+    best, arg = allowed.max(axis=1), allowed.argmax(axis=1)
+    constrained = n - 1
+    for step in range(n - 1):
+        rows = np.flatnonzero(active)
+        i = rows[np.argmax(best[rows])]
+        if best[i] == -np.inf:  # every remaining merge joins voices heard together: the constraints go
+            constrained = min(constrained, step)
+            cannot[:] = False
+            allowed = all_allowed()
+            best, arg = allowed.max(axis=1), allowed.argmax(axis=1)
+            i = rows[np.argmax(best[rows])]
+        j = arg[i]
+        tree[step] = (min(node[i], node[j]), max(node[i], node[j]), 1.0 - best[i], size[i] + size[j])
+        # Merge j into i: average linkage is the size-weighted mean of the two rows (Lance-Williams).
+        sim[i] = (size[i] * sim[i] + size[j] * sim[j]) / (size[i] + size[j])
+        sim[:, i] = sim[i]
+        cannot[i] |= cannot[j]
+        cannot[:, i] = cannot[i]
+        size[i] += size[j]
+        node[i] = n + step
+        active[j] = False
+        allowed[j] = -np.inf
+        allowed[:, j] = -np.inf
+        allowed[i] = allowed_row(i)
+        allowed[:, i] = allowed[i]
+        best[j] = -np.inf
+        stale = np.flatnonzero(active & ((arg == i) | (arg == j)))
+        best[stale], arg[stale] = allowed[stale].max(axis=1), allowed[stale].argmax(axis=1)
+        better = active & (allowed[:, i] > best)
+        best[better], arg[better] = allowed[better, i], i
+    return tree, constrained
+
+
 def cluster(
     embeddings: np.ndarray,
     config: ClusteringConfig,
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    groups: np.ndarray | None = None,
+    seconds: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Cluster labels 0..K-1 for (N, D) embeddings."""
+    """Cluster labels 0..K-1 for (N, D) embeddings.
+
+    groups (N,): prints of one group are different voices (constrained method).
+    seconds (N,): distinct speech behind each print; when given, a speaker needs
+    `min_speaker_seconds` (or `min_speaker_fraction` of all speech) instead of a print count.
+    """
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=int)
     if n == 1:
         return np.zeros(1, dtype=int)
     x = l2_normalise(embeddings.astype(np.float64))
-    min_size = max(config.min_cluster_size, int(np.ceil(config.min_cluster_fraction * n)))
-    min_size = min(min_size, max(1, n // max(num_speakers or 1, min_speakers or 1)))
-    tree = linkage(x, method="centroid", metric="euclidean")
+    wanted = max(num_speakers or 1, min_speakers or 1)
+    if seconds is None:
+        min_size = max(config.min_cluster_size, int(np.ceil(config.min_cluster_fraction * n)))
+        min_size = min(min_size, max(1, n // wanted))
+    else:
+        total = float(seconds.sum())
+        min_size = min(max(config.min_speaker_seconds, config.min_speaker_fraction * total), total / wanted)
+    if config.method == "constrained":
+        tree, constrained = constrained_linkage(x, np.arange(n) if groups is None else np.asarray(groups))
+        merges = int(np.sum(tree[:constrained, 2] <= 1.0 - config.min_similarity))
+        first_cut = cut_into(tree, n - merges)
+    else:
+        tree = linkage(x, method="centroid", metric="euclidean")
+        first_cut = fcluster(tree, config.threshold, criterion="distance")
     if num_speakers:
-        return _cut(tree, x, min_size, min(num_speakers, n))
-    labels = _absorb_small(x, fcluster(tree, config.threshold, criterion="distance"), min_size)
+        return _cut(tree, x, min_size, min(num_speakers, n), seconds)
+    labels = _absorb_small(x, first_cut, min_size, seconds)
     count = labels.max() + 1
     if min_speakers and count < min_speakers:
-        return _cut(tree, x, min_size, min(min_speakers, n))
+        return _cut(tree, x, min_size, min(min_speakers, n), seconds)
     if max_speakers and count > max_speakers:
         return _cut(tree, x, 1, max_speakers)
     return labels

@@ -50,6 +50,11 @@ WINDOW_BATCH = 4  # windows per segmentation call
 @dataclass(frozen=True)
 class PipelineConfig:
     step_seconds: float = 5.0  # hop between 10 s segmentation windows
+    # Short files get a smaller hop, so that they still yield this many windows (more voice prints and
+    # more cannot-link evidence for quiet participants), down to `min_step_seconds`. 0 disables.
+    min_windows: int = 0
+    min_step_seconds: float = 1.0
+    speech_floor: bool = False  # speaker floors in seconds of distinct speech (else in print counts)
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
@@ -184,8 +189,16 @@ class Diarizer:
         if failures:
             raise failures[0]
 
+    def step_for(self, num_samples: int) -> float:
+        """Hop between windows for a file of this length (see `PipelineConfig.min_windows`)."""
+        config = self.config
+        if not config.min_windows or num_samples <= WINDOW_SAMPLES:
+            return config.step_seconds
+        span = (num_samples - WINDOW_SAMPLES) / SAMPLE_RATE
+        return float(np.clip(span / max(config.min_windows - 1, 1), config.min_step_seconds, config.step_seconds))
+
     def _segment_and_embed(self, samples: np.ndarray, progress: Progress | None) -> WindowResults:
-        starts = window_starts(len(samples), self.config.step_seconds)
+        starts = window_starts(len(samples), self.step_for(len(samples)))
         frames = frames_in(min(len(samples), WINDOW_SAMPLES))
         probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
         embeddings = np.full((len(starts), LOCAL_SPEAKERS, EMBEDDING_DIM), np.nan, np.float32)
@@ -216,6 +229,13 @@ class Diarizer:
         self._run_on_workers(work)
         return WindowResults(np.asarray(starts), probs, embeddings, seconds)
 
+    def _distinct_seconds(self, windows: WindowResults) -> np.ndarray:
+        """(windows, local) speech behind each print, divided by how many windows cover each moment."""
+        if len(windows.starts) < 2:
+            return windows.seconds
+        hop = float(np.median(np.diff(windows.starts))) / SAMPLE_RATE
+        return windows.seconds * min(1.0, hop * SAMPLE_RATE / WINDOW_SAMPLES)
+
     def _cluster(self, windows: WindowResults, options: DiarizationOptions) -> np.ndarray:
         """(windows, local) global speaker of every local speaker, -1 where it has no voice print."""
         labels = np.full(windows.seconds.shape, -1, dtype=int)
@@ -238,6 +258,8 @@ class Diarizer:
             num_speakers=fixed,
             min_speakers=min_speakers,
             max_speakers=options.max_speakers,
+            groups=np.nonzero(strong)[0],
+            seconds=self._distinct_seconds(windows)[strong] if self.config.speech_floor else None,
         )
         centroids = centroids_of(windows.embeddings[strong], strong_labels)
         window_of = np.nonzero(valid)[0]

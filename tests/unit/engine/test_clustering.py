@@ -57,3 +57,42 @@ def test_local_speakers_of_one_window_get_different_speakers():
     labels = assign_per_window(x, centroids, window_of)
     assert labels[0] != labels[1]
     assert (labels[2:] == truth[2:]).all()
+
+
+def test_without_constraints_the_linkage_is_scipys_average_linkage():
+    from scipy.cluster.hierarchy import linkage
+
+    from diarizer.clustering import constrained_linkage, l2_normalise
+
+    x, _ = voices([7, 9, 5], seed=6)
+    x = l2_normalise(x)
+    tree, constrained = constrained_linkage(x, np.arange(len(x)))
+    reference = linkage(x, method="average", metric="cosine")
+    assert constrained == len(x) - 1
+    np.testing.assert_allclose(np.sort(tree[:, 2]), np.sort(reference[:, 2]), atol=1e-5)
+
+
+def test_voices_heard_together_stay_apart_until_only_such_merges_are_left():
+    from diarizer.clustering import constrained_linkage, cut_into, l2_normalise
+
+    # Two voices so alike that plain clustering joins them; each window holds one print of each.
+    rng = np.random.default_rng(7)
+    centre = rng.standard_normal(192)
+    a = centre + 0.2 * rng.standard_normal((6, 192))
+    b = centre + 0.6 * rng.standard_normal(192) + 0.2 * rng.standard_normal((6, 192))
+    x = l2_normalise(np.concatenate([a, b]))
+    windows = np.concatenate([np.arange(6), np.arange(6)])
+    tree, constrained = constrained_linkage(x, windows)
+    assert constrained == len(x) - 2  # everything merges into two voices before a constraint breaks
+    two = cut_into(tree, 2)
+    assert same_partition(two, np.repeat([0, 1], 6))
+    assert cut_into(tree, 1).max() == 0  # an exact count of 1 may still break the constraint
+    labels = cluster(x, ClusteringConfig(min_similarity=0.0), groups=windows)
+    assert same_partition(labels, np.repeat([0, 1], 6))
+
+
+def test_speaker_floor_in_seconds_of_speech():
+    x, truth = voices([10, 10, 3], seed=8)
+    seconds = np.where(truth == 2, 0.5, 2.0)  # the third voice: 1.5 s of speech in all
+    assert cluster(x, ClusteringConfig(min_speaker_seconds=3.0), seconds=seconds).max() + 1 == 2
+    assert cluster(x, ClusteringConfig(min_speaker_seconds=1.0), seconds=seconds).max() + 1 == 3

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""The broad evaluation suite: many conditions, each split into a tuning part and a held-out part.
+
+    python bench/suite.py build                       # generate every condition into .bench/suite (once)
+    python bench/suite.py run --part held             # score the held-out part (report this first)
+    python bench/suite.py run --part tune --cache .bench/cache --param clustering.threshold=0.6
+    python bench/suite.py run --part held --condition long --condition ami
+
+Every conversation is made by ../shared/eval/make_conversations.py (never stored in the repository).
+The split is by seed AND by speakers: the 160 speakers of the pool are divided once, by sorted
+LibriSpeech ID (even positions tune, odd positions held out), into two pools of symlinks, and each
+part's conversations come from its own pool with its own seeds. AMI excerpts are split by meeting:
+the `trn*` excerpts tune, `dev*` and `sample` are held out. Parameters are chosen on `tune` only.
+
+Per condition the report gives DER at collar 0 and +-0.25 s (pyannote.metrics, overlap scored) and the
+speaker count: exactly right / off by one / off by more.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import REPO, SHARED_EVAL, run_set, score, with_overrides  # noqa: E402
+
+SUITE = REPO / ".bench" / "suite"
+PARTS = ("tune", "held")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    args: tuple[str, ...]  # make_conversations.py options beyond pool/out/count/seed/prefix
+    count: dict  # part -> number of conversations
+    what: str
+    low_bitrate_mp3: bool = False  # re-encode the WAVs as MP3 at libsndfile's lowest bitrate
+
+
+CONDITIONS = [
+    Condition("clean", ("--speakers", "2-5", "--snr", "none"), {"tune": 10, "held": 10}, "2-5 speakers, no noise"),
+    Condition("noisy", ("--speakers", "2-5", "--snr", "0-15"), {"tune": 10, "held": 10}, "2-5 speakers, SNR 0-15 dB"),
+    Condition("tel8k", ("--speakers", "2-5", "--sample-rate", "8000", "--format", "wav"), {"tune": 10, "held": 10},
+              "telephone band, 8 kHz WAV"),
+    Condition("mp3", ("--speakers", "2-5", "--format", "wav"), {"tune": 8, "held": 8},
+              "low-bitrate MP3 (libsndfile, constant ~24 kbit/s)", low_bitrate_mp3=True),
+    Condition("many", ("--speakers", "7-10", "--minutes", "5-8"), {"tune": 6, "held": 6}, "7-10 speakers, 5-8 min"),
+    Condition("dominant", ("--speakers", "2-5", "--balance", "0.3"), {"tune": 10, "held": 10}, "one dominant voice"),
+    Condition("short_turns", ("--speakers", "2-5", "--turn", "0.3-2"), {"tune": 10, "held": 10},
+              "short turns and back-channels (0.3-2 s)"),
+    Condition("monologue", ("--speakers", "1-1",), {"tune": 6, "held": 6}, "one speaker"),
+    Condition("long", ("--speakers", "4-10", "--minutes", "30-60"), {"tune": 2, "held": 2}, "30-60 min, 4-10 speakers"),
+    Condition("long60_6", ("--speakers", "6-6", "--minutes", "60-60"), {"held": 1}, "60 min, 6 speakers"),
+    Condition("long60_10", ("--speakers", "10-10", "--minutes", "60-60"), {"held": 1}, "60 min, 10 speakers"),
+]
+AMI_SPLIT = {"tune": ("trn",), "held": ("dev", "sample")}
+SEED_BASE = {"tune": 1000, "held": 2000}  # + 10 * condition index: no seed is shared between parts
+
+
+def split_pools(root: Path) -> dict[str, Path]:
+    """Two pools of symlinks with disjoint speakers (alternating by sorted LibriSpeech speaker ID)."""
+    source = SHARED_EVAL / "pool" / "libri"
+    speakers = sorted((p for p in source.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    pools = {}
+    for offset, part in enumerate(PARTS):
+        pool = root / "pools" / part
+        pool.mkdir(parents=True, exist_ok=True)
+        for folder in speakers[offset::2]:
+            link = pool / folder.name
+            if not link.exists():
+                link.symlink_to(folder.resolve(), target_is_directory=True)
+        pools[part] = pool
+    return pools
+
+
+def reencode_mp3(folder: Path) -> None:
+    import soundfile as sf
+
+    for wav in sorted(folder.glob("*.wav")):
+        audio, rate = sf.read(wav, dtype="float32")
+        sf.write(wav.with_suffix(".mp3"), audio, rate, format="MP3", compression_level=0.9, bitrate_mode="CONSTANT")
+        wav.unlink()
+
+
+def ami_part(root: Path, part: str) -> Path:
+    """A folder of symlinks to this part's AMI excerpts, with the reference and UEM lines for them."""
+    folder = root / part / "ami"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = SHARED_EVAL / "ami"
+    keep = {p.stem for p in source.glob("*.flac") if p.stem.startswith(AMI_SPLIT[part])}
+    for stem in keep:
+        link = folder / f"{stem}.flac"
+        if not link.exists():
+            link.symlink_to((source / f"{stem}.flac").resolve())
+    for name in ("reference.rttm", "reference.uem"):
+        lines = [line for line in (source / name).read_text().splitlines() if line.split()[1 if name.endswith("rttm") else 0] in keep]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def build(root: Path) -> None:
+    pools = split_pools(root)
+    for part in PARTS:
+        ami_part(root, part)
+        for index, condition in enumerate(CONDITIONS):
+            count = condition.count.get(part, 0)
+            folder = root / part / condition.name
+            if not count or (folder / "reference.rttm").is_file():
+                continue
+            began = time.time()
+            subprocess.run(
+                [sys.executable, str(SHARED_EVAL / "make_conversations.py"), "--pool", str(pools[part]),
+                 "--out", str(folder), "--count", str(count), "--seed", str(SEED_BASE[part] + 10 * index),
+                 "--prefix", f"{part}-{condition.name}-", *condition.args],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+            if condition.low_bitrate_mp3:
+                reencode_mp3(folder)
+            print(f"{part}/{condition.name}: {count} files in {time.time() - began:.0f} s", flush=True)
+
+
+def count_errors(files: dict) -> tuple[int, int, int]:
+    exact = sum(f["found"] == f["true_speakers"] for f in files.values())
+    by_one = sum(abs(f["found"] - f["true_speakers"]) == 1 for f in files.values())
+    return exact, by_one, len(files) - exact - by_one
+
+
+def run(root: Path, part: str, conditions: list[str], params: list[str], cache: Path | None, speakers: str) -> dict:
+    from diarizer import DiarizationOptions
+    from diarizer.pipeline import Diarizer, PipelineConfig
+
+    config = with_overrides(PipelineConfig(), params)
+    engine = Diarizer(config=config)
+    names = conditions or ["ami"] + [c.name for c in CONDITIONS if c.count.get(part)]
+    report = {}
+    for name in names:
+        folder = root / part / name
+        if not (folder / "reference.rttm").is_file():
+            raise SystemExit(f"{folder} is missing: run `python bench/suite.py build` first")
+        if cache:
+            (cache / part).mkdir(parents=True, exist_ok=True)
+        hypothesis, audio_s, compute_s = run_set(
+            engine, folder, DiarizationOptions(), cache / part if cache else None, oracle=speakers == "oracle"
+        )
+        scored = score(folder / "reference.rttm", hypothesis, folder / "reference.uem")
+        report[name] = {**scored, "rtf": compute_s / audio_s if audio_s else 0.0, "audio_seconds": audio_s}
+        print(row(name, report[name]), flush=True)
+    return report
+
+
+HEADER = (
+    "| condition | files | minutes | DER collar 0 | DER ±0.25 s | miss / FA / conf. (collar 0) | count exact | off by one | off by more |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def row(name: str, entry: dict) -> str:
+    c0, c25 = entry["collars"]["0"], entry["collars"]["0.25"]
+    exact, by_one, more = count_errors(entry["files"])
+    return (
+        f"| {name} | {len(entry['files'])} | {entry['audio_seconds'] / 60:.0f} | {100 * c0['der']:.1f} % | {100 * c25['der']:.1f} % "
+        f"| {100 * c0['missed']:.1f} / {100 * c0['false_alarm']:.1f} / {100 * c0['confusion']:.1f} "
+        f"| {exact} | {by_one} | {more} |"
+    )
+
+
+def totals(report: dict) -> str:
+    files = {f"{c}/{u}": f for c, e in report.items() for u, f in e["files"].items()}
+    exact, by_one, more = count_errors(files)
+    return f"overall: {len(files)} files, count exact {exact} ({100 * exact / max(len(files), 1):.0f} %), off by one {by_one}, off by more {more}"
+
+
+def found_counts(report: dict) -> dict[str, int]:
+    return {f"{c}/{u}": f["found"] for c, e in report.items() for u, f in e["files"].items()}
+
+
+def margin(args) -> int:
+    """Does any file's speaker count move when one tuned parameter moves by -10 % or +10 %?"""
+    import dataclasses
+
+    from accuracy import with_overrides
+    from diarizer.pipeline import PipelineConfig
+
+    base_config = with_overrides(PipelineConfig(), args.param)
+    print("### base", flush=True)
+    base = run(args.root, args.part, args.condition, args.param, args.cache, args.speakers)
+    base_counts = found_counts(base)
+    lines = ["| parameter | value | -10 % | +10 % |", "| --- | --- | --- | --- |"]
+    for name in args.vary:
+        value = base_config
+        for part in name.split("."):
+            value = getattr(value, part)
+        cells = []
+        for factor in (0.9, 1.1):
+            moved = type(value)(round(value * factor, 6) if isinstance(value, float) else round(value * factor))
+            print(f"### {name}={moved}", flush=True)
+            report = run(args.root, args.part, args.condition, args.param + [f"{name}={json.dumps(moved)}"], args.cache, args.speakers)
+            changed = [f"{k} {base_counts[k]}->{v}" for k, v in found_counts(report).items() if v != base_counts[k]]
+            der = sum(e["collars"]["0"]["der"] * e["audio_seconds"] for e in report.values()) / sum(e["audio_seconds"] for e in report.values())
+            cells.append(f"{moved}: {len(changed)} counts changed{' (' + ', '.join(changed) + ')' if changed else ''}, DER {100 * der:.1f} %")
+        lines.append(f"| {name} | {value} | {cells[0]} | {cells[1]} |")
+    print("\n".join(lines))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["build", "run", "margin", "list"])
+    parser.add_argument("--vary", action="append", default=[],
+                        help="margin: a tuned parameter to move by -10 %% and +10 %% (repeatable)")
+    parser.add_argument("--part", choices=PARTS, default="held")
+    parser.add_argument("--condition", action="append", default=[], help="only these conditions (repeatable)")
+    parser.add_argument("--param", action="append", default=[], help="pipeline override, e.g. clustering.threshold=0.7")
+    parser.add_argument("--speakers", choices=["estimate", "oracle"], default="estimate")
+    parser.add_argument("--cache", type=Path, help="reuse segmentation+embeddings from this folder")
+    parser.add_argument("--root", type=Path, default=SUITE)
+    parser.add_argument("--json", type=Path, help="also write the full report here")
+    args = parser.parse_args()
+    if not SHARED_EVAL.is_dir():
+        print(f"the evaluation suite needs {SHARED_EVAL} (not part of the repository)", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        for c in CONDITIONS:
+            print(f"{c.name:12} tune {c.count.get('tune', 0):2}  held {c.count.get('held', 0):2}  {c.what}  {' '.join(c.args)}")
+        return 0
+    if args.action == "build":
+        build(args.root)
+        return 0
+    if args.action == "margin":
+        return margin(args)
+    print(HEADER, flush=True)
+    report = run(args.root, args.part, args.condition, args.param, args.cache, args.speakers)
+    print(totals(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"part": args.part, "params": args.param, "conditions": report}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
