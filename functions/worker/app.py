@@ -3,6 +3,8 @@
 The engine is created once per container (lazily, on the first record) and reused for every message.
 `dead_letter_handler` is the DeadLetterFunction (same code, no engine): it reads the dead-letter queue
 and fails the jobs whose worker died on every attempt, so no client waits on a job stuck in "running".
+`sweep_handler` is the SweeperFunction (a schedule, no engine): it re-sends the messages of jobs left queued
+and re-drives pending webhooks (diarizer_service.sweeper).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import get_runtime
+from diarizer_service.sweeper import sweep
 from diarizer_service.worker import Worker
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -64,3 +67,16 @@ def dead_letter_handler(event: dict, context: object) -> dict:
     return process_partial_response(
         event=event, record_handler=dead_letter_record_handler, processor=dead_letter_processor, context=context
     )
+
+
+SWEEP_MARGIN_SECONDS = 30.0  # stop starting new work this long before the invocation's timeout
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def sweep_handler(event: dict, context: object) -> dict:
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    budget = remaining_ms() / 1000 - SWEEP_MARGIN_SECONDS if callable(remaining_ms) else 60.0
+    report = sweep(get_worker(), budget_seconds=max(budget, 1.0))
+    return {"resent": len(report.resent), "redelivered": len(report.redelivered), "errors": report.errors}

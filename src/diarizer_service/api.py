@@ -8,7 +8,9 @@ integer speaker ids (the v1 SDK model types them as int).
 """
 from __future__ import annotations
 
+import hmac
 import json
+import time
 import uuid
 from typing import Mapping
 
@@ -76,8 +78,9 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     job_id = make_job_id(key.key_id, request.request_id)
     jobs, blobs = runtime.jobs, runtime.backends.blobs
     try:
-        if jobs.get(job_id) is not None:
-            logger.info("repeated request_id: returning the existing job")
+        existing = jobs.get(job_id)
+        if existing is not None:
+            _resume(runtime, key, existing)
             return reply
         if request.upload_id is not None:
             audio_key = _checked_upload(runtime, key, request.upload_id)
@@ -90,7 +93,8 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
 
     job = Job.new(key_id=key.key_id, key_hash=key.key_hash, request_id=request.request_id, api=API_NAME,
                   audio_key=audio_key, options=request.options.to_dict(), webhook=request.webhook,
-                  retention_days=settings.retention_days, audio_format=info.format if info else None,
+                  retention_days=settings.retention_days, sweep_after_seconds=settings.sweep_after_seconds,
+                  audio_format=info.format if info else None,
                   audio_seconds=info.duration if info else None)
     try:
         created = jobs.create(job)
@@ -109,11 +113,33 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     except BackendError as exc:
         _cleanup(runtime, job, delete_record=True, delete_audio=request.upload_id is None)
         raise service_unavailable() from exc
+    _mark_enqueued(runtime, job_id)
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
     if info is not None:
         metrics.add_metric(name="SubmittedAudioSeconds", unit=MetricUnit.Seconds, value=info.duration)
     logger.info("job queued", extra={"audio_seconds": info.duration if info else None})
     return reply
+
+
+def _resume(runtime: Runtime, key: ApiKey, job: Job) -> None:
+    """A repeated request_id. Still `queued` and in the outbox: the first attempt may have died between writing
+    the job and sending its message, so send it (a duplicate is harmless: every job transition is conditional)."""
+    if not hmac.compare_digest(job.key_hash, key.key_hash):  # a key_id shared by two keys (older 32-bit ids)
+        raise ApiError(409, "request_id_conflict", "This request_id cannot be used with this key; choose another.",
+                       field="request_id")
+    if not job.awaiting_message:
+        logger.info("repeated request_id: returning the existing job", extra={"status": job.status})
+        return
+    logger.info("repeated request_id of a queued job whose message was never confirmed sent: sending it")
+    runtime.backends.queue.send({"job_id": job.job_id})
+    _mark_enqueued(runtime, job.job_id)
+
+
+def _mark_enqueued(runtime: Runtime, job_id: str) -> None:
+    try:
+        runtime.jobs.mark_enqueued(job_id)
+    except BackendError as exc:  # the job will run; the sweeper merely sends one harmless duplicate later
+        logger.warning("could not record that the message was sent", extra={"reason": str(exc)})
 
 
 def _checked_upload(runtime: Runtime, key: ApiKey, upload_id: str) -> str:
@@ -151,8 +177,8 @@ def _cleanup(runtime: Runtime, job: Job, *, delete_record: bool, delete_audio: b
         except BackendError:
             # Cannot delete: at least make sure nobody waits for it (a retry with the same id then sees `failed`).
             try:
-                runtime.jobs.fail(job.job_id, "enqueue_failed", "The job could not be queued; submit it again "
-                                  "with a new request_id.")
+                runtime.jobs.fail(job, "enqueue_failed", "The job could not be queued; submit it again "
+                                  "with a new request_id.", webhook_due_at=int(time.time()))
             except BackendError:
                 logger.exception("could not clean up a job that was never queued")
     if delete_audio:
@@ -201,7 +227,7 @@ def job_status(runtime: Runtime, key: ApiKey, request_id: str) -> dict:
     logger.append_keys(request_id=request_id)
     try:
         job = runtime.jobs.get(make_job_id(key.key_id, request_id))
-        if job is None:
+        if job is None or not hmac.compare_digest(job.key_hash, key.key_hash):  # never another key's job
             raise ApiError(404, "job_not_found", "No job with this request_id.")
         answer: dict = {"request_id": job.request_id, "api": job.api, "status": job.status,
                         "created_at": job.created_at, "updated_at": job.updated_at}
@@ -209,8 +235,8 @@ def job_status(runtime: Runtime, key: ApiKey, request_id: str) -> dict:
             answer["response"] = job.result if job.result is not None else _stored_result(runtime, job)
         if job.error:
             answer["error"] = job.error
-        if job.webhook_delivery:
-            answer["webhook"] = job.webhook_delivery
+        if job.webhook_state:
+            answer["webhook"] = {"state": job.webhook_state, **(job.webhook_delivery or {})}
         return answer
     except BackendError as exc:
         raise service_unavailable() from exc

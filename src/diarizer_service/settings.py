@@ -27,6 +27,9 @@ class Settings:
     max_receive_count: int = 3
     webhook_timeout_seconds: float = 10.0
     allow_local_webhooks: bool = False
+    # A queued job still queued this long after submit (its message may never have been sent), or a webhook
+    # still pending this long after the job finished, is picked up by the sweeper.
+    sweep_after_seconds: int = 300
 
     @property
     def is_local(self) -> bool:
@@ -65,6 +68,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_number(env, "DIARIZER_RETENTION_DAYS", 7, int),
         max_receive_count=_number(env, "DIARIZER_MAX_RECEIVE_COUNT", 3, int),
         webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        sweep_after_seconds=_number(env, "DIARIZER_SWEEP_AFTER_SECONDS", 300, int),
         allow_local_webhooks=env.get("DIARIZER_ALLOW_LOCAL_WEBHOOKS", allow_local_default).strip().lower() in _TRUE,
     )
 

@@ -76,6 +76,13 @@ class DeliveryResult:
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
+    @property
+    def retryable(self) -> bool:
+        """Worth another round later: no answer, a 5xx, 408 or 429. Not: an unsafe URL, another 4xx."""
+        if self.delivered or (self.error or "").startswith("refused"):
+            return False
+        return self.status is None or self.status >= 500 or self.status in (408, 429)
+
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to the address that passed the SSRF check, whatever DNS says now."""

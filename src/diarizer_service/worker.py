@@ -24,7 +24,7 @@ from diarizer.types import AudioDecodeError, InvalidOptionsError
 from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError, BlobNotFound
 from diarizer_service.errors import ApiError
-from diarizer_service.jobs import FINISHED, Job, job_prefix
+from diarizer_service.jobs import FINISHED, Job, JobStatus, WebhookState, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
 from diarizer_service.validation import engine_options, parse_speaker_options
@@ -37,6 +37,11 @@ RESULTS_PREFIX = "results/"
 # seeing it, so the job would stay `running` forever. Room for the failure webhook (3 tries of at most
 # DIARIZER_WEBHOOK_TIMEOUT_SECONDS each, 10 s by default, plus 3 s of backoff).
 TIMEOUT_MARGIN_SECONDS = 45.0
+# A webhook not delivered for a retryable reason (receiver down, 5xx, timeout) is tried again by the sweeper,
+# sweep_after_seconds x 1, 2, 4 ... later (at most 4 h apart), for MAX_WEBHOOK_ROUNDS rounds (about 13 h with
+# the 5-minute default), then its state becomes `failed`; the result stays readable from the status route.
+MAX_WEBHOOK_ROUNDS = 8
+MAX_WEBHOOK_BACKOFF_SECONDS = 4 * 3600
 
 
 class PermanentJobError(Exception):
@@ -96,6 +101,8 @@ class Worker:
                   "it each time (out of memory or killed).")
         if "job_id" in message:
             job = self.runtime.jobs.get(str(message["job_id"]))
+            if job is not None and job.status in FINISHED:
+                self.deliver_pending(job)  # a worker died between finishing it and its webhook
             if job is None or job.status in FINISHED:
                 return False
             logger.append_keys(request_id=job.request_id, key_id=job.key_id)
@@ -121,7 +128,10 @@ class Worker:
             return
         logger.append_keys(request_id=job.request_id, key_id=job.key_id)
         if job.status in FINISHED:
-            logger.info("job already finished: duplicate delivery ignored", extra={"status": job.status})
+            if job.webhook_pending:  # the process that finished it died before the webhook was acknowledged
+                self.deliver_pending(job)
+            else:
+                logger.info("job already finished: duplicate delivery ignored", extra={"status": job.status})
             return
         if not jobs.start(job):
             logger.info("job finished meanwhile: duplicate delivery ignored")
@@ -178,9 +188,9 @@ class Worker:
         blobs = self.runtime.backends.blobs
         blobs.put(prefix + "result.rttm", result.to_rttm(_rttm_file_id(job.request_id)).encode(), content_type="text/plain")
         blobs.put(prefix + "result.json", result_json, content_type="application/json")
-        if not self.runtime.jobs.finish(job.job_id, result=diarized, result_key=prefix + "result.json",
+        if not self.runtime.jobs.finish(job, result=diarized, result_key=prefix + "result.json",
                                         rttm_key=prefix + "result.rttm", audio_seconds=float(result.duration),
-                                        result_size=len(result_json)):
+                                        result_size=len(result_json), webhook_due_at=self._webhook_due_at()):
             logger.info("another delivery finished this job first: no webhook from here")
             return
         metrics.add_metric(name="JobsCompleted", unit=MetricUnit.Count, value=1)
@@ -189,41 +199,85 @@ class Worker:
         logger.info("job done", extra={"num_speakers": diarized["num_speakers"], "audio_seconds": result.duration,
                                        "processing_seconds": round(elapsed, 3)})
         if job.webhook:
-            self._notify(job, {"request_id": job.request_id, "response": diarized})
+            self._notify(job, {"request_id": job.request_id, "response": json.loads(result_json)})
 
     def _fail(self, job: Job, code: str, message: str) -> None:
-        if not self.runtime.jobs.fail(job.job_id, code, message):
+        if not self.runtime.jobs.fail(job, code, message, webhook_due_at=self._webhook_due_at()):
             logger.info("job already finished elsewhere: not failing it")
             return
         metrics.add_metric(name="JobsFailed", unit=MetricUnit.Count, value=1)
         logger.warning("job failed", extra={"error_code": code, "reason": message})
         if job.webhook:
-            self._notify(job, {"request_id": job.request_id, "error": {"code": code, "message": message}})
+            self._notify(job, {"request_id": job.request_id, "error": _error_body(code, message)})
+
+    def _webhook_due_at(self) -> int:
+        """When the sweeper takes over a pending delivery if this process dies before recording it."""
+        return int(time.time()) + self.runtime.settings.sweep_after_seconds
+
+    # ---- webhooks ----------------------------------------------------------------------------------------
+    def deliver_pending(self, job: Job) -> None:
+        """Deliver the webhook of a finished job whose delivery is still pending (the process that finished it
+        died before the POST was acknowledged, or the receiver was down): the same body, the same webhook-id."""
+        if not job.webhook_pending:
+            return
+        try:
+            payload = self._webhook_payload(job)
+        except BlobNotFound:
+            self._record_delivery(job, DeliveryResult(False, 0, None, "the result expired before delivery"),
+                                  WebhookState.FAILED)
+            return
+        logger.info("delivering a pending webhook", extra={"status": job.status})
+        self._notify(job, payload)
+
+    def _webhook_payload(self, job: Job) -> dict:
+        """The body the first delivery sent, byte for byte: the result from its stored JSON (the record's copy
+        went through DynamoDB, which keeps neither key order nor number types)."""
+        if job.status == JobStatus.DONE.value:
+            return {"request_id": job.request_id,
+                    "response": json.loads(self.runtime.backends.blobs.get(job.result_key))}
+        return {"request_id": job.request_id, "error": _error_body(job.error["code"], job.error["message"])}
 
     @tracer.capture_method(capture_response=False)
     def _notify(self, job: Job, payload: dict) -> None:
-        """Signed POST to the job's webhook. A failed delivery is recorded on the job, never raised: the job
-        stays done/failed and its result stays retrievable from the status route."""
+        """One delivery round: signed POST (a few quick retries) to the job's webhook. The outcome is recorded on
+        the job, never raised: the job stays done/failed and its result stays retrievable from the status route.
+        Not delivered for a retryable reason: the delivery stays pending and the sweeper tries again later."""
         settings = self.runtime.settings
         try:
             key_item = self.runtime.backends.keys.get(job.key_hash)
         except BackendError as exc:
-            key_item, lookup_error = None, f"could not read the signing secret: {exc}"
-        else:
-            lookup_error = "the API key that created the job no longer exists"
+            logger.warning("could not read the signing secret; the sweeper retries", extra={"reason": str(exc)})
+            return  # still pending, still in the outbox
         if key_item is None:
-            outcome = DeliveryResult(False, 0, None, lookup_error)
+            outcome = DeliveryResult(False, 0, None, "the API key that created the job no longer exists")
+            retryable = False
         else:
             outcome = self.deliver(job.webhook, payload, secret=ApiKey.from_item(key_item).webhook_secret,
                                    msg_id=job.webhook_id, timeout=settings.webhook_timeout_seconds,
                                    allow_local=settings.allow_local_webhooks)
+            retryable = outcome.retryable
+        rounds = int((job.webhook_delivery or {}).get("rounds", 0)) + 1
+        if outcome.delivered:
+            state = WebhookState.DELIVERED
+        elif retryable and rounds < MAX_WEBHOOK_ROUNDS:
+            state = WebhookState.PENDING
+        else:
+            state = WebhookState.FAILED
         if not outcome.delivered:
             metrics.add_metric(name="WebhookDeliveryFailures", unit=MetricUnit.Count, value=1)
-            logger.warning("webhook delivery failed", extra={"attempts": outcome.attempts, "reason": outcome.error})
+            logger.warning("webhook delivery failed", extra={"attempts": outcome.attempts, "reason": outcome.error,
+                                                             "rounds": rounds, "webhook_state": state.value})
+        self._record_delivery(job, outcome, state, rounds)
+
+    def _record_delivery(self, job: Job, outcome: DeliveryResult, state: WebhookState, rounds: int = 1) -> None:
+        retry_at = None
+        if state is WebhookState.PENDING:
+            backoff = self.runtime.settings.sweep_after_seconds * 2 ** (rounds - 1)
+            retry_at = int(time.time()) + min(backoff, MAX_WEBHOOK_BACKOFF_SECONDS)
         try:
-            self.runtime.jobs.record_delivery(job.job_id, outcome.to_dict())
+            self.runtime.jobs.record_delivery(job.job_id, {**outcome.to_dict(), "rounds": rounds}, state, retry_at)
         except BackendError:
-            logger.exception("could not record the webhook delivery outcome")
+            logger.exception("could not record the webhook delivery outcome (the sweeper delivers it again)")
 
     # ---- S3 batch objects --------------------------------------------------------------------------------
     @tracer.capture_method(capture_response=False)
@@ -275,6 +329,10 @@ class Worker:
                                         content_type="application/json")
         metrics.add_metric(name="BatchObjectsFailed", unit=MetricUnit.Count, value=1)
         logger.warning("batch object failed", extra={"error_code": code, "reason": message})
+
+
+def _error_body(code: str, message: str) -> dict:
+    return {"code": code, "message": message}
 
 
 def _rttm_file_id(name: str) -> str:

@@ -52,6 +52,22 @@ def real_engine():
     return Diarizer()
 
 
+def create_tables(dynamodb) -> None:
+    """The jobs and keys tables as template.yaml declares them (the jobs table with its sparse outbox index)."""
+    dynamodb.create_table(
+        TableName=JOBS_TABLE, BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"},
+                              {"AttributeName": "outbox", "AttributeType": "S"},
+                              {"AttributeName": "outbox_at", "AttributeType": "N"}],
+        GlobalSecondaryIndexes=[{"IndexName": "outbox", "Projection": {"ProjectionType": "ALL"},
+                                 "KeySchema": [{"AttributeName": "outbox", "KeyType": "HASH"},
+                                               {"AttributeName": "outbox_at", "KeyType": "RANGE"}]}])
+    dynamodb.create_table(TableName=KEYS_TABLE, BillingMode="PAY_PER_REQUEST",
+                          KeySchema=[{"AttributeName": "key_hash", "KeyType": "HASH"}],
+                          AttributeDefinitions=[{"AttributeName": "key_hash", "AttributeType": "S"}])
+
+
 @dataclass
 class Stack:
     s3: object
@@ -121,10 +137,7 @@ def stack(monkeypatch, fake_engine, api_event, lambda_context):
         queue_url = sqs.create_queue(QueueName="diarizer-jobs", Attributes={
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})})["QueueUrl"]
         dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
-        for name, key_name in ((JOBS_TABLE, "job_id"), (KEYS_TABLE, "key_hash")):
-            dynamodb.create_table(TableName=name, KeySchema=[{"AttributeName": key_name, "KeyType": "HASH"}],
-                                  AttributeDefinitions=[{"AttributeName": key_name, "AttributeType": "S"}],
-                                  BillingMode="PAY_PER_REQUEST")
+        create_tables(dynamodb)
         env = {"DIARIZER_BACKEND": "aws", "DIARIZER_BUCKET": BUCKET, "DIARIZER_QUEUE_URL": queue_url,
                "DIARIZER_JOBS_TABLE": JOBS_TABLE, "DIARIZER_KEYS_TABLE": KEYS_TABLE,
                "DIARIZER_ALLOW_LOCAL_WEBHOOKS": "true", "DIARIZER_WEBHOOK_TIMEOUT_SECONDS": "2"}

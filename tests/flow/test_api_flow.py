@@ -168,7 +168,8 @@ def test_webhook_down_leaves_job_done_and_result_retrievable(stack, api_handler,
     assert len(webhook_receiver.received) == 3
     status, job = stack.call_api("GET", f"{ASYNC_V2}/down", handler=api_handler)
     assert job["status"] == "done" and job["response"]["num_speakers"] == 2
-    assert job["webhook"] == {"delivered": False, "attempts": 3, "status": 502, "error": "HTTP 502"}
+    assert job["webhook"] == {"state": "pending", "delivered": False, "attempts": 3, "status": 502,
+                              "error": "HTTP 502", "rounds": 1}
 
 
 def test_transient_failure_is_reported_for_that_record_only(stack, worker_handler, submit, fake_engine):

@@ -279,7 +279,7 @@ def test_webhook_receiver_faults_retry_with_backoff_and_the_result_stays_retriev
         assert job["webhook"]["delivered"] is False and job["webhook"]["attempts"] == 3
         assert "ConnectionRefused" in job["webhook"]["error"]
         return
-    assert job["webhook"] == {"delivered": True, "attempts": 2, "status": 200}
+    assert job["webhook"] == {"state": "delivered", "delivered": True, "attempts": 2, "status": 200, "rounds": 1}
     times = [t for t, _, _ in receiver.hits]
     assert len(times) == 2 and times[1] - times[0] >= 0.1  # waited (backoff) before the retry
     ids = {headers["webhook-id"] for _, headers, _ in receiver.hits}
@@ -317,11 +317,13 @@ def test_the_same_request_id_submitted_concurrently_is_one_job_and_one_webhook(l
         thread.join(30)
     assert errors == [] and replies == [{"request_id": "race-1", "api": "diarize"}] * 8
     queue = local_runtime.backends.queue
+    # A racer that finds the job before the winner confirmed its message sends one too (it cannot tell a
+    # winner in progress from one that died): duplicates, all for the one job.
     messages = queue.receive(max_messages=10, visibility_timeout=30)
-    assert len(messages) == 1
+    assert 1 <= len(messages) <= 8 and {m.body for m in messages} == {json.dumps({"job_id": f"{key.key_id}#race-1"})}
     worker = Worker(local_runtime)
-    worker.handle_message(messages[0].body, 1)
-    worker.handle_message(messages[0].body, 2)  # and a duplicate delivery of it
+    for message in messages + messages[:1]:  # and a late duplicate delivery
+        worker.handle_message(message.body, 1)
     assert fake_engine.calls == 1 and len(webhook_receiver.received) == 1
 
 

@@ -73,3 +73,22 @@ def test_function_logs_have_a_retention(tpl):
         assert logging.get("LogGroup") or any(name in str(g["Properties"].get("LogGroupName", ""))
                                               for g in groups.values()), name
     assert all("RetentionInDays" in g["Properties"] for g in groups.values())
+
+
+def test_the_sweeper_runs_on_a_schedule_with_least_privilege(tpl):
+    """The outbox sweeper (src/diarizer_service/sweeper.py): no engine, a schedule, and only what it needs:
+    query the outbox index, read/update jobs, read keys (webhook secrets) and results, send job messages."""
+    resources = tpl["Resources"]
+    props = resources["SweeperFunction"]["Properties"]
+    assert props["Handler"] == "app.sweep_handler" and props["Layers"] == [{"Ref": "BaseLayer"}]
+    [event] = props["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"].startswith("rate(")
+    statements = {s["Sid"]: s for s in props["Policies"][0]["Statement"]}
+    actions = sorted(a for s in statements.values() for a in s["Action"])
+    assert actions == sorted(["dynamodb:GetItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query",
+                              "s3:GetObject", "s3:ListBucket", "sqs:SendMessage"])
+    assert statements["OutboxQuery"]["Resource"] == {"Fn::Sub": "${JobsTable.Arn}/index/outbox"}
+    assert statements["ResendJobs"]["Resource"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    [index] = resources["JobsTable"]["Properties"]["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "outbox"
+    assert [k["AttributeName"] for k in index["KeySchema"]] == ["outbox", "outbox_at"]

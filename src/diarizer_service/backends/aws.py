@@ -104,9 +104,20 @@ class SqsJobQueue:
             return self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body))["MessageId"]
 
 
+OUTBOX_INDEX = "outbox"  # the sparse GSI of template.yaml's JobsTable: partition `outbox`, sort `outbox_at`
+
+
 class DynamoJobTable:
     def __init__(self, table_name: str, resource=None):
         self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
+
+    def list_due(self, now: float, limit: int) -> list[dict]:
+        from boto3.dynamodb.conditions import Key
+
+        with _failures_as("DynamoDB query"):
+            page = self._table.query(IndexName=OUTBOX_INDEX, Limit=limit,
+                                     KeyConditionExpression=Key("outbox").eq("due") & Key("outbox_at").lte(int(now)))
+        return [_from_dynamo(item) for item in page.get("Items", [])]
 
     def create(self, item: dict) -> bool:
         try:

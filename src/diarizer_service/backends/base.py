@@ -54,6 +54,10 @@ class JobTable(Protocol):
 
     def delete(self, job_id: str) -> None: ...
 
+    def list_due(self, now: float, limit: int) -> list[dict]:
+        """Up to `limit` items whose `outbox` is set and `outbox_at` <= now, oldest first (see jobs.py)."""
+        ...
+
 
 class KeyStore(Protocol):
     def put(self, item: dict) -> None: ...

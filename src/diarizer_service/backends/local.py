@@ -116,6 +116,7 @@ class SqliteJobQueue:
     def __init__(self, db: _Database, max_receive_count: int = 3):
         self._db = db
         self.max_receive_count = max_receive_count
+        self.dead_lettered = 0  # messages this object moved to the dead letters (the worker loop watches it)
 
     def send(self, body: dict) -> str:
         message_id = str(uuid.uuid4())
@@ -135,6 +136,7 @@ class SqliteJobQueue:
                 if receive_count >= self.max_receive_count:  # like an SQS redrive policy
                     db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?)", (message_id, body, receive_count))
                     db.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+                    self.dead_lettered += 1
                     continue
                 if len(taken) == max_messages:
                     break
@@ -167,6 +169,10 @@ class SqliteJobQueue:
         with self._db.transaction() as db:
             rows = db.execute("SELECT message_id, body, receive_count FROM dead_letters").fetchall()
         return [{"message_id": m, "body": b, "receive_count": c} for m, b, c in rows]
+
+    def delete_dead_letter(self, message_id: str) -> None:
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM dead_letters WHERE message_id = ?", (message_id,))
 
 
 def to_sqs_event(messages: list[QueueMessage], queue_arn: str = "arn:aws:sqs:local:000000000000:diarizer-jobs") -> dict:
@@ -213,6 +219,13 @@ class SqliteJobTable:
     def delete(self, job_id: str) -> None:
         with self._db.transaction() as db:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def list_due(self, now: float, limit: int) -> list[dict]:
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT item FROM jobs WHERE json_extract(item, '$.outbox') = 'due' AND "
+                              "json_extract(item, '$.outbox_at') <= ? ORDER BY json_extract(item, '$.outbox_at') "
+                              "LIMIT ?", (now, limit)).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
 
 class SqliteKeyStore:

@@ -160,12 +160,26 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         worker = WorkerLoop(queue, worker_app.lambda_handler, retry_delay=args.retry_delay, say=say,
                             engine_gate=engine_gate,
                             on_dead_letter=lambda dead: fail_dead_letter_job(worker_app.get_worker(), dead),
-                            warm_up=runtime.engine)
+                            warm_up=runtime.engine, sweep=lambda startup: _sweep(worker_app.get_worker(), startup))
         worker.start()
         say(f"worker running (each job is tried up to {runtime.settings.max_receive_count} times)")
     else:
         say("no worker (--no-worker): accepted jobs stay queued until a server with a worker runs")
     return _run_until_stopped(server, worker, base_url, args.grace)
+
+
+def _sweep(worker, startup: bool):
+    """The outbox sweep of the deployed SweeperFunction. At start-up everything in the outbox is due at once: we
+    hold the data dir's lock, so no submit is half-way, and a job whose message was lost by the last stop must
+    not wait for DIARIZER_SWEEP_AFTER_SECONDS (a duplicate message costs the worker one read)."""
+    from diarizer_service.sweeper import sweep
+
+    now = time.time() + (worker.runtime.settings.sweep_after_seconds if startup else 0)
+    report = sweep(worker, now=now, budget_seconds=30.0)
+    if report.resent or report.redelivered:
+        say(f"sweeper: sent {len(report.resent)} queued job(s) again, re-drove {len(report.redelivered)} "
+            "pending webhook(s)")
+    return report
 
 
 def _run_until_stopped(server, worker, base_url: str, grace: float) -> int:

@@ -3,7 +3,12 @@ queue, calls the worker's `lambda_handler` with an SQS-shaped event, deletes wha
 come back (`batchItemFailures`), like SQS with ReportBatchItemFailures.
 
 Messages received too often move to the dead letters inside `receive`; their jobs are then marked failed here
-(in AWS the last attempt does that itself, but a process killed during it cannot).
+(in AWS the last attempt does that itself, but a process killed during it cannot) and the dead letter is
+deleted, as the DeadLetterFunction consumes the dead-letter queue. The table is read only when `receive` moved
+something there (or once at start-up), never on every poll.
+
+Between messages the loop runs the outbox sweeper (sweeper.py) at start-up and every `sweep_interval` seconds,
+as the deployed SweeperFunction's schedule does.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ class WorkerLoop:
     def __init__(self, queue: SqliteJobQueue, handler: Callable[[dict, object], dict], *,
                  on_dead_letter: Callable[[dict], None] | None = None, warm_up: Callable[[], object] | None = None,
                  engine_gate: threading.Lock | None = None, visibility_timeout: float = 900.0,
-                 retry_delay: float = 5.0, poll_interval: float = 0.5, say: Say = print):
+                 retry_delay: float = 5.0, poll_interval: float = 0.5, say: Say = print,
+                 sweep: Callable[[bool], object] | None = None, sweep_interval: float = 60.0):
         self.queue = queue
         self.handler = handler
         self.on_dead_letter = on_dead_letter
@@ -31,9 +37,12 @@ class WorkerLoop:
         self.retry_delay = retry_delay  # a failed message is retried after this long
         self.poll_interval = poll_interval
         self.say = say
+        self.sweep = sweep  # sweep(startup) -> report; startup=True: everything in the outbox is due
+        self.sweep_interval = sweep_interval
         self._stop = threading.Event()
         self._current: QueueMessage | None = None
-        self._dead_seen: set[str] = set()
+        self._dead_letters_seen = -1  # queue.dead_lettered at the last check (-1: check once at start-up)
+        self._next_sweep = 0.0
         self._thread = threading.Thread(target=self._run, name="diarizer-worker", daemon=True)
 
     @property
@@ -70,6 +79,7 @@ class WorkerLoop:
             except Exception as exc:  # the jobs themselves will fail and say why
                 self.say(f"worker: could not load the engine: {type(exc).__name__}: {exc}")
         while not self._stop.is_set():
+            self._sweep_if_due()
             try:
                 worked = self.run_once()
             except Exception as exc:  # e.g. the data dir vanished: keep the loop alive, slow down
@@ -115,13 +125,23 @@ class WorkerLoop:
                      f"in {time.monotonic() - started:.1f} s")
         return failed
 
-    def _check_dead_letters(self) -> None:
-        if self.on_dead_letter is None:
+    def _sweep_if_due(self) -> None:
+        if self.sweep is None or time.monotonic() < self._next_sweep:
             return
+        startup = self._next_sweep == 0.0
+        self._next_sweep = time.monotonic() + self.sweep_interval
+        try:
+            self.sweep(startup)
+        except Exception as exc:  # the next sweep tries again
+            self.say(f"worker: sweep failed: {type(exc).__name__}: {exc}")
+
+    def _check_dead_letters(self) -> None:
+        if self.on_dead_letter is None or self.queue.dead_lettered == self._dead_letters_seen:
+            return
+        self._dead_letters_seen = self.queue.dead_lettered
         for dead in self.queue.dead_letters():
-            if dead["message_id"] not in self._dead_seen:
-                self._dead_seen.add(dead["message_id"])
-                self.on_dead_letter(dead)
+            self.on_dead_letter(dead)  # raises (e.g. storage down): kept for the next check
+            self.queue.delete_dead_letter(dead["message_id"])
 
 
 def fail_dead_letter_job(worker, dead_letter: dict) -> bool:

@@ -43,6 +43,37 @@ def test_same_request_id_twice_is_one_job(runtime, key, wav_bytes):
     assert runtime.jobs.get(make_job_id(key.key_id, "r-1")).audio_seconds == pytest.approx(1.0)
 
 
+def test_a_retry_of_a_job_whose_message_was_never_sent_sends_it(runtime, key, wav_bytes, monkeypatch):
+    """The first submit died between writing the job and sending its message (here: the send raised a
+    BaseException, as a killed process would): the client's retry with the same request_id sends it."""
+    class Killed(BaseException):
+        pass
+
+    def die(body):
+        raise Killed
+    with monkeypatch.context() as patched:
+        patched.setattr(runtime.backends.queue, "send", die)
+        with pytest.raises(Killed):
+            submit(runtime, key, wav_bytes(1.0))
+    job = runtime.jobs.get(make_job_id(key.key_id, "r-1"))
+    assert job.status == "queued" and runtime.backends.queue.receive(max_messages=10) == []
+    assert submit(runtime, key, wav_bytes(1.0)) == {"request_id": "r-1", "api": "diarize"}
+    [message] = runtime.backends.queue.receive(max_messages=10)
+    assert json.loads(message.body) == {"job_id": job.job_id}
+    assert runtime.jobs.get(job.job_id).webhook_id == job.webhook_id  # the same job, not a new one
+    assert submit(runtime, key, wav_bytes(1.0)) == {"request_id": "r-1", "api": "diarize"}  # now marked sent
+    assert runtime.backends.queue.receive(max_messages=10) == []
+
+
+def test_a_retry_after_the_job_started_sends_nothing(runtime, key, wav_bytes):
+    submit(runtime, key, wav_bytes(1.0))
+    [message] = runtime.backends.queue.receive(max_messages=10)
+    assert runtime.jobs.start(runtime.jobs.get(make_job_id(key.key_id, "r-1")))
+    assert submit(runtime, key, wav_bytes(1.0)) == {"request_id": "r-1", "api": "diarize"}
+    runtime.backends.queue.delete(message.receipt_handle)
+    assert runtime.backends.queue.receive(max_messages=10) == []
+
+
 def test_generated_request_ids_are_uuid4(runtime, key, wav_bytes):
     reply = submit(runtime, key, wav_bytes(0.5), query={"webhook": "http://127.0.0.1:9/hook"})
     assert len(reply["request_id"]) == 36 and reply["request_id"][14] == "4"

@@ -33,17 +33,17 @@ def test_blobs_round_trip_metadata_and_refuse_traversal(runtime):
 def test_queue_visibility_timeout_receive_count_and_dead_letters(runtime):
     queue = runtime.backends.queue  # max_receive_count = 3
     queue.send({"job_id": "k1#r1"})
-    [first] = queue.receive(visibility_timeout=0.05)
+    [first] = queue.receive(visibility_timeout=0.5)
     assert first.receive_count == 1 and queue.receive() == []  # invisible while a worker holds it
-    time.sleep(0.06)  # the worker "died": the message comes back
-    [second] = queue.receive(visibility_timeout=0.05)
+    time.sleep(0.55)  # the worker "died": the message comes back
+    [second] = queue.receive(visibility_timeout=0.5)
     assert second.message_id == first.message_id and second.receive_count == 2
     event = to_sqs_event([second])
     assert event["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
-    time.sleep(0.06)
-    [third] = queue.receive(visibility_timeout=0.05)
+    time.sleep(0.55)
+    [third] = queue.receive(visibility_timeout=0.5)
     assert third.receive_count == 3
-    time.sleep(0.06)
+    time.sleep(0.55)
     assert queue.receive() == []  # moved to the dead letters
     assert [d["message_id"] for d in queue.dead_letters()] == [first.message_id]
 
@@ -64,10 +64,11 @@ def test_job_transitions_are_conditional(runtime):
     assert jobs.start(jobs.get(job.job_id))
     assert jobs.start(jobs.get(job.job_id))  # a redelivery after a crash may take it again
     assert jobs.get(job.job_id).attempts == 2
-    assert jobs.finish(job.job_id, result={"num_speakers": 0, "segments": []}, result_key="r", rttm_key="t",
-                       audio_seconds=1.5, result_size=10)
-    assert not jobs.finish(job.job_id, result={}, result_key="r", rttm_key="t", audio_seconds=1, result_size=1)
-    assert not jobs.fail(job.job_id, "x", "y")
+    assert jobs.finish(job, result={"num_speakers": 0, "segments": []}, result_key="r", rttm_key="t",
+                       audio_seconds=1.5, result_size=10, webhook_due_at=0)
+    assert not jobs.finish(job, result={}, result_key="r", rttm_key="t", audio_seconds=1, result_size=1,
+                           webhook_due_at=0)
+    assert not jobs.fail(job, "x", "y", webhook_due_at=0)
     assert not jobs.start(jobs.get(job.job_id))
     done = jobs.get(job.job_id)
     assert done.status == JobStatus.DONE.value and done.result == {"num_speakers": 0, "segments": []}
@@ -79,8 +80,8 @@ def test_large_results_are_not_stored_inline(runtime):
     job = make_job(request_id="big")
     jobs.create(job)
     jobs.start(job)
-    assert jobs.finish(job.job_id, result={"segments": []}, result_key="r", rttm_key="t", audio_seconds=1,
-                       result_size=10**6)
+    assert jobs.finish(job, result={"segments": []}, result_key="r", rttm_key="t", audio_seconds=1,
+                       result_size=10**6, webhook_due_at=0)
     assert jobs.get(job.job_id).result is None and jobs.get(job.job_id).result_key == "r"
 
 

@@ -1,5 +1,6 @@
 import base64
 import json
+import time
 
 import pytest
 
@@ -33,7 +34,8 @@ def test_job_runs_stores_results_and_sends_a_signed_webhook(runtime, worker, key
     [hit] = webhook_receiver.received
     assert verify_signature(key.webhook_secret, hit.headers, hit.body)
     assert hit.json() == {"request_id": "r-1", "response": stored}
-    assert job.webhook_delivery == {"delivered": True, "attempts": 1, "status": 200}
+    assert job.webhook_delivery == {"delivered": True, "attempts": 1, "status": 200, "rounds": 1}
+    assert job.webhook_state == "delivered" and job.outbox is None  # nothing left for the sweeper
 
 
 def test_duplicate_delivery_runs_once_and_notifies_once(runtime, worker, key, wav_bytes, webhook_receiver, fake_engine):
@@ -76,7 +78,10 @@ def test_webhook_down_leaves_the_job_done_with_its_result(runtime, worker, key, 
     worker.handle_message(body, receive_count=1)
     job = runtime.jobs.get(json.loads(body)["job_id"])
     assert job.status == "done" and job.result["num_speakers"] == 2
-    assert job.webhook_delivery == {"delivered": False, "attempts": 3, "status": 503, "error": "HTTP 503"}
+    assert job.webhook_delivery == {"delivered": False, "attempts": 3, "status": 503, "error": "HTTP 503",
+                                    "rounds": 1}
+    assert job.webhook_state == "pending" and job.outbox == "due"  # the sweeper tries again later
+    assert job.outbox_at >= time.time() + runtime.settings.sweep_after_seconds - 5
     assert api.job_status(runtime, key, "r-1")["response"] == job.result
 
 
