@@ -11,7 +11,7 @@ import io
 import os
 import tempfile
 from dataclasses import dataclass
-from math import gcd
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -23,6 +23,18 @@ from diarizer.types import AudioDecodeError
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 30  # decode granularity
 SPILL_SECONDS = 20 * 60  # longer audio is kept in a memory-mapped temp file
+
+# What a header may claim. Checked before anything is allocated or resampled: a WAV claiming 2,147,483,647 Hz
+# or 65,535 channels must be a clear error, not a resampler asking for hundreds of GB.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 768000
+MAX_CHANNELS = 32
+MAX_SECONDS = 24 * 3600  # longer than any service limit (3 h by default); decoding stops past it
+BLOCK_SAMPLES = BLOCK_SECONDS * 48000 * 2  # samples per read across all channels: 11 MB of float32
+# The resampling ratio is kept to a fraction with a denominator this small: an odd rate such as 44,101 Hz
+# (gcd 1 with 16 kHz) would otherwise need a polyphase filter of 880,000 taps per block and burn minutes
+# of CPU. The approximation moves timestamps by under 0.005 % (0.5 s in 3 hours), and only for such odd rates.
+MAX_RATIO_DENOMINATOR = 10000
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -89,9 +101,27 @@ def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:
     stream.seek(0)
     fmt = detect_format(head)
     try:
-        return sf.SoundFile(stream), fmt
+        handle = sf.SoundFile(stream)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioDecodeError(f"cannot decode the {fmt} audio: {_reason(err)}") from err
+    try:
+        check_header(fmt, handle.samplerate, handle.channels, handle.frames)
+    except AudioDecodeError:
+        handle.close()
+        raise
+    return handle, fmt
+
+
+def check_header(fmt: str, sample_rate: int, channels: int, frames: int) -> None:
+    """Refuse header claims outside what any real recording has, before any allocation."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(f"the {fmt} header claims a sample rate of {sample_rate} Hz; accepted: "
+                               f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioDecodeError(f"the {fmt} header claims {channels} channels; accepted: 1 to {MAX_CHANNELS}")
+    if frames > MAX_SECONDS * sample_rate:
+        raise AudioDecodeError(f"the {fmt} header claims {frames / sample_rate / 3600:.0f} hours of audio; "
+                               f"accepted: up to {MAX_SECONDS // 3600} hours")
 
 
 def _reason(err: Exception) -> str:
@@ -107,6 +137,29 @@ def probe_audio(source: AudioSource) -> AudioInfo:
         return AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate)
 
 
+def check_decodes(source: AudioSource) -> AudioInfo:
+    """Decode the whole stream at its own rate (no resampling, one block in memory) and discard the samples:
+    catches a truncated or corrupt body that a header-only probe accepts. Returns the probe's AudioInfo."""
+    handle, fmt = _open(source)
+    with handle:
+        frames = max(handle.frames, 0)
+        info = AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate)
+        block_frames = max(1, BLOCK_SAMPLES // handle.channels)
+        decoded = 0
+        try:
+            while True:
+                count = len(handle.read(block_frames, dtype="float32", always_2d=True))
+                decoded += count
+                if count < block_frames or decoded > MAX_SECONDS * handle.samplerate:
+                    break
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(err)}") from err
+    if frames and decoded < frames:
+        raise AudioDecodeError(f"the {fmt} audio is truncated: {decoded} of the {frames} frames its header "
+                               "announces")
+    return info
+
+
 class _BlockResampler:
     """Polyphase resampling of a stream, block by block, without seams between blocks.
 
@@ -116,8 +169,8 @@ class _BlockResampler:
     """
 
     def __init__(self, source_rate: int, target_rate: int = SAMPLE_RATE):
-        g = gcd(source_rate, target_rate)
-        self.up, self.down = target_rate // g, source_rate // g
+        ratio = Fraction(target_rate, source_rate).limit_denominator(MAX_RATIO_DENOMINATOR)
+        self.up, self.down = ratio.numerator, ratio.denominator
         taps_half = 10 * max(self.up, self.down) // self.up + 1  # resample_poly's default half-width
         self.context = self.down * (-(-max(taps_half, 64) // self.down))
         self._pending = np.zeros(0, np.float32)  # input not yet resampled
@@ -182,11 +235,16 @@ def decode(source: AudioSource) -> np.ndarray:
     handle, fmt = _open(source)
     resampler = _BlockResampler(handle.samplerate)
     sink = _SampleSink()
-    block_frames = BLOCK_SECONDS * handle.samplerate
+    block_frames = max(1, min(BLOCK_SECONDS * handle.samplerate, BLOCK_SAMPLES // handle.channels))
+    max_frames = MAX_SECONDS * handle.samplerate  # a header that under-states the length cannot make us read on
+    read = 0
     with handle:
         try:
             while True:
                 block = handle.read(block_frames, dtype="float32", always_2d=True)
+                read += len(block)
+                if read > max_frames:
+                    raise AudioDecodeError(f"the {fmt} audio is longer than {MAX_SECONDS // 3600} hours")
                 final = len(block) < block_frames
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 # NaN/inf samples (broken float WAVs) become silence rather than poisoning the models.

@@ -40,10 +40,15 @@ def upload_key(key_id: str, upload_id: str) -> str:
     return f"uploads/{key_id}/{upload_id}"
 
 
-def probe_or_reject(runtime: Runtime, audio: bytes, max_seconds: float, too_long: ApiError) -> AudioInfo:
-    """Detect the real format from the bytes: non-audio -> 400, longer than `max_seconds` -> `too_long`."""
+def probe_or_reject(runtime: Runtime, audio: bytes, max_seconds: float, too_long: ApiError, *,
+                    whole: bool = False) -> AudioInfo:
+    """Detect the real format from the bytes: non-audio (or absurd header claims) -> 400, longer than
+    `max_seconds` -> `too_long`. `whole`: then decode every frame too, so a truncated or corrupt body is refused
+    now rather than failing in the worker (the async route: nobody would see the error until the webhook)."""
     try:
         info = runtime.probe(audio)
+        if info.duration and 0 < info.duration <= max_seconds and whole:
+            runtime.verify(audio)
     except AudioDecodeError as exc:
         raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
     if not info.duration or info.duration <= 0:
@@ -73,7 +78,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     if request.audio is not None:
         too_long = ApiError(413, "audio_too_long", f"The audio is longer than {settings.max_audio_seconds:g} s.",
                             field="content")
-        info = probe_or_reject(runtime, request.audio, settings.max_audio_seconds, too_long)
+        info = probe_or_reject(runtime, request.audio, settings.max_audio_seconds, too_long, whole=True)
 
     job_id = make_job_id(key.key_id, request.request_id)
     jobs, blobs = runtime.jobs, runtime.backends.blobs

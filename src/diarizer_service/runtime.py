@@ -33,6 +33,12 @@ def default_probe(data: bytes) -> AudioInfo:
     return probe_audio(data)
 
 
+def default_verify(data: bytes) -> AudioInfo:
+    from diarizer.audio import check_decodes  # decodes every frame at its own rate: light, no resampling
+
+    return check_decodes(data)
+
+
 def default_engine_factory() -> Engine:
     from diarizer import Diarizer  # heavy: onnxruntime, scipy; only the worker and sync routes get here
 
@@ -43,7 +49,8 @@ def default_engine_factory() -> Engine:
 class Runtime:
     settings: Settings
     backends: Backends
-    probe: Callable[[bytes], AudioInfo] = default_probe
+    probe: Callable[[bytes], AudioInfo] = default_probe  # header only: fast, for the sync route and the worker
+    verify: Callable[[bytes], AudioInfo] = default_verify  # the whole body: the async route's inline audio
     engine_factory: Callable[[], Engine] = default_engine_factory
     _engine: Engine | None = field(default=None, repr=False)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

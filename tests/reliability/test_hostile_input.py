@@ -108,17 +108,39 @@ def test_non_audio_and_empty_audio_are_400_on_sync_and_async(still_serving, webh
                           {"webhook": webhook_receiver.url}), 400, code, "content")
 
 
-def test_truncated_audio_is_400_on_sync_and_a_failed_job_with_a_reason_on_async(still_serving, webhook_receiver):
-    """The header is intact, so the async API (header probe only: it stays light) accepts it; the worker's
-    decode fails and the job ends `failed` with `unsupported_audio`, told by webhook and the status route."""
+def test_truncated_audio_is_400_on_sync_and_async(still_serving, webhook_receiver):
+    """The header is intact and announces 5 s, so a header probe accepts it; the async route decodes an inline
+    body whole before accepting it (the client hears now, not from a failure webhook), and no job is made."""
     audio = audio_factory.truncate(demo_clip(0, 5), fraction=0.5)
     assert_error(raw_post(still_serving, SYNC_V2, json.dumps({"content": b64(audio)}).encode()),
                  400, "unsupported_audio", "content")
-    still_serving.submit(b64(audio), webhook_receiver.url, "truncated-1")
-    [hook] = wait_for(lambda: webhook_receiver.received, 60, "the failure webhook")
-    assert hook.json()["error"]["code"] == "unsupported_audio"
-    job = still_serving.job("truncated-1")
-    assert job["status"] == "failed" and job["error"] == hook.json()["error"]
+    error = assert_error(raw_post(still_serving, ASYNC_V2, json.dumps({"content": b64(audio)}).encode(),
+                                  {"webhook": webhook_receiver.url, "request_id": "truncated-1"}),
+                         400, "unsupported_audio", "content")
+    assert "truncated" in error["message"]
+    assert still_serving.request("GET", f"{ASYNC_V2}/truncated-1")[0] == 404
+
+
+def wav_claiming_rate(rate: int) -> bytes:
+    """0.5 s of tone whose fmt chunk claims `rate` Hz (and a matching byte rate)."""
+    import struct
+
+    data = bytearray(audio_factory.encode(np.full(8000, 0.1, np.float32), 16000, "WAV"))
+    struct.pack_into("<II", data, 24, rate, (rate * 2) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("rate", [2_147_483_647, 4_000_000, 1])
+def test_an_absurd_sample_rate_is_400_on_sync_and_async_never_a_500(still_serving, webhook_receiver, rate):
+    """Before: 2,147,483,647 Hz made the sync route's resampler ask for hundreds of GB (500 internal_error)
+    and the async route accept a job that failed three times in the worker."""
+    audio = wav_claiming_rate(rate)
+    started = time.monotonic()
+    for path, query in ((SYNC_V2, None), (ASYNC_V2, {"webhook": webhook_receiver.url})):
+        error = assert_error(raw_post(still_serving, path, json.dumps({"content": b64(audio)}).encode(), query),
+                             400, "unsupported_audio", "content")
+        assert f"sample rate of {rate} Hz" in error["message"]
+    assert time.monotonic() - started < 10
 
 
 def test_a_wav_header_claiming_a_billion_samples_gets_a_sane_answer_quickly(still_serving):

@@ -77,13 +77,66 @@ def test_corrupt_audio_is_a_clear_error(speech):
         audio.decode(af.corrupt(af.encode(speech, 16000, "FLAC")))
 
 
-def test_truncated_audio_decodes_what_is_there_or_fails_cleanly(speech):
+def test_truncated_flac_is_caught_by_the_full_check(speech):
+    """A FLAC cut in half still announces all its frames, so the header-only probe accepts it; decoding loses
+    sync mid-frame. check_decodes, which the async API runs on inline bodies, refuses it with the reason.
+    (libsndfile sizes a cut PCM WAV from the bytes present: that is a shorter WAV, not a broken one.)"""
     data = af.truncate(af.encode(speech, 16000, "FLAC"), 0.5)
-    try:
-        decoded = audio.decode(data)
-    except AudioDecodeError:
-        return
-    assert 0 < len(decoded) < len(speech)
+    assert probe_audio(data).duration == pytest.approx(len(speech) / 16000)
+    with pytest.raises(AudioDecodeError, match="truncated"):
+        audio.check_decodes(data)
+    with pytest.raises(AudioDecodeError, match="corrupt or truncated"):
+        audio.decode(data)
+
+
+def test_the_full_check_accepts_whole_audio(speech):
+    info = audio.check_decodes(af.encode(speech, 16000, "FLAC"))
+    assert (info.format, info.sample_rate, info.frames) == ("FLAC", 16000, len(speech))
+
+
+def _wav_with(rate: int | None = None, channels: int | None = None, seconds: float = 0.5) -> bytes:
+    """A real PCM WAV whose fmt chunk is then edited to claim another rate or channel count."""
+    import struct
+
+    data = bytearray(af.encode(np.zeros(int(16000 * seconds), np.float32), 16000, "WAV"))
+    if rate is not None:
+        struct.pack_into("<I", data, 24, rate)
+    if channels is not None:
+        struct.pack_into("<H", data, 22, channels)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("rate", [2_147_483_647, 10_000_000, 1000, 1])
+def test_absurd_sample_rates_are_refused_before_any_allocation(rate):
+    for read in (audio.probe_audio, audio.decode, audio.check_decodes):
+        with pytest.raises(AudioDecodeError, match=f"sample rate of {rate} Hz"):
+            read(_wav_with(rate=rate))
+
+
+@pytest.mark.parametrize("channels", [33, 1000])
+def test_absurd_channel_counts_are_refused(channels):
+    with pytest.raises(AudioDecodeError, match="channels"):
+        audio.probe_audio(_wav_with(channels=channels))
+
+
+def test_a_header_claiming_more_than_a_day_is_refused():
+    """libsndfile sizes PCM WAVs from the bytes present; compressed formats report what their header says."""
+    with pytest.raises(AudioDecodeError, match="25 hours"):
+        audio.check_header("FLAC", 16000, 1, 16000 * 25 * 3600)
+    audio.check_header("FLAC", 16000, 1, 16000 * 23 * 3600)
+
+
+@pytest.mark.parametrize("rate", [44101, 47999, 8001])
+def test_odd_sample_rates_resample_quickly_and_keep_their_length(rate):
+    """gcd(44101, 16000) = 1: an exact polyphase filter would have 880,000 taps. The bounded ratio keeps the
+    cost of an ordinary rate and the length within 0.005 %."""
+    import time
+
+    data = _wav_with(rate=rate, seconds=4.0)  # 64,000 frames, now claimed at `rate`
+    started = time.process_time()
+    decoded = audio.decode(data)
+    assert time.process_time() - started < 5.0  # minutes with the exact ratio
+    assert len(decoded) == pytest.approx(64000 * 16000 / rate, rel=5e-5, abs=2)
 
 
 def test_a_header_claiming_a_billion_samples_is_not_trusted():

@@ -146,3 +146,31 @@ def test_unknown_upload_id(runtime, key):
     error = api_error(api.submit_async, runtime, key, json.dumps({"upload_id": "a" * 32}), False,
                       {"webhook": "http://127.0.0.1:9/hook"})
     assert (error.status, error.code, error.field) == (400, "upload_not_found", "upload_id")
+
+
+def _wav_claiming_rate(wav: bytes, rate: int) -> bytes:
+    import struct
+
+    data = bytearray(wav)
+    struct.pack_into("<I", data, 24, rate)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("rate", [2_147_483_647, 1])
+def test_an_absurd_sample_rate_is_a_400_on_both_routes(runtime, key, wav_bytes, rate):
+    audio = _wav_claiming_rate(wav_bytes(0.5), rate)
+    for call in (lambda: submit(runtime, key, audio),
+                 lambda: api.diarize_sync(runtime, key, body(audio), False, None)):
+        error = api_error(call)
+        assert (error.status, error.code, error.field) == (400, "unsupported_audio", "content")
+        assert f"{rate} Hz" in error.message
+    assert runtime.backends.queue.receive() == []
+
+
+def test_a_truncated_flac_is_refused_by_the_async_route_before_any_job(runtime, key):
+    import audio_factory as af
+
+    audio = af.truncate(af.encode(af.demo_recording()[0][: 16000 * 4], 16000, "FLAC"), 0.5)
+    error = api_error(submit, runtime, key, audio)
+    assert (error.status, error.code) == (400, "unsupported_audio") and "truncated" in error.message
+    assert runtime.jobs.get(make_job_id(key.key_id, "r-1")) is None and runtime.backends.queue.receive() == []
