@@ -60,8 +60,18 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+def new_key_id(store: KeyStore) -> str:
+    """A key id no stored key has: job ids and S3 prefixes are `key_id`-scoped, so two keys sharing one would
+    share their jobs' names. 64 random bits, checked against the stored keys (creating a key is rare)."""
+    taken = {item.get("key_id") for item in store.list()}
+    while True:
+        key_id = secrets.token_hex(8)
+        if key_id not in taken:
+            return key_id
+
+
 def create_key(store: KeyStore, name: str = "") -> NewKey:
-    key_id = secrets.token_hex(4)
+    key_id = new_key_id(store)
     api_key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     record = ApiKey(key_hash=hash_api_key(api_key), key_id=key_id, name=name, created_at=int(time.time()),
                     webhook_secret=generate_webhook_secret())

@@ -1,11 +1,10 @@
 """API keys at start-up: create one on first start (printed once), or register the key given with --api-key."""
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Callable
 
-from diarizer_service.auth import MAX_KEY_LENGTH, ApiKey, create_key, hash_api_key, list_keys
+from diarizer_service.auth import MAX_KEY_LENGTH, ApiKey, create_key, hash_api_key, list_keys, new_key_id
 from diarizer_service.backends.base import KeyStore
 from diarizer_service.webhooks import generate_webhook_secret
 
@@ -26,7 +25,7 @@ def register_key(store: KeyStore, api_key: str, name: str = LOCAL_KEY_NAME) -> t
         if not record.active:
             raise KeySetupError(f"the --api-key key (id {record.key_id}) was revoked; choose another key")
         return record, False
-    record = ApiKey(key_hash=hash_api_key(api_key), key_id=secrets.token_hex(4), name=name,
+    record = ApiKey(key_hash=hash_api_key(api_key), key_id=new_key_id(store), name=name,
                     created_at=int(time.time()), webhook_secret=generate_webhook_secret())
     store.put(record.to_item())
     return record, True

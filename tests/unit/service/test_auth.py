@@ -58,6 +58,40 @@ def test_cli_create_list_revoke(tmp_path, monkeypatch, capsys):
 
 
 def test_list_keys_is_sorted_by_creation(runtime):
-    first = create_key(runtime.backends.keys, "a")
-    second = create_key(runtime.backends.keys, "b")
-    assert {k.key_id for k in list_keys(runtime.backends.keys)} == {first.record.key_id, second.record.key_id}
+    store = runtime.backends.keys
+    made = [create_key(store, name) for name in "abc"]
+    for age, key in zip((100, 300, 200), made):  # stored out of creation order
+        store.update(key.record.key_hash, {"created_at": age})
+    assert [k.name for k in list_keys(store)] == ["a", "c", "b"]
+
+
+def test_key_ids_are_unique_and_never_reused(runtime, monkeypatch):
+    """Jobs are stored under key_id#request_id: a second key with a taken id would share them."""
+    store = runtime.backends.keys
+    first = create_key(store, "first")
+    ids = iter([first.record.key_id, first.record.key_id, "0123456789abcdef"])
+    monkeypatch.setattr("diarizer_service.auth.secrets.token_hex", lambda n: next(ids))
+    assert create_key(store, "second").record.key_id == "0123456789abcdef"
+
+
+def test_the_status_route_never_shows_another_keys_job_even_with_the_same_key_id(runtime, wav_bytes):
+    """Keys made before ids were checked may share one: the job's key hash decides, not the id."""
+    import base64
+    import dataclasses
+    import json as json_module
+
+    from diarizer_service import api
+    from diarizer_service.errors import ApiError
+
+    store = runtime.backends.keys
+    owner = create_key(store, "owner").record
+    intruder = dataclasses.replace(create_key(store, "intruder").record, key_id=owner.key_id)
+    body = json_module.dumps({"content": base64.b64encode(wav_bytes(0.5)).decode()})
+    api.submit_async(runtime, owner, body, False, {"webhook": "http://127.0.0.1:9/h", "request_id": "mine"})
+    assert api.job_status(runtime, owner, "mine")["status"] == "queued"
+    with pytest.raises(ApiError) as caught:
+        api.job_status(runtime, intruder, "mine")
+    assert (caught.value.status, caught.value.code) == (404, "job_not_found")
+    with pytest.raises(ApiError) as caught:  # nor can it take over the request_id
+        api.submit_async(runtime, intruder, body, False, {"webhook": "http://127.0.0.1:9/h", "request_id": "mine"})
+    assert caught.value.status == 409
