@@ -22,7 +22,7 @@ from urllib.parse import unquote_plus
 from diarizer.types import AudioDecodeError, InvalidOptionsError
 
 from diarizer_service.auth import ApiKey
-from diarizer_service.backends import BackendError, BlobNotFound
+from diarizer_service.backends import BackendError, BlobNotFound, BlobTooLarge
 from diarizer_service.errors import ApiError
 from diarizer_service.jobs import FINISHED, Job, JobStatus, WebhookState, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
@@ -153,10 +153,13 @@ class Worker:
 
     def _run_job(self, job: Job, receive_count: int, started: float) -> None:
         try:
+            limit = self.runtime.settings.max_upload_bytes
             try:
-                audio = self.runtime.backends.blobs.get(job.audio_key)
+                audio = self.runtime.backends.blobs.get(job.audio_key, max_bytes=limit)
             except BlobNotFound as exc:
                 raise PermanentJobError("audio_missing", "The job's audio is gone (expired upload?).") from exc
+            except BlobTooLarge as exc:  # an upload URL used again after the submit, with a bigger file
+                raise PermanentJobError("audio_too_large", f"The job's audio is over {limit} bytes.") from exc
             result = self._run_engine(audio, job.options)
         except PermanentJobError as exc:
             self._fail(job, exc.code, exc.message)
@@ -304,7 +307,12 @@ class Worker:
             if head.size > settings.max_upload_bytes:
                 raise PermanentJobError("audio_too_large", f"The object is over {settings.max_upload_bytes} bytes.")
             options = _options_from_metadata(head.metadata)
-            result = self._run_engine(blobs.get(key), options)
+            try:
+                audio = blobs.get(key, max_bytes=settings.max_upload_bytes)
+            except BlobTooLarge as exc:  # replaced by a bigger object since the head
+                raise PermanentJobError("audio_too_large",
+                                        f"The object is over {settings.max_upload_bytes} bytes.") from exc
+            result = self._run_engine(audio, options)
         except PermanentJobError as exc:
             self._write_batch_error(key, results_base, exc.code, exc.message)
             return

@@ -277,3 +277,28 @@ def test_the_engine_is_created_once_per_container(stack, worker_handler, submit,
     submit("second")
     stack.run_worker(worker_handler)
     assert fake_engine.calls == 2 and len(created) == 1
+
+
+def test_an_upload_replaced_by_an_oversized_file_after_submit_is_refused_unread(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, monkeypatch):
+    """The presigned URL stays valid for an hour: the client may PUT a 5 GB file after the submit's size check.
+    The worker must refuse it from the object's size, not read it into memory (three out-of-memory deaths)."""
+    import dataclasses
+    stack.runtime.settings = dataclasses.replace(stack.runtime.settings, max_upload_bytes=50_000)
+    status, upload = stack.call_api("POST", "/audio/generic/api/v2/uploads", handler=api_handler)
+    object_key = f"uploads/{stack.key.record.key_id}/{upload['upload_id']}"
+    bucket = stack.runtime.settings.bucket
+    stack.s3.put_object(Bucket=bucket, Key=object_key, Body=wav_bytes(1.0))  # 32 kB: within the limit
+    status, answer = stack.call_api("POST", ASYNC_V2, query={"webhook": webhook_receiver.url, "request_id": "swap"},
+                                    body={"upload_id": upload["upload_id"]}, handler=api_handler)
+    assert status == 200
+    stack.s3.put_object(Bucket=bucket, Key=object_key, Body=wav_bytes(3.0))  # 96 kB: the URL used again
+    reads = []
+    body_class = type(stack.runtime.backends.blobs._s3.get_object(Bucket=bucket, Key=object_key)["Body"])
+    real_read = body_class.read
+    monkeypatch.setattr(body_class, "read", lambda self, amt=None: reads.append(amt) or real_read(self, amt))
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}  # permanent: not retried
+    assert None not in reads  # never an unbounded read
+    status, job = stack.call_api("GET", f"{ASYNC_V2}/swap", handler=api_handler)
+    assert job["status"] == "failed" and job["error"]["code"] == "audio_too_large"
+    assert webhook_receiver.received[0].json()["error"]["code"] == "audio_too_large"

@@ -1,7 +1,7 @@
 """Storage backends chosen by DIARIZER_BACKEND: `aws` (S3, SQS, DynamoDB) or `local` (filesystem + sqlite)."""
 from __future__ import annotations
 
-from diarizer_service.backends.base import Backends, BackendError, BlobInfo, BlobNotFound
+from diarizer_service.backends.base import Backends, BackendError, BlobInfo, BlobNotFound, BlobTooLarge
 from diarizer_service.settings import Settings
 
 
@@ -15,4 +15,4 @@ def create_backends(settings: Settings) -> Backends:
     return create_local_backends(settings)
 
 
-__all__ = ["Backends", "BackendError", "BlobInfo", "BlobNotFound", "create_backends"]
+__all__ = ["Backends", "BackendError", "BlobInfo", "BlobNotFound", "BlobTooLarge", "create_backends"]

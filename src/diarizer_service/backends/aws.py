@@ -10,7 +10,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from diarizer_service.backends.base import BackendError, Backends, BlobInfo, BlobNotFound
+from diarizer_service.backends.base import BackendError, Backends, BlobInfo, BlobNotFound, BlobTooLarge
 from diarizer_service.settings import Settings
 
 # Short timeouts and few retries: the API must answer 503 quickly instead of hitting API Gateway's 29 s.
@@ -61,9 +61,20 @@ class S3BlobStore:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
                                 Metadata=dict(metadata or {}), ServerSideEncryption="AES256")
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key)
+            body = answer["Body"]
+            if max_bytes is None:
+                return body.read()
+            if answer.get("ContentLength", 0) > max_bytes:
+                body.close()
+                raise BlobTooLarge(f"{key}: {answer['ContentLength']} bytes, over {max_bytes}")
+            data = body.read(max_bytes + 1)  # the stream, not the header, has the last word
+            body.close()
+            if len(data) > max_bytes:
+                raise BlobTooLarge(f"{key}: over {max_bytes} bytes")
+            return data
         except ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404"):
                 raise BlobNotFound(key) from exc

@@ -11,11 +11,15 @@ from typing import Collection, Mapping, Protocol
 
 from diarizer_service.errors import BackendError
 
-__all__ = ["BackendError", "BlobInfo", "BlobNotFound", "BlobStore", "JobQueue", "JobTable", "KeyStore", "Backends"]
+__all__ = ["BackendError", "BlobInfo", "BlobNotFound", "BlobTooLarge", "BlobStore", "JobQueue", "JobTable", "KeyStore", "Backends"]
 
 
 class BlobNotFound(KeyError):
     """No object under that key."""
+
+
+class BlobTooLarge(ValueError):
+    """The object is over the `max_bytes` the reader allows (found out before it is read into memory)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,10 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None: ...
 
-    def get(self, key: str) -> bytes: ...  # raises BlobNotFound
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Raises BlobNotFound; BlobTooLarge when the object has more than `max_bytes` bytes (never read whole:
+        an object may be replaced by a bigger one at any time, e.g. a presigned upload URL used again)."""
+        ...
 
     def head(self, key: str) -> BlobInfo | None: ...
 

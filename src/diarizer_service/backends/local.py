@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterator, Mapping
 
-from diarizer_service.backends.base import Backends, BlobInfo, BlobNotFound
+from diarizer_service.backends.base import Backends, BlobInfo, BlobNotFound, BlobTooLarge
 from diarizer_service.settings import Settings
 
 _SCHEMA = """
@@ -78,11 +78,15 @@ class FileBlobStore:
         os.replace(tmp, path)  # readers never see a half-written file
         self._meta_path(path).write_text(json.dumps({"content_type": content_type, "metadata": dict(metadata or {})}))
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as file:
+                data = file.read() if max_bytes is None else file.read(max_bytes + 1)
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise BlobNotFound(key) from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise BlobTooLarge(f"{key}: over {max_bytes} bytes")
+        return data
 
     def head(self, key: str) -> BlobInfo | None:
         path = self._path(key)

@@ -87,3 +87,13 @@ def test_large_results_are_not_stored_inline(runtime):
 
 def test_update_of_missing_job_is_false(runtime):
     assert not runtime.backends.jobs.update("nope", {"status": "done"}, expected_status=("running",))
+
+
+def test_bounded_reads_refuse_bigger_blobs(runtime):
+    from diarizer_service.backends import BlobTooLarge
+
+    blobs = runtime.backends.blobs
+    blobs.put("jobs/k/r/audio", b"x" * 10)
+    assert blobs.get("jobs/k/r/audio", max_bytes=10) == b"x" * 10
+    with pytest.raises(BlobTooLarge):
+        blobs.get("jobs/k/r/audio", max_bytes=9)
