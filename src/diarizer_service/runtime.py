@@ -1,9 +1,10 @@
 """What handlers share per container: settings, backends, and the engine (loaded lazily, once)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 from diarizer_service.backends import Backends, create_backends
 from diarizer_service.jobs import JobStore
@@ -52,6 +53,9 @@ class Runtime:
     probe: Callable[[bytes], AudioInfo] = default_probe  # header only: fast, for the sync route and the worker
     verify: Callable[[bytes], AudioInfo] = default_verify  # the whole body: the async route's inline audio
     engine_factory: Callable[[], Engine] = default_engine_factory
+    # Entered around the engine's load and run: `diarize serve` lets other requests through its one-at-a-time
+    # gateway meanwhile (local_server/gateway.py); nothing on Lambda.
+    around_engine: Callable[[], ContextManager] = contextlib.nullcontext
     _engine: Engine | None = field(default=None, repr=False)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _diarize_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -69,9 +73,10 @@ class Runtime:
 
     def diarize(self, audio: bytes, options: Any) -> DiarizationResult:
         """One diarization at a time per engine (it is not safe to call concurrently, e.g. the local server)."""
-        engine = self.engine()
-        with self._diarize_lock:
-            return engine.diarize(audio, options)
+        with self.around_engine():
+            engine = self.engine()
+            with self._diarize_lock:
+                return engine.diarize(audio, options)
 
 
 _runtime: Runtime | None = None

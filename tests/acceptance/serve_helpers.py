@@ -62,9 +62,9 @@ class LocalServer:
     def _wait_until_listening(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.log())
-            if found:
-                return found.group(1)
+            found = re.search(r"listening on http://(127\.0\.0\.1|0\.0\.0\.0):(\d+)", self.log())
+            if found:  # a server on every interface is reached through loopback here
+                return f"http://127.0.0.1:{found.group(2)}"
             if self.process.poll() is not None:
                 pytest.fail(f"diarize serve exited with {self.process.returncode}:\n{self.log()}")
             time.sleep(0.05)

@@ -75,7 +75,7 @@ def test_sigterm_after_the_grace_period_leaves_the_job_for_the_next_start(start_
 
 def test_a_key_is_created_on_first_start_and_kept(start_server, tmp_path):
     first = start_server(tmp_path / "fresh", api_key=None)
-    assert re.fullmatch(r"dk_[0-9a-f]{8}_\S{43}", first.api_key) and first.webhook_secret.startswith("whsec_")
+    assert re.fullmatch(r"dk_[0-9a-f]{16}_\S{43}", first.api_key) and first.webhook_secret.startswith("whsec_")
     assert first.request("GET", "/audio/generic/api/v2/async/diarize/none")[0] == 404  # the key works
     assert first.terminate() == 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Collection, Iterator, Mapping
 
 from diarizer_service.backends.base import Backends, BlobInfo, BlobNotFound, BlobTooLarge
+from diarizer_service.errors import BackendError
 from diarizer_service.settings import Settings
 
 _SCHEMA = """
@@ -29,30 +30,70 @@ CREATE TABLE IF NOT EXISTS dead_letters (message_id TEXT PRIMARY KEY, body TEXT 
 """
 
 
+@contextmanager
+def _failures_as(operation: str) -> Iterator[None]:
+    """sqlite and file-system errors (locked, disk full, I/O error, permissions) become BackendError naming the
+    operation and keeping the real reason: the API answers 503 (retryable), the worker retries through the
+    queue. A missing blob (BlobNotFound) and a key escaping the store (ValueError) pass unchanged."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise BackendError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
 class _Database:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (API + worker loop)
-            db.executescript(_SCHEMA)
-        finally:
-            db.close()
+        with _failures_as("opening the local database"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=30)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (API + worker loop)
+                db.executescript(_SCHEMA)
+            finally:
+                db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         # One short-lived connection per operation: safe across threads and processes (API + worker loop).
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+        with _failures_as("sqlite"):
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except BaseException:  # no transaction to roll back: a ROLLBACK would replace the real error
+                db.close()
+                raise
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error being raised is the one that matters
+                raise
+            finally:
+                db.close()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync of the directory: after a crash the file is whole or absent (and a
+    reader never sees half of it)."""
+    tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class FileBlobStore:
@@ -72,36 +113,40 @@ class FileBlobStore:
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # readers never see a half-written file
-        self._meta_path(path).write_text(json.dumps({"content_type": content_type, "metadata": dict(metadata or {})}))
+        with _failures_as("blob write"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The metadata first: a blob is never visible without its own metadata (a stale one is overwritten).
+            meta = {"content_type": content_type, "metadata": dict(metadata or {})}
+            _write_durably(self._meta_path(path), json.dumps(meta).encode())
+            _write_durably(path, data)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
-        try:
-            with open(self._path(key), "rb") as file:
-                data = file.read() if max_bytes is None else file.read(max_bytes + 1)
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            raise BlobNotFound(key) from exc
+        with _failures_as("blob read"):
+            try:
+                with open(self._path(key), "rb") as file:
+                    data = file.read() if max_bytes is None else file.read(max_bytes + 1)
+            except (FileNotFoundError, IsADirectoryError) as exc:
+                raise BlobNotFound(key) from exc  # a KeyError: not turned into BackendError
         if max_bytes is not None and len(data) > max_bytes:
             raise BlobTooLarge(f"{key}: over {max_bytes} bytes")
         return data
 
     def head(self, key: str) -> BlobInfo | None:
         path = self._path(key)
-        if not path.is_file():
-            return None
-        meta_path = self._meta_path(path)
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        stat = path.stat()
+        with _failures_as("blob head"):
+            if not path.is_file():
+                return None
+            meta_path = self._meta_path(path)
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            stat = path.stat()
         return BlobInfo(size=stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
                         metadata={k.lower(): v for k, v in meta.get("metadata", {}).items()})
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        path.unlink(missing_ok=True)
-        self._meta_path(path).unlink(missing_ok=True)
+        with _failures_as("blob delete"):
+            path.unlink(missing_ok=True)
+            self._meta_path(path).unlink(missing_ok=True)
 
     def presign_put(self, key: str, expires_seconds: int) -> str:
         raise NotImplementedError("presigned uploads need S3; in local mode send the audio inline")

@@ -7,6 +7,7 @@ restart loses no job: a job that was running when the server stopped runs again 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import sys
@@ -40,18 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="level of the handlers' JSON logs on stdout (default INFO)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request on stderr")
+    parser.add_argument("--allow-local-webhooks", action="store_true",
+                        help="allow webhooks to loopback/private addresses even when --host is not a loopback "
+                             "address (by default only a server listening on loopback may call them: otherwise "
+                             "anyone with a key could make it POST to this machine's own ports)")
     return parser
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Owner-only, on every start (not only when the dir is created): the database holds the webhook signing
+    secrets and the blobs hold customers' audio. Files the server creates later inherit the umask below."""
+    os.umask(0o077)
+    data_dir.chmod(0o700)
+    for path in data_dir.glob("diarizer.sqlite3*"):  # the database, its -wal and -shm
+        path.chmod(0o600)
 
 
 def say(message: str) -> None:
     print(f"diarize serve: {message}", file=sys.stderr, flush=True)
 
 
-def configure_environment(data_dir: Path, log_level: str) -> None:
+def configure_environment(data_dir: Path, log_level: str, allow_local_webhooks: bool = True) -> None:
     """Local-mode settings, set before the handlers are imported (the service reads its settings once)."""
     os.environ["DIARIZER_BACKEND"] = "local"
     os.environ["DIARIZER_DATA_DIR"] = str(data_dir)
-    os.environ["DIARIZER_ALLOW_LOCAL_WEBHOOKS"] = "true"  # http://127.0.0.1 and localhost receivers
+    # http://127.0.0.1 and localhost receivers: for a server only this machine can reach
+    os.environ["DIARIZER_ALLOW_LOCAL_WEBHOOKS"] = "true" if allow_local_webhooks else "false"
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "diarizer")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Diarizer")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no CloudWatch here: keep stdout readable
@@ -100,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir.expanduser().resolve()
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds the webhook signing secrets
+        secure_data_dir(data_dir)
     except OSError as exc:
         print(f"diarize serve: error: cannot create the data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
@@ -114,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
-    configure_environment(data_dir, args.log_level)
+    allow_local = args.allow_local_webhooks or is_loopback_host(args.host)
+    configure_environment(data_dir, args.log_level, allow_local)
     from diarizer_service.local_server.gateway import Gateway, GatewayServer
     from diarizer_service.local_server.handlers import load_handler_module
     from diarizer_service.local_server.keys import KeySetupError, announce_keys
@@ -133,6 +159,9 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         print(f"diarize serve: error: {exc}", file=sys.stderr)
         return 2
     say(f"data dir {data_dir} (jobs, audio, results and keys; kept across restarts)")
+    if not allow_local:
+        say("webhooks to loopback and private addresses are refused: the server listens beyond loopback "
+            "(--allow-local-webhooks allows them)")
     try:
         announce_keys(runtime.backends.keys, args.api_key, say)
     except KeySetupError as exc:
@@ -146,11 +175,13 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     engine_gate = threading.Lock()  # one engine on this machine: a job or a sync request at a time
     try:
         server = GatewayServer((args.host, args.port),
-                               Gateway(api_app.lambda_handler, load_openapi(), engine_gate=engine_gate),
+                               Gateway(api_app.lambda_handler, load_openapi(), engine_gate=engine_gate,
+                                       resolver=api_app.app),
                                access_log=not args.no_access_log)
     except OSError as exc:
         print(f"diarize serve: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    runtime.around_engine = server.gateway.engine_running  # a sync diarization does not hold up other requests
     host, port = server.server_address[:2]
     base_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     server.gateway.openapi = load_openapi(base_url)

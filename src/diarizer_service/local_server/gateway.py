@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -117,8 +118,10 @@ class Gateway:
     stage: str = "local"
     engine_gate: threading.Lock | None = None
     engine_wait_seconds: float = 25.0  # answer before a client (or API Gateway, at 29 s) gives up
+    resolver: object | None = None  # the API handler's powertools resolver (its state is saved in engine_running)
     routes: RouteTable = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _holder: int | None = field(default=None, init=False, repr=False)  # thread id inside the handler
     _in_progress: int = field(default=0, init=False, repr=False)
     _idle: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
 
@@ -156,7 +159,35 @@ class Gateway:
         # One request at a time, like one Lambda container: powertools' resolver keeps the current event on a
         # class attribute, so concurrent calls would read each other's requests.
         with self._lock:
-            return self.api_handler(event, LocalLambdaContext("diarizer-api", timeout_seconds=29))
+            self._holder = threading.get_ident()
+            try:
+                return self.api_handler(event, LocalLambdaContext("diarizer-api", timeout_seconds=29))
+            finally:
+                self._holder = None
+
+    @contextmanager
+    def engine_running(self):
+        """Runtime.around_engine: while a sync request is inside the engine (seconds), let other requests
+        (submits, status reads) through the handler, then give the sync request back its resolver state. The
+        engine itself stays one at a time (engine_gate). Other threads (the worker loop) pass straight through."""
+        if self._holder != threading.get_ident():
+            yield
+            return
+        from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+
+        saved = (BaseRouter.current_event, BaseRouter.lambda_context)
+        saved_context = dict(getattr(self.resolver, "context", {}))
+        self._holder = None
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+            self._holder = threading.get_ident()
+            BaseRouter.current_event, BaseRouter.lambda_context = saved
+            if self.resolver is not None:
+                self.resolver.context.clear()
+                self.resolver.context.update(saved_context)
 
 
 class GatewayHandler(BaseHTTPRequestHandler):

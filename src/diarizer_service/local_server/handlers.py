@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ def load_handler_module(name: str) -> ModuleType:
 
 @dataclass
 class LocalLambdaContext:
-    """The attributes of a Lambda context object that powertools and the handlers read."""
+    """The attributes of a Lambda context object that powertools and the handlers read. Its remaining time
+    counts down from creation like a real invocation's (the worker's last-attempt watchdog reads it)."""
 
     function_name: str
     memory_limit_in_mb: int = 3008
@@ -52,10 +54,11 @@ class LocalLambdaContext:
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     log_group_name: str = "local"
     log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def invoked_function_arn(self) -> str:
         return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
 
     def get_remaining_time_in_millis(self) -> int:
-        return self.timeout_seconds * 1000
+        return max(0, int((self.timeout_seconds - (time.monotonic() - self._started)) * 1000))
