@@ -1,6 +1,7 @@
 """All configuration from the environment, read once into one frozen dataclass."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,9 +42,12 @@ def _number(env: Mapping[str, str], name: str, default: float, cast: type = floa
     if not raw:
         return cast(default)
     try:
-        value = cast(float(raw)) if cast is int else cast(raw)
+        number = float(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(number):  # nan compares false with everything: it would switch the limit off
+        raise ValueError(f"{name} must be a finite number, got {raw!r}")
+    value = cast(number)
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {raw!r}")
     return value
