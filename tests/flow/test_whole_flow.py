@@ -1,12 +1,34 @@
-"""The real thing: API handler -> S3/DynamoDB/SQS (moto) -> worker handler with the real engine -> webhook."""
+"""The real thing: API handler -> S3/DynamoDB/SQS (moto) -> worker handler with the real engine -> webhook,
+checked against the bundled recordings' reference RTTMs (demo/*.rttm), not against a fake engine's constant."""
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
 from diarizer_service.webhooks import verify_signature
 
 ASYNC = "/audio/generic/api/v2/async/diarize"
+DEMO = Path(__file__).resolve().parents[2] / "demo"
+
+
+def demo_der(name: str, segments: list[dict], duration: float) -> float:
+    """Diarization error rate of the service's segments against demo/<name>.rttm (0.25 s collar)."""
+    from pyannote.core import Annotation, Segment
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    reference, hypothesis = Annotation(), Annotation()
+    for line in (DEMO / f"{name}.rttm").read_text().splitlines():
+        fields = line.split()
+        start, length = float(fields[3]), float(fields[4])
+        reference[Segment(start, start + length)] = fields[7]
+    for segment in segments:
+        hypothesis[Segment(segment["start"], segment["end"])] = segment["speaker_id"]
+    return DiarizationErrorRate(collar=0.25)(reference, hypothesis, uem=Segment(0, duration))
+
+
+def reference_speakers(name: str) -> int:
+    return len({line.split()[7] for line in (DEMO / f"{name}.rttm").read_text().splitlines()})
 
 
 @pytest.fixture
@@ -15,10 +37,13 @@ def engine_stack(stack, real_engine):
     return stack
 
 
+@pytest.mark.parametrize("name", ["two-speakers", "three-speakers"])
 def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_handler, worker_handler,
-                                                              webhook_receiver, demo_two_speakers):
+                                                              webhook_receiver, name):
+    """speakers -1: the engine finds how many speakers there are; the answer must match the reference."""
     stack = engine_stack
-    body = {"content": base64.b64encode(demo_two_speakers).decode(), "sampleRate": 16000, "encoding": "FLAC",
+    recording = (DEMO / f"{name}.flac").read_bytes()
+    body = {"content": base64.b64encode(recording).decode(), "sampleRate": 16000, "encoding": "FLAC",
             "languageCode": "en-US", "speakers": -1, "audioType": "default", "vad": True}
     status, reply = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "meeting-1"},
                                    body=body, handler=api_handler)
@@ -26,7 +51,7 @@ def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_
 
     key_id = stack.key.record.key_id
     audio = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=f"jobs/{key_id}/meeting-1/audio")
-    assert audio["Body"].read() == demo_two_speakers and audio["ServerSideEncryption"] == "AES256"
+    assert audio["Body"].read() == recording and audio["ServerSideEncryption"] == "AES256"
     item = stack.job_item("meeting-1")
     assert item["status"] == "queued" and int(item["expires_at"]) > int(item["created_at"])
 
@@ -39,10 +64,13 @@ def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_
     payload = hit.json()
     assert set(payload) == {"request_id", "response"} and payload["request_id"] == "meeting-1"
     response = payload["response"]
-    assert set(response) == {"num_speakers", "segments"} and response["num_speakers"] == 2
-    assert {s["speaker_id"] for s in response["segments"]} == {"speaker1", "speaker2"}
-    assert all(set(s) == {"speaker_id", "start", "end"} and 0 <= s["start"] < s["end"] <= 31
+    speakers = reference_speakers(name)
+    assert set(response) == {"num_speakers", "segments"} and response["num_speakers"] == speakers
+    assert {s["speaker_id"] for s in response["segments"]} == {f"speaker{i + 1}" for i in range(speakers)}
+    duration = stack.job_item("meeting-1")["audio_seconds"]
+    assert all(set(s) == {"speaker_id", "start", "end"} and 0 <= s["start"] < s["end"] <= float(duration) + 0.01
                for s in response["segments"])
+    assert demo_der(name, response["segments"], float(duration)) < 0.15  # who spoke when, not just how many
 
     assert stack.job_item("meeting-1")["status"] == "done"
     stored = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=f"jobs/{key_id}/meeting-1/result.json")
@@ -67,6 +95,7 @@ def test_batch_upload_to_results_with_the_real_engine(engine_stack, worker_handl
 
     result = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/team call/demo.flac.json")["Body"].read())
     assert result["num_speakers"] == 2
+    assert demo_der("two-speakers", result["segments"], result["segments"][-1]["end"]) < 0.15
     rttm = stack.s3.get_object(Bucket=bucket, Key="results/team call/demo.flac.rttm")["Body"].read().decode()
     lines = rttm.splitlines()
     assert len(lines) == len(result["segments"]) and all(line.split()[1] == "team_call_demo.flac" for line in lines)

@@ -72,6 +72,7 @@ def test_is_public_address(address, public):
 
 @pytest.mark.parametrize("url", ["https://2130706433/", "https://0x7f000001/", "https://127.1/", "https://0177.0.0.1/"])
 def test_numeric_host_spellings_of_loopback_are_refused(url):
-    # Not IP literals to the ipaddress module, but the real resolver turns them into 127.0.0.1.
-    with pytest.raises(UnsafeUrlError):
+    # Not IP literals to the ipaddress module, but the real resolver turns them into 127.0.0.1 (no network:
+    # numeric forms never reach DNS). Refused by the address check, not for failing to resolve.
+    with pytest.raises(UnsafeUrlError, match="non-public address"):
         resolve_safe_target(url, allow_local=False)

@@ -85,11 +85,20 @@ def test_webhook_down_leaves_the_job_done_with_its_result(runtime, worker, key, 
     assert api.job_status(runtime, key, "r-1")["response"] == job.result
 
 
-def test_missing_job_and_garbage_messages_are_dropped(worker):
-    worker.handle_message(json.dumps({"job_id": "nobody#nothing"}), 1)
-    worker.handle_message("not json", 1)
-    worker.handle_message(json.dumps([1, 2]), 1)
-    worker.handle_message(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}), 1)
+def test_missing_job_and_garbage_messages_are_dropped(worker, runtime, fake_engine, caplog):
+    """Dropped means: returns normally (the message is deleted, not retried into the DLQ), runs nothing, writes
+    nothing, and says why in the log."""
+    caplog.set_level("INFO")
+    for body, reason in ((json.dumps({"job_id": "nobody#nothing"}), "no job record"),
+                         ("not json", "not JSON"), (json.dumps([1, 2]), "not a JSON object"),
+                         (json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}), "s3:TestEvent"),
+                         (json.dumps({"something": "else"}), "unknown shape")):
+        caplog.clear()
+        assert worker.handle_message(body, 1) is None
+        assert any(reason in record.getMessage() for record in caplog.records), (body, caplog.text)
+    assert fake_engine.calls == 0 and runtime.jobs.get("nobody#nothing") is None
+    root = runtime.backends.blobs.root
+    assert not root.exists() or list(root.rglob("*")) == []
 
 
 def s3_event(key: str, bucket: str = "") -> str:
