@@ -97,11 +97,14 @@ def api_event():
 
 class FakeEngine:
     """Stands in for diarizer.Diarizer in fast tests: decodes with the real probe, splits the audio into
-    alternating turns of `speakers` (2 when -1). Counts calls; can be told to fail transiently."""
+    alternating turns of `speakers` (2 when -1). Counts calls; can be told to fail transiently. `results` keeps
+    what each call returned (as dicts), so a test checks the service passed the engine's answer through for the
+    audio it sent, not the fake's constant speaker count."""
 
     def __init__(self):
         self.calls = 0
         self.fail_with: Exception | None = None
+        self.results: list[dict] = []
 
     def diarize(self, audio, options):
         from diarizer import probe_audio
@@ -115,7 +118,9 @@ class FakeEngine:
         turns = max(n, 4)
         step = duration / turns
         segments = [Segment(f"speaker{i % n + 1}", i * step, (i + 1) * step) for i in range(turns)]
-        return Diarization(segments, duration)
+        result = Diarization(segments, duration)
+        self.results.append(result.to_dict())
+        return result
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def invoke(handler, name, stack):
     return answer["statusCode"], json.loads(answer["body"])
 
 
-def test_async_status_upload_and_job_events(stack, seeded, api_handler, worker_handler):
+def test_async_status_upload_and_job_events(stack, seeded, api_handler, worker_handler, fake_engine):
     assert invoke(api_handler, "api-v2-async-diarize.json", stack) == (200, {"request_id": "sam-local-1", "api": "diarize"})
     assert invoke(api_handler, "api-v1-async-diarize.json", stack) == (200, {"request_id": "sam-local-v1", "api": "diarize"})
     status, job = invoke(api_handler, "api-v2-job-status.json", stack)
@@ -60,17 +60,18 @@ def test_async_status_upload_and_job_events(stack, seeded, api_handler, worker_h
     assert answer == {"batchItemFailures": []}
     [(target, payload)] = seeded
     assert (target.host, target.address, target.path) == ("example.com", "93.184.215.14", "/diarize-webhook")
-    assert payload["request_id"] == "sam-local-1" and payload["response"]["num_speakers"] == 2
+    assert payload["request_id"] == "sam-local-1" and payload["response"] == fake_engine.results[-1]
     status, job = invoke(api_handler, "api-v2-job-status.json", stack)
     assert job["status"] == "done" and job["webhook"]["delivered"] is True
 
 
-def test_s3_event_wrapped_in_sqs(stack, seeded, worker_handler):
+def test_s3_event_wrapped_in_sqs(stack, seeded, worker_handler, fake_engine):
     stack.s3.put_object(Bucket=BUCKET, Key="incoming/sam local/sample.wav", Body=examples.one_second_wav())
     answer = worker_handler.lambda_handler(event("sqs-s3-incoming.json"), stack.context)
     assert answer == {"batchItemFailures": []}
     result = json.loads(stack.s3.get_object(Bucket=BUCKET, Key="results/sam local/sample.wav.json")["Body"].read())
-    assert result["num_speakers"] == 2  # the fake engine's answer
+    assert result == fake_engine.results[-1]  # the engine's answer for this object's second of audio
+    assert result["segments"][-1]["end"] == pytest.approx(1.0)
 
 
 def test_sync_events_with_the_real_engine(stack, seeded, api_handler, real_engine):

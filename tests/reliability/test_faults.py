@@ -80,7 +80,7 @@ def test_a_job_whose_worker_dies_comes_back_after_the_visibility_timeout_and_fin
     assert stack.run_worker(worker_handler, second) == {"batchItemFailures": []}  # a late duplicate as well
 
     job = job_status(stack, api_handler, "phoenix")
-    assert job["status"] == "done" and job["response"]["num_speakers"] == 2
+    assert job["status"] == "done" and job["response"] == fake_engine.results[-1]
     assert stack.job_item("phoenix")["attempts"] == 2
     [hook] = webhook_receiver.received  # one webhook for one finished job
     assert hook.json() == {"request_id": "phoenix", "response": job["response"]}
@@ -252,14 +252,14 @@ def test_a_storage_failure_in_the_worker_retries_the_job_and_it_finishes_once(
     assert webhook_receiver.received == []
     assert stack.run_worker(worker_handler, receive(stack, visibility=30)) == {"batchItemFailures": []}
     job = job_status(stack, api_handler, "w-fail")
-    assert job["status"] == "done" and job["response"]["num_speakers"] == 2
+    assert job["status"] == "done" and job["response"] == fake_engine.results[-1]
     assert len(webhook_receiver.received) == 1 and queued_messages(stack) == 0
 
 
 # ------------------------------------------------------------------------------------------- webhooks
 @pytest.mark.parametrize("receiver_kind", ["down", "slow then ok", "500 then 200"])
 def test_webhook_receiver_faults_retry_with_backoff_and_the_result_stays_retrievable(
-        stack, api_handler, worker_handler, scripted_receiver, wav_bytes, monkeypatch, receiver_kind):
+        stack, api_handler, worker_handler, scripted_receiver, wav_bytes, monkeypatch, receiver_kind, fake_engine):
     import dataclasses
     monkeypatch.setattr("diarizer_service.webhooks.BACKOFF_SECONDS", 0.1)
     stack.runtime.settings = dataclasses.replace(stack.runtime.settings, webhook_timeout_seconds=0.5)
@@ -274,7 +274,7 @@ def test_webhook_receiver_faults_retry_with_backoff_and_the_result_stays_retriev
     assert stack.run_worker(worker_handler, event) == {"batchItemFailures": []}  # never retried through SQS
 
     job = job_status(stack, api_handler, "hooked")
-    assert job["status"] == "done" and job["response"]["num_speakers"] == 2  # always readable here
+    assert job["status"] == "done" and job["response"] == fake_engine.results[-1]  # always readable here
     if receiver is None:
         assert job["webhook"]["delivered"] is False and job["webhook"]["attempts"] == 3
         assert "ConnectionRefused" in job["webhook"]["error"]
@@ -328,7 +328,7 @@ def test_the_same_request_id_submitted_concurrently_is_one_job_and_one_webhook(l
 
 
 def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker(stack, api_handler, worker_handler, wav_bytes,
-                                                                    monkeypatch):
+                                                                    monkeypatch, fake_engine):
     """A hostile (or broken) receiver sends a header line every 0.2 s: each read succeeds, so a per-read timeout
     never fires. The webhook timeout must bound the whole attempt."""
     import dataclasses
@@ -377,5 +377,5 @@ def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker(stack, api_h
         acceptor.join(2)
         listener.close()
     job = job_status(stack, api_handler, "trickled")
-    assert job["status"] == "done" and job["response"]["num_speakers"] == 2
+    assert job["status"] == "done" and job["response"] == fake_engine.results[-1]
     assert job["webhook"]["delivered"] is False and "TimeoutError" in job["webhook"]["error"]
