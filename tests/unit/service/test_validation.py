@@ -132,3 +132,20 @@ def test_request_id_from_query_wins_over_body():
 
 def test_speaker_options_from_strings():
     assert parse_speaker_options({"speakers": "-1", "max_speakers": "4"}).max_speakers == 4
+
+
+def test_the_nesting_rule_counts_depth_not_brackets():
+    """Documented: nested deeper than 256 is refused. Before, every bracket counted: a flat body with 300 `{}`
+    in an unknown field was refused as "too deeply nested"."""
+    import json as json_module
+
+    from diarizer_service.validation import parse_json_body
+
+    flat = {"content": "UklGRg==", "extra": [{} for _ in range(300)], "note": "[" * 1000}
+    assert parse_json_body(json_module.dumps(flat))["extra"] == [{}] * 300
+    assert parse_json_body(b'{"a": ' + b"[" * 255 + b"]" * 255 + b"}")["a"]
+    for body in (b'{"a": ' + b"[" * 257 + b"]" * 257 + b"}", b'{"a": "\\\\", "b": ' + b"[" * 300 + b"]" * 300 + b"}",
+                 b'{"a": [' + b"[]," * 20_000 + b"[]]}"):
+        with pytest.raises(ApiError) as caught:
+            parse_json_body(body)
+        assert (caught.value.status, caught.value.code) == (400, "invalid_json")
