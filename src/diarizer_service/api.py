@@ -240,8 +240,9 @@ def job_status(runtime: Runtime, key: ApiKey, request_id: str) -> dict:
             answer["response"] = job.result if job.result is not None else _stored_result(runtime, job)
         if job.error:
             answer["error"] = job.error
-        if job.webhook_state:
-            answer["webhook"] = {"state": job.webhook_state, **(job.webhook_delivery or {})}
+        if job.webhook_state:  # before the first round: pending, no attempt yet
+            answer["webhook"] = {"state": job.webhook_state, "delivered": False, "attempts": 0, "rounds": 0,
+                                 **(job.webhook_delivery or {})}
         return answer
     except BackendError as exc:
         raise service_unavailable() from exc
