@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 
-from diarizer_service import api
+from diarizer_service import api, page
 from diarizer_service.auth import ApiKey, authenticate
 from diarizer_service.errors import ApiError, BackendError, service_unavailable
 from diarizer_service.observability import logger, metrics, tracer
@@ -75,6 +75,22 @@ def job_status(request_id: str) -> Response:
 def create_upload() -> Response:
     runtime, key = _caller()
     return _json(200, api.create_upload(runtime, key))
+
+
+@app.get("/")
+def timeline_page() -> Response:
+    """The timeline page: no key needed to load it, the user types one (sent with each API call)."""
+    return Response(status_code=200, content_type=page.ASSETS[page.PAGE], body=page.web_file(page.PAGE).decode(),
+                    headers=page.HEADERS)
+
+
+@app.get("/ui/<name>")
+def page_asset(name: str) -> Response:
+    try:
+        body = page.web_file(name).decode()
+    except KeyError:
+        return _json(404, {"error": {"code": "route_not_found", "message": "No such file."}})
+    return Response(status_code=200, content_type=page.ASSETS[name], body=body, headers=page.HEADERS)
 
 
 @app.exception_handler(ApiError)

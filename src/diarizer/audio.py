@@ -1,4 +1,5 @@
-"""Decoding: any WAV/FLAC/OGG/MP3 (any rate, any channel count, 8-bit to float) to 16 kHz mono float32.
+"""Decoding: any WAV/FLAC/OGG/MP3 (any rate, any channel count, 8-bit to float) to 16 kHz mono float32;
+M4A/AAC, MP4/MOV, WebM and Ogg/Opus go through `diarizer.transcode` (PyAV, an optional extra) first.
 
 The container is detected from the bytes, never from a file name or a client's `encoding` hint.
 Decoding runs block by block (downmix + resample per block), so a 3-hour 48 kHz stereo file never
@@ -50,14 +51,21 @@ _SUPPORTED_MAGIC = (
     (0, b"FORM", 8, b"AIFC", "AIFF"),
     (0, b".snd", None, None, "AU"),
 )
-_UNSUPPORTED_MAGIC = (
-    (4, b"ftyp", "MP4/M4A/AAC"),
+# Containers libsndfile cannot read: decoded through diarizer.transcode (PyAV, an optional extra).
+_TRANSCODED_MAGIC = (
+    (4, b"ftyp", "MP4/M4A"),
+    (4, b"moov", "MOV"),
+    (4, b"wide", "MOV"),
     (0, b"\x1a\x45\xdf\xa3", "WebM/Matroska"),
+    (0, b"\xff\xf1", "AAC"),
+    (0, b"\xff\xf9", "AAC"),
+)
+TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC) | {"Ogg/Opus"}
+_UNSUPPORTED_MAGIC = (
     (0, b"#!AMR", "AMR"),
-    (0, b"\xff\xf1", "ADTS AAC"),
-    (0, b"\xff\xf9", "ADTS AAC"),
     (0, b"0&\xb2u", "WMA/ASF"),
 )
+SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, M4A/AAC, MP4/MOV or WebM"
 
 
 @dataclass(frozen=True)
@@ -79,15 +87,18 @@ def detect_format(head: bytes) -> str:
     # Bare MPEG audio frames: an 11-bit frame sync, layer III.
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) == 0x02:
         return "MP3"
+    for offset, magic, name in _TRANSCODED_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
     for offset, magic, name in _UNSUPPORTED_MAGIC:
         if head[offset : offset + len(magic)] == magic:
-            raise AudioDecodeError(f"{name} audio is not supported; send WAV, FLAC, OGG or MP3")
+            raise AudioDecodeError(f"{name} audio is not supported; send {SUPPORTED_FORMATS}")
     if not head:
         raise AudioDecodeError("the audio is empty (0 bytes)")
-    raise AudioDecodeError("the data is not a recognised audio file (expected WAV, FLAC, OGG or MP3)")
+    raise AudioDecodeError(f"the data is not a recognised audio file (expected {SUPPORTED_FORMATS})")
 
 
-def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:
+def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         stream: BinaryIO = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
@@ -97,9 +108,20 @@ def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
     else:
         stream = source
-    head = stream.read(16)
+    head = stream.read(40)
     stream.seek(0)
     fmt = detect_format(head)
+    if fmt == "OGG" and head[28:36] == b"OpusHead":
+        fmt = "Ogg/Opus"  # libsndfile builds without Opus are common: one decoder for it everywhere
+    return stream, fmt
+
+
+def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:
+    stream, fmt = _stream(source)
+    if fmt in TRANSCODED_FORMATS:
+        from diarizer import transcode
+
+        stream = transcode.transcode_to_tempfile(stream, fmt)
     try:
         handle = sf.SoundFile(stream)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
@@ -131,7 +153,13 @@ def _reason(err: Exception) -> str:
 
 def probe_audio(source: AudioSource) -> AudioInfo:
     """Read only the header: format, rate, channels, duration. Raises AudioDecodeError."""
-    handle, fmt = _open(source)
+    stream, fmt = _stream(source)
+    if fmt in TRANSCODED_FORMATS:
+        from diarizer import transcode
+
+        rate, channels, duration = transcode.probe(stream, fmt)
+        return AudioInfo(fmt, rate, channels, int(duration * rate), duration)
+    handle, fmt = _open(stream)
     with handle:
         frames = max(handle.frames, 0)
         return AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate)

@@ -257,12 +257,13 @@ def _stored_result(runtime: Runtime, job: Job) -> dict | None:
 
 
 def create_upload(runtime: Runtime, key: ApiKey) -> dict:
-    """A presigned S3 PUT URL for audio too big for a request body; then submit with `upload_id`."""
+    """A presigned PUT URL (S3's, or in local mode the server's own) for audio too big for a request body;
+    then submit with `upload_id`."""
     upload_id = uuid.uuid4().hex
     try:
         url = runtime.backends.blobs.presign_put(upload_key(key.key_id, upload_id), UPLOAD_URL_TTL_SECONDS)
     except NotImplementedError as exc:
-        raise ApiError(501, "uploads_not_supported", "Uploads need the AWS backend; in local mode send the audio "
-                       "inline as `content`.") from exc
+        raise ApiError(501, "uploads_not_supported", "This server cannot receive uploads (run `diarize serve`); "
+                       "send the audio inline as `content`.") from exc
     return {"upload_id": upload_id, "upload_url": url, "method": "PUT", "expires_in": UPLOAD_URL_TTL_SECONDS,
             "max_bytes": runtime.settings.max_upload_bytes}

@@ -31,6 +31,7 @@ class Settings:
     # A queued job still queued this long after submit (its message may never have been sent), or a webhook
     # still pending this long after the job finished, is picked up by the sweeper.
     sweep_after_seconds: int = 300
+    public_url: str = ""  # local mode: the server's own URL, for presigned upload URLs
 
     @property
     def is_local(self) -> bool:
@@ -74,6 +75,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", 10.0),
         sweep_after_seconds=_number(env, "DIARIZER_SWEEP_AFTER_SECONDS", 300, int),
         allow_local_webhooks=env.get("DIARIZER_ALLOW_LOCAL_WEBHOOKS", allow_local_default).strip().lower() in _TRUE,
+        public_url=env.get("DIARIZER_PUBLIC_URL", "").strip(),
     )
 
 

@@ -34,9 +34,13 @@ class SpeakerOptions:
     min_speakers: int | None = None
     max_speakers: int | None = None
     merge_adjacent: bool = True
+    exclusive: bool = False  # one speaker at a time (not in the DeepAffects contract; the page offers it)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        values = dict(self.__dict__)
+        if not self.exclusive:
+            del values["exclusive"]  # records and tests of jobs without it stay as they were
+        return values
 
 
 @dataclass(frozen=True)
@@ -132,14 +136,18 @@ def parse_speaker_options(values: Mapping[str, Any]) -> SpeakerOptions:
         vad = True
     if not isinstance(vad, bool):
         raise invalid_field("vad", "`vad` must be true or false.")
-    return SpeakerOptions(speakers, min_speakers, max_speakers, vad)
+    exclusive = values.get("exclusive") or False
+    if not isinstance(exclusive, bool):
+        raise invalid_field("exclusive", "`exclusive` must be true or false.")
+    return SpeakerOptions(speakers, min_speakers, max_speakers, vad, exclusive)
 
 
 def engine_options(options: Mapping[str, Any]) -> DiarizationOptions:
     """Stored job options (SpeakerOptions.to_dict()) -> the engine's options."""
     return DiarizationOptions(speakers=options.get("speakers", -1), min_speakers=options.get("min_speakers"),
                               max_speakers=options.get("max_speakers"),
-                              merge_adjacent=options.get("merge_adjacent", True))
+                              merge_adjacent=options.get("merge_adjacent", True),
+                              exclusive=options.get("exclusive", False))
 
 
 def validate_request_id(value: Any) -> str:
@@ -213,8 +221,9 @@ def parse_job_request(body: Mapping[str, Any], query: Mapping[str, str] | None, 
     request_id = new_request_id() if request_id in (None, "") else validate_request_id(request_id)
     webhook = _first(query, body, "webhook")
     if webhook in (None, ""):
-        if require_webhook:
-            raise missing_field("webhook", "`webhook` is required for async requests (query parameter).")
+        if require_webhook and str(_first(query, body, "poll")).lower() != "true":
+            raise missing_field("webhook", "`webhook` is required for async requests (query parameter), unless "
+                                           "`poll=true`: then read the result from the status route.")
         webhook = None
     else:
         webhook = validate_webhook(webhook, allow_local=allow_local_webhooks)

@@ -6,19 +6,25 @@ after `max_receive_count` receives it moves to a dead-letter table.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator, Mapping
+from typing import Collection, Iterable, Iterator, Mapping
+from urllib.parse import quote, urlencode
 
 from diarizer_service.backends.base import Backends, BlobInfo, BlobNotFound, BlobTooLarge
 from diarizer_service.errors import BackendError
 from diarizer_service.settings import Settings
+
+LOCAL_UPLOAD_PATH = "/local-blobs/"  # + the blob key: where presigned PUTs go in local mode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, status TEXT, item TEXT NOT NULL);
@@ -97,8 +103,9 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 class FileBlobStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, public_url: str = ""):
         self.root = root.resolve()
+        self.public_url = public_url  # where `diarize serve` listens: presigned upload URLs point there
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -148,8 +155,51 @@ class FileBlobStore:
             path.unlink(missing_ok=True)
             self._meta_path(path).unlink(missing_ok=True)
 
+    # ---- presigned uploads, like S3's: `diarize serve` receives the PUT (gateway.py) -------------------------
     def presign_put(self, key: str, expires_seconds: int) -> str:
-        raise NotImplementedError("presigned uploads need S3; in local mode send the audio inline")
+        if not self.public_url:
+            raise NotImplementedError("uploads are received by `diarize serve`; no server URL is configured")
+        expires = int(time.time()) + expires_seconds
+        query = urlencode({"expires": expires, "signature": self._sign(key, expires)})
+        return f"{self.public_url.rstrip('/')}{LOCAL_UPLOAD_PATH}{quote(key)}?{query}"
+
+    def check_upload(self, key: str, expires: str, signature: str) -> bool:
+        """True when (key, expires, signature) came from presign_put and has not expired."""
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(self._sign(key, int(expires)), signature)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], *, content_type: str = "application/octet-stream") -> int:
+        """Write an upload chunk by chunk (never whole in memory); readers never see a partial file."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._meta_path(path).write_text(json.dumps({"content_type": content_type, "metadata": {}}))
+        return size
+
+    def _sign(self, key: str, expires: int) -> str:
+        return hmac.new(self._signing_key(), f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def _signing_key(self) -> bytes:
+        """A random key kept in the data dir, so upload URLs survive a restart of the server."""
+        path = self.root.parent / "upload-signing.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
 
 
 @dataclass(frozen=True)
@@ -307,7 +357,7 @@ def create_local_backends(settings: Settings) -> Backends:
     root = Path(settings.data_dir)
     db = _Database(root / "diarizer.sqlite3")
     return Backends(
-        blobs=FileBlobStore(root / "blobs"),
+        blobs=FileBlobStore(root / "blobs", settings.public_url),
         queue=SqliteJobQueue(db, settings.max_receive_count),
         jobs=SqliteJobTable(db),
         keys=SqliteKeyStore(db),

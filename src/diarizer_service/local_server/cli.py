@@ -176,7 +176,9 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         server = GatewayServer((args.host, args.port),
                                Gateway(api_app.lambda_handler, load_openapi(), engine_gate=engine_gate,
-                                       resolver=api_app.app),
+                                       resolver=api_app.app,
+                                       uploads=runtime.backends.blobs,
+                                       max_upload_bytes=runtime.settings.max_upload_bytes),
                                access_log=not args.no_access_log)
     except OSError as exc:
         print(f"diarize serve: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
@@ -185,6 +187,8 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     host, port = server.server_address[:2]
     base_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     server.gateway.openapi = load_openapi(base_url)
+    # Presigned upload URLs point at this server (DIARIZER_PUBLIC_URL when it is reached by another name).
+    runtime.backends.blobs.public_url = runtime.settings.public_url or base_url
 
     worker = None
     if not args.no_worker:

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from diarizer_service.backends.local import LOCAL_UPLOAD_PATH
 from diarizer_service.local_server.handlers import LocalLambdaContext
 from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
 
@@ -119,6 +120,8 @@ class Gateway:
     engine_gate: threading.Lock | None = None
     engine_wait_seconds: float = 25.0  # answer before a client (or API Gateway, at 29 s) gives up
     resolver: object | None = None  # the API handler's powertools resolver (its state is saved in engine_running)
+    uploads: object | None = None  # the FileBlobStore that receives presigned PUTs (S3's role)
+    max_upload_bytes: int = 0
     routes: RouteTable = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _holder: int | None = field(default=None, init=False, repr=False)  # thread id inside the handler
@@ -207,13 +210,16 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         # Refuse an oversized or unmeasured body before the client sends it (curl sends Expect for >1 MB).
-        problem = self._body_problem()
+        problem = self._upload_problem() if self._is_upload() else self._body_problem()
         if problem is not None:
             self._send(*problem, close=True)
             return False
         return super().handle_expect_100()
 
     def _dispatch(self) -> None:
+        if self._is_upload():
+            self._receive_upload()
+            return
         body = self._read_body()  # always read first: unread bytes would corrupt the next request on this connection
         if body is None:
             return
@@ -269,6 +275,72 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self._send(408, error_body("request_timeout", "The request body was not received in time."), close=True)
             return None
         return b"".join(chunks)
+
+    # ---- presigned uploads (S3's part in local mode): streamed to disk, never whole in memory ----------------
+    def _is_upload(self) -> bool:
+        return self.server.gateway.uploads is not None and urlsplit(self.path).path.startswith(LOCAL_UPLOAD_PATH)
+
+    def _upload_problem(self) -> tuple[int, bytes] | None:
+        if self.command == "OPTIONS":
+            return None
+        if self.command != "PUT":
+            return 405, error_body("method_not_allowed", "Upload URLs take PUT.")
+        raw = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or raw is None:
+            return 411, error_body("length_required", "Send the file with a Content-Length.")
+        if not raw.strip().isdigit():
+            return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
+        if int(raw) > self.server.gateway.max_upload_bytes:
+            return 413, error_body("upload_too_large",
+                                   f"The file is over {self.server.gateway.max_upload_bytes} bytes.")
+        parts = urlsplit(self.path)
+        query = dict(parse_qsl(parts.query))
+        key = unquote(parts.path[len(LOCAL_UPLOAD_PATH):])
+        if not key.startswith("uploads/") or not self.server.gateway.uploads.check_upload(
+                key, query.get("expires", ""), query.get("signature", "")):
+            return 403, error_body("invalid_signature", "The upload URL is invalid or expired; ask for a new one.")
+        return None
+
+    def _receive_upload(self) -> None:
+        cors = [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "PUT"),
+                ("Access-Control-Allow-Headers", "Content-Type")]
+        problem = self._upload_problem()
+        if problem is not None:
+            self._send(*problem, close=True, headers=[("Content-Type", "application/json"), *cors])
+            return
+        if self.command == "OPTIONS":  # a page on another origin (localhost vs 127.0.0.1) asks first
+            self._send(204, b"", headers=cors)
+            return
+        remaining = int(self.headers["Content-Length"])
+        # Like S3: a slow client gets time in proportion to the size (at least 64 kB/s), never forever.
+        deadline = time.monotonic() + self.server.body_deadline + remaining / (64 * 1024)
+        complete = [False]
+
+        def chunks() -> Iterable[bytes]:
+            left = remaining
+            while left > 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunk = self.rfile.read1(min(left, 1024 * 1024))
+                if not chunk:
+                    raise ConnectionError("the client went away mid-upload")
+                left -= len(chunk)
+                yield chunk
+            complete[0] = True
+
+        key = unquote(urlsplit(self.path).path[len(LOCAL_UPLOAD_PATH):])
+        try:
+            self.server.gateway.uploads.put_stream(key, chunks(),
+                                                   content_type=self.headers.get("Content-Type", "") or
+                                                   "application/octet-stream")
+        except (TimeoutError, socket.timeout):
+            self._send(408, error_body("request_timeout", "The file was not received in time."), close=True,
+                       headers=[("Content-Type", "application/json"), *cors])
+            return
+        except (ConnectionError, OSError):
+            self.close_connection = True
+            return
+        self._send(200, b"", headers=[("ETag", '"uploaded"'), *cors])
 
     # ---- answers -------------------------------------------------------------------------------------------
     def _send_proxy_response(self, response: dict, request_id: str) -> None:

@@ -1,0 +1,130 @@
+"""Container formats libsndfile cannot read (M4A/AAC, MP4/MOV, WebM/Matroska, Ogg/Opus) -> 16 kHz mono PCM.
+
+PyAV (the `av` wheel, which bundles FFmpeg's libraries) is an optional extra: `pip install 'diarizer[transcode]'`.
+Without it these formats raise `TranscoderUnavailable`, an AudioDecodeError naming the extra, so a caller
+answers with a clear 4xx instead of a crash. On AWS the engine worker does not carry PyAV (it would not fit
+the package budget): the service sends such jobs through its own TranscodeFunction first.
+
+Everything a header can claim is bounded: the output stops with an error past `max_seconds` of audio, and
+only the first audio track is read (a video track is never decoded).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from typing import BinaryIO
+
+from diarizer.types import AudioDecodeError
+
+TARGET_RATE = 16000
+MAX_SECONDS = 4 * 3600  # above the service's 3-hour limit; a bound for the CLI too (4 h = 230 MB of WAV)
+INSTALL_HINT = "pip install 'diarizer[transcode]'"
+
+
+class TranscoderUnavailable(AudioDecodeError):
+    """The format needs PyAV, which is not installed here."""
+
+
+def available() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _av(fmt: str):
+    try:
+        import av
+    except ImportError as exc:
+        raise TranscoderUnavailable(f"{fmt} audio needs the transcoder: {INSTALL_HINT}") from exc
+    return av
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's words without its errno and file name ("Invalid data found when processing input")."""
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def _open_container(av, source: BinaryIO, fmt: str):
+    source.seek(0)
+    try:
+        container = av.open(source, mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise AudioDecodeError(f"cannot read the {fmt} file: {_reason(exc)}") from exc
+    if not container.streams.audio:
+        container.close()
+        raise AudioDecodeError(f"the {fmt} file has no audio track")
+    return container
+
+
+def probe(source: BinaryIO, fmt: str) -> tuple[int, int, float]:
+    """(sample rate, channels, duration in seconds) of the first audio track, without decoding audio.
+
+    Browser recordings (MediaRecorder WebM) carry no duration in their header: then the packets are
+    demuxed (not decoded) and their durations summed, which is fast and cannot be lied about."""
+    av = _av(fmt)
+    container = _open_container(av, source, fmt)
+    with container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or stream.rate or 0
+        channels = stream.codec_context.channels or 0
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1_000_000
+        else:
+            duration = 0.0
+            try:
+                for packet in container.demux(stream):
+                    if packet.duration and packet.time_base:
+                        duration += float(packet.duration * packet.time_base)
+            except av.FFmpegError as exc:
+                raise AudioDecodeError(f"the {fmt} file is corrupt or truncated: {_reason(exc)}") from exc
+    if not rate:
+        raise AudioDecodeError(f"the {fmt} audio track has no sample rate")
+    return rate, channels, duration
+
+
+def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "WAV",
+              max_seconds: float = MAX_SECONDS) -> float:
+    """Decode the first audio track of `source` and write it to `out` as 16 kHz mono 16-bit WAV or FLAC.
+
+    Returns the duration written, in seconds. Raises AudioDecodeError (corrupt file, no audio, longer
+    than `max_seconds`) or TranscoderUnavailable."""
+    import soundfile as sf
+
+    av = _av(fmt)
+    limit = int(max_seconds * TARGET_RATE)
+    written = 0
+    container = _open_container(av, source, fmt)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=TARGET_RATE)
+    with container, sf.SoundFile(out, "w", samplerate=TARGET_RATE, channels=1, subtype="PCM_16",
+                                 format=out_format) as sink:
+        stream = container.streams.audio[0]
+        try:
+            for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+                for chunk in resampler.resample(frame):
+                    samples = chunk.to_ndarray().reshape(-1)
+                    written += len(samples)
+                    if written > limit:
+                        raise AudioDecodeError(f"the {fmt} audio is longer than {max_seconds:g} s")
+                    sink.write(samples)
+        except av.FFmpegError as exc:
+            raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(exc)}") from exc
+    if not written:
+        raise AudioDecodeError(f"the {fmt} file contains no audio samples")
+    return written / TARGET_RATE
+
+
+def transcode_to_tempfile(source: BinaryIO, fmt: str, max_seconds: float = MAX_SECONDS) -> BinaryIO:
+    """The 16 kHz mono WAV in an unlinked temporary file (an hour is 115 MB: never held in memory)."""
+    out = tempfile.TemporaryFile(prefix="diarizer-transcode-", suffix=".wav")
+    try:
+        transcode(source, fmt, out, max_seconds=max_seconds)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0, os.SEEK_SET)
+    return out

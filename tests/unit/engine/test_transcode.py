@@ -1,0 +1,133 @@
+"""M4A, MP4 (with video), WebM/Opus and Ogg/Opus: decoded through PyAV to the same 16 kHz mono audio and the
+same speakers as their FLAC source; broken or unknown files get a clear error naming the supported formats."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_factory import KINDS, make_media
+
+from diarizer import transcode
+from diarizer.audio import SUPPORTED_FORMATS, decode, detect_format, probe_audio
+from diarizer.types import AudioDecodeError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+THREE_SPEAKERS = REPO_ROOT / "demo" / "three-speakers.flac"
+EXPECTED_FORMAT = {"m4a": "MP4/M4A", "mp4": "MP4/M4A", "webm": "WebM/Matroska", "ogg-opus": "Ogg/Opus"}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("media")
+    return {kind: make_media(THREE_SPEAKERS, kind, out) for kind in KINDS}
+
+
+def frame_agreement(a: dict, b: dict, step: float = 0.01) -> float:
+    """Share of 10 ms frames (where either result has speech) that carry the same speaker set in both."""
+    end = max([s["end"] for s in a["segments"] + b["segments"]])
+    times = np.arange(0, end, step)
+
+    def labels(result):
+        sets = [set() for _ in times]
+        for s in result["segments"]:
+            for i in range(int(s["start"] / step), min(int(s["end"] / step), len(times))):
+                sets[i].add(s["speaker_id"])
+        return sets
+
+    la, lb = labels(a), labels(b)
+    voiced = [i for i in range(len(times)) if la[i] or lb[i]]
+    return sum(la[i] == lb[i] for i in voiced) / len(voiced)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_containers_probe_and_decode_like_the_source(media, kind):
+    info = probe_audio(media[kind])
+    assert info.format == EXPECTED_FORMAT[kind]
+    assert info.channels == 2 and info.sample_rate in (44100, 48000)
+    assert abs(info.duration - 31.64) < 0.1
+    source, decoded = decode(THREE_SPEAKERS), decode(media[kind])
+    assert abs(len(decoded) - len(source)) < 0.05 * 16000  # codec priming/padding only
+    # Lossy, but the same signal: strong correlation once aligned by the codec's delay.
+    n = min(len(source), len(decoded)) - 2000
+    best = max(np.corrcoef(source[lag:lag + n], decoded[:n])[0, 1] for lag in range(0, 1600, 8))
+    best = max(best, max(np.corrcoef(source[:n], decoded[lag:lag + n])[0, 1] for lag in range(0, 1600, 8)))
+    assert best > 0.9
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_bytes_and_streams_work_as_well_as_paths(media, kind):
+    data = media[kind].read_bytes()
+    assert probe_audio(data).format == EXPECTED_FORMAT[kind]
+    assert abs(len(decode(io.BytesIO(data))) / 16000 - 31.64) < 0.1
+
+
+def test_same_speakers_as_the_flac_source(media, engine):
+    from diarizer import DiarizationOptions
+
+    reference = engine.diarize(THREE_SPEAKERS, DiarizationOptions()).to_dict()
+    assert reference["num_speakers"] == 3
+    for kind, path in media.items():
+        result = engine.diarize(path, DiarizationOptions()).to_dict()
+        assert result["num_speakers"] == 3, kind
+        assert frame_agreement(reference, result) > 0.95, kind
+
+
+def test_truncated_container_is_a_clear_error(media):
+    data = media["m4a"].read_bytes()
+    with pytest.raises(AudioDecodeError, match="MP4/M4A"):
+        decode(data[: len(data) // 3] if data.find(b"moov") > len(data) // 3 else data[:2000])
+
+
+def test_header_only_webm_and_garbage_after_magic(media):
+    with pytest.raises(AudioDecodeError):
+        decode(b"\x1a\x45\xdf\xa3" + b"\x00" * 500)
+    with pytest.raises(AudioDecodeError):
+        probe_audio(b"\x00\x00\x00\x18ftypmp42" + b"\xff" * 1000)
+
+
+def test_a_video_without_audio_is_refused(tmp_path):
+    import av
+
+    path = tmp_path / "silent-video.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=5)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for index in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = index
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+    with pytest.raises(AudioDecodeError, match="no audio track"):
+        probe_audio(path)
+
+
+def test_length_is_bounded_while_transcoding(media):
+    with pytest.raises(AudioDecodeError, match="longer than 10 s"):
+        with open(media["webm"], "rb") as source:
+            transcode.transcode(source, "WebM/Matroska", io.BytesIO(), max_seconds=10)
+
+
+def test_without_pyav_the_error_names_the_extra(media, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kwargs):
+        if name == "av":
+            raise ImportError("No module named 'av'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    with pytest.raises(transcode.TranscoderUnavailable, match=r"diarizer\[transcode\]"):
+        probe_audio(media["m4a"])
+
+
+def test_unknown_formats_name_the_supported_ones():
+    with pytest.raises(AudioDecodeError) as caught:
+        detect_format(b"#!AMR\n" + b"\x00" * 30)
+    assert SUPPORTED_FORMATS in str(caught.value) and "M4A" in SUPPORTED_FORMATS and "WebM" in SUPPORTED_FORMATS
+    assert detect_format(b"\x00\x00\x00\x14ftypM4A ") == "MP4/M4A"
