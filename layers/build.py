@@ -51,10 +51,12 @@ PLATFORMS = {
     "x86_64": ["manylinux_2_28_x86_64", "manylinux2014_x86_64"],
     "arm64": ["manylinux_2_28_aarch64", "manylinux2014_aarch64"],
 }
-PIP_LAYERS = {"base": LAYERS_DIR / "base" / "requirements.txt", "runtime": LAYERS_DIR / "runtime" / "requirements.txt"}
+PIP_LAYERS = {"base": LAYERS_DIR / "base" / "requirements.txt", "runtime": LAYERS_DIR / "runtime" / "requirements.txt",
+              "transcode": LAYERS_DIR / "transcode" / "requirements.txt"}
 
 # Function code: the handler folder plus the two packages it imports, side by side at /var/task.
-FUNCTIONS = {"api": ROOT / "functions" / "api", "worker": ROOT / "functions" / "worker"}
+FUNCTIONS = {"api": ROOT / "functions" / "api", "worker": ROOT / "functions" / "worker",
+             "transcoder": ROOT / "functions" / "transcoder"}
 CODE_PACKAGES = [ROOT / "src" / "diarizer", ROOT / "src" / "diarizer_service"]
 # Local mode only (`diarize serve`: HTTP gateway, worker loop, its OpenAPI page): never runs in Lambda,
 # and nothing outside it imports it.
@@ -69,9 +71,11 @@ SAM_TARGETS = {
     "SyncApiFunction": ("function", "api"),
     "WorkerFunction": ("function", "worker"),
     "DeadLetterFunction": ("function", "worker"),  # the worker code's dead_letter_handler, no engine
+    "TranscodeFunction": ("function", "transcoder"),
     "BaseLayer": ("pip", "base"),
     "RuntimeLayer": ("pip", "runtime"),
     "ModelsLayer": ("models", "models"),
+    "TranscodeLayer": ("pip", "transcode"),
 }
 
 # The scipy entry points the engine uses. Any scipy subpackage not reachable from these through a
@@ -372,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=os.environ.get("DIARIZER_ARCH", "x86_64"), choices=sorted(PLATFORMS),
                     help="Lambda architecture (default: $DIARIZER_ARCH or x86_64)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="stand-alone output folder (default build/lambda)")
-    ap.add_argument("--only", nargs="+", default=["base", "runtime", "models", "api", "worker"],
-                    help="parts to build: base runtime models api worker")
+    ap.add_argument("--only", nargs="+", default=["base", "runtime", "models", "transcode", "api", "worker", "transcoder"],
+                    help="parts to build: base runtime models transcode api worker transcoder")
     ap.add_argument("--check-size", action="store_true",
                     help="after building, run layers/check_size.py on the tree (exit 1 at >= 250 MB)")
     ap.add_argument("--target", choices=sorted(SAM_TARGETS), help="SAM logical id (with --dest): used by layers/Makefile")

@@ -28,8 +28,10 @@ BUDGET = 150 * 1000 * 1000  # our aim for the heaviest function
 MB = 1000 * 1000
 
 # template CodeUri folder name -> build tree part; layer logical id -> build tree part
-CODE_PARTS = {"functions/api/": "functions/api", "functions/worker/": "functions/worker"}
-LAYER_PARTS = {"BaseLayer": "layers/base", "RuntimeLayer": "layers/runtime", "ModelsLayer": "layers/models"}
+CODE_PARTS = {"functions/api/": "functions/api", "functions/worker/": "functions/worker",
+              "functions/transcoder/": "functions/transcoder"}
+LAYER_PARTS = {"BaseLayer": "layers/base", "RuntimeLayer": "layers/runtime", "ModelsLayer": "layers/models",
+               "TranscodeLayer": "layers/transcode"}
 
 
 def template_functions(template: Path) -> dict[str, dict]:

@@ -1,5 +1,6 @@
 """Decoding: any WAV/FLAC/OGG/MP3 (any rate, any channel count, 8-bit to float) to 16 kHz mono float32;
-M4A/AAC, MP4/MOV, WebM and Ogg/Opus go through `diarizer.transcode` (PyAV, an optional extra) first.
+M4A/AAC, MP4/MOV and WebM go through `diarizer.transcode` (PyAV, an optional extra) first (Ogg/Opus is
+libsndfile's, like Ogg/Vorbis).
 
 The container is detected from the bytes, never from a file name or a client's `encoding` hint.
 Decoding runs block by block (downmix + resample per block), so a 3-hour 48 kHz stereo file never
@@ -60,7 +61,7 @@ _TRANSCODED_MAGIC = (
     (0, b"\xff\xf1", "AAC"),
     (0, b"\xff\xf9", "AAC"),
 )
-TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC) | {"Ogg/Opus"}
+TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC)
 _UNSUPPORTED_MAGIC = (
     (0, b"#!AMR", "AMR"),
     (0, b"0&\xb2u", "WMA/ASF"),
@@ -108,12 +109,14 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
     else:
         stream = source
-    head = stream.read(40)
+    head = stream.read(16)
     stream.seek(0)
-    fmt = detect_format(head)
-    if fmt == "OGG" and head[28:36] == b"OpusHead":
-        fmt = "Ogg/Opus"  # libsndfile builds without Opus are common: one decoder for it everywhere
-    return stream, fmt
+    return stream, detect_format(head)
+
+
+def open_source(source: AudioSource) -> tuple[BinaryIO, str]:
+    """The source as a seekable binary stream, and its format name (from the bytes)."""
+    return _stream(source)
 
 
 def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Mapping
 
+from diarizer.transcode import TranscoderUnavailable
 from diarizer.types import AudioDecodeError, InvalidOptionsError
 
 from diarizer_service.auth import ApiKey
@@ -41,14 +42,22 @@ def upload_key(key_id: str, upload_id: str) -> str:
 
 
 def probe_or_reject(runtime: Runtime, audio: bytes, max_seconds: float, too_long: ApiError, *,
-                    whole: bool = False) -> AudioInfo:
+                    whole: bool = False) -> AudioInfo | None:
     """Detect the real format from the bytes: non-audio (or absurd header claims) -> 400, longer than
     `max_seconds` -> `too_long`. `whole`: then decode every frame too, so a truncated or corrupt body is refused
-    now rather than failing in the worker (the async route: nobody would see the error until the webhook)."""
+    now rather than failing in the worker (the async route: nobody would see the error until the webhook).
+
+    None: a container format (M4A, MP4, WebM) this function cannot read without PyAV, accepted because the
+    deployment transcodes it (TranscodeFunction checks it and its length)."""
     try:
         info = runtime.probe(audio)
         if info.duration and 0 < info.duration <= max_seconds and whole:
             runtime.verify(audio)
+    except TranscoderUnavailable as exc:
+        if runtime.backends.transcode_queue is not None:
+            return None
+        raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio here: {exc}",
+                       field="content") from exc
     except AudioDecodeError as exc:
         raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
     if not info.duration or info.duration <= 0:
@@ -91,7 +100,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
             audio_key = _checked_upload(runtime, key, request.upload_id)
         else:
             audio_key = job_prefix(key.key_id, request.request_id) + "audio"
-            blobs.put(audio_key, request.audio, metadata={"format": info.format})
+            blobs.put(audio_key, request.audio, metadata={"format": info.format} if info else None)
     except BackendError as exc:
         logger.warning("submit failed before the job existed", extra={"reason": str(exc)})
         raise service_unavailable() from exc
@@ -206,6 +215,9 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
                         f"Synchronous requests take audio up to {limit:g} s; use POST {ASYNC_ROUTE} with a webhook "
                         "for longer audio.", field="content")
     info = probe_or_reject(runtime, request.audio, limit, too_long)
+    if info is None:
+        raise ApiError(400, "unsupported_audio", "M4A, MP4/MOV and WebM audio is diarized asynchronously here: use "
+                       "POST " + ASYNC_ROUTE + ".", field="content")
     try:
         result = runtime.diarize(request.audio, engine_options(request.options.to_dict()))
     except AudioDecodeError as exc:

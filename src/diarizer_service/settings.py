@@ -18,6 +18,7 @@ class Settings:
     backend: str = "local"  # "aws" | "local"
     bucket: str = ""
     queue_url: str = ""
+    transcode_queue_url: str = ""  # AWS: where the worker forwards container audio (TranscodeFunction)
     jobs_table: str = ""
     keys_table: str = ""
     data_dir: str = "./data"
@@ -64,6 +65,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend=backend,
         bucket=env.get("DIARIZER_BUCKET", ""),
         queue_url=env.get("DIARIZER_QUEUE_URL", ""),
+        transcode_queue_url=env.get("DIARIZER_TRANSCODE_QUEUE_URL", ""),
         jobs_table=env.get("DIARIZER_JOBS_TABLE", ""),
         keys_table=env.get("DIARIZER_KEYS_TABLE", ""),
         data_dir=env.get("DIARIZER_DATA_DIR", "") or "./data",

@@ -27,6 +27,7 @@ from diarizer_service.errors import ApiError
 from diarizer_service.jobs import FINISHED, Job, JobStatus, WebhookState, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
+from diarizer_service.transcoder import forward, needs_transcoding
 from diarizer_service.validation import engine_options, parse_speaker_options
 from diarizer_service.webhooks import DeliveryResult, deliver
 
@@ -160,6 +161,9 @@ class Worker:
                 raise PermanentJobError("audio_missing", "The job's audio is gone (expired upload?).") from exc
             except BlobTooLarge as exc:  # an upload URL used again after the submit, with a bigger file
                 raise PermanentJobError("audio_too_large", f"The job's audio is over {limit} bytes.") from exc
+            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio[:40]):
+                forward(self.runtime, job)  # M4A/MP4/WebM: TranscodeFunction brings it back as FLAC
+                return
             result = self._run_engine(audio, job.options)
         except PermanentJobError as exc:
             self._fail(job, exc.code, exc.message)
@@ -203,6 +207,10 @@ class Worker:
                                        "processing_seconds": round(elapsed, 3)})
         if job.webhook:
             self._notify(job, {"request_id": job.request_id, "response": json.loads(result_json)})
+
+    def fail_job(self, job: Job, code: str, message: str) -> None:
+        """Fail a job that is not finished, and tell its webhook (used by the transcode step too)."""
+        self._fail(job, code, message)
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         if not self.runtime.jobs.fail(job, code, message, webhook_due_at=self._webhook_due_at()):

@@ -41,6 +41,11 @@ def worker_handler():
 
 
 @pytest.fixture(scope="session")
+def transcode_handler():
+    return load_handler("diarizer_transcoder_app", "functions/transcoder/app.py")
+
+
+@pytest.fixture(scope="session")
 def real_engine():
     """The real engine, loaded once for the whole session (skips only while diarizer.pipeline is missing)."""
     try:

@@ -152,8 +152,26 @@ def test_worker_least_privilege(tpl):
     assert {"jobs/*", "uploads/*", "incoming/*"} <= s3["s3:GetObject"]
     assert s3["s3:PutObject"] == {"jobs/*", "results/*"}
     assert s3.get("s3:DeleteObject", set()) <= {"results/*"}
+    sqs = [s for s in st if any(a.startswith("sqs:") for a in _as_list(s["Action"]))]
+    # SQS consume permissions come from the event source; the only SQS call: forward container audio.
+    assert [(_as_list(s["Action"]), s["Resource"]) for s in sqs] == [
+        (["sqs:SendMessage"], {"Fn::GetAtt": ["TranscodeQueue", "Arn"]})]
+
+
+def test_transcoder_least_privilege(tpl):
+    function = tpl["Resources"]["TranscodeFunction"]
+    assert function["Properties"]["Layers"] == [{"Ref": "BaseLayer"}, {"Ref": "TranscodeLayer"}]  # no engine
+    st = _function_statements(function)
+    s3 = _s3_actions(st)
+    assert s3["s3:GetObject"] == {"jobs/*", "uploads/*"} and s3["s3:PutObject"] == {"jobs/*"}
+    assert "s3:DeleteObject" not in s3
     actions = {a for s in st for a in _as_list(s["Action"])}
-    assert not any(a.startswith("sqs:") for a in actions), "SQS consume permissions come from the event source"
+    assert actions == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:GetObject", "s3:PutObject", "s3:ListBucket",
+                       "sqs:SendMessage"}
+    [send] = [s for s in st if "sqs:SendMessage" in _as_list(s["Action"])]
+    assert send["Resource"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    keys = [s for s in st if s["Resource"] == {"Fn::GetAtt": ["KeysTable", "Arn"]}]
+    assert keys and all(_as_list(s["Action"]) == ["dynamodb:GetItem"] for s in keys)
 
 
 # -------------------------------------------------------------------------------------------- S3
@@ -264,6 +282,8 @@ def test_routes(tpl):
         ("POST", "/audio/generic/api/v1/async/diarize"): "ApiFunction",
         ("GET", "/audio/generic/api/v2/async/diarize/{request_id}"): "ApiFunction",
         ("POST", "/audio/generic/api/v2/uploads"): "ApiFunction",
+        ("GET", "/"): "ApiFunction",  # the timeline page and its files
+        ("GET", "/ui/{name}"): "ApiFunction",
         ("POST", "/audio/generic/api/v2/sync/diarize"): "SyncApiFunction",
         ("POST", "/audio/generic/api/v1/sync/diarize"): "SyncApiFunction",
     }
@@ -294,7 +314,7 @@ def test_environment_matches_what_the_code_reads(tpl):
     assert env["DIARIZER_MODEL_DIR"] == "/opt/models"
     assert env["DIARIZER_ALLOW_LOCAL_WEBHOOKS"] == "false"
     code = (REPO / "src" / "diarizer_service" / "settings.py").read_text()
-    read = set(re.findall(r"""["'](DIARIZER_[A-Z_]+)["']""", code)) - {"DIARIZER_DATA_DIR"}  # local mode only
+    read = set(re.findall(r"""["'](DIARIZER_[A-Z_]+)["']""", code)) - {"DIARIZER_DATA_DIR", "DIARIZER_PUBLIC_URL"}  # local mode only
     assert read, "expected the settings module to read DIARIZER_* variables"
     assert read <= set(env), f"missing in template Globals: {sorted(read - set(env))}"
     for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL"):

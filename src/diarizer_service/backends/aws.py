@@ -230,4 +230,5 @@ def create_aws_backends(settings: Settings) -> Backends:
         queue=SqsJobQueue(settings.queue_url),
         jobs=DynamoJobTable(settings.jobs_table, dynamodb),
         keys=DynamoKeyStore(settings.keys_table, dynamodb),
+        transcode_queue=SqsJobQueue(settings.transcode_queue_url) if settings.transcode_queue_url else None,
     )

@@ -82,3 +82,4 @@ class Backends:
     queue: JobQueue
     jobs: JobTable
     keys: KeyStore
+    transcode_queue: JobQueue | None = None  # AWS only: container audio goes through TranscodeFunction

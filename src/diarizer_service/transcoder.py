@@ -1,0 +1,87 @@
+"""The transcode step on AWS: container audio (M4A/AAC, MP4/MOV, WebM) -> 16 kHz mono FLAC.
+
+PyAV does not fit in the worker beside the engine (Lambda's 250 MB), so the worker forwards such a job to the
+transcode queue (`forward`) and TranscodeFunction (`Transcoder.handle_message`) converts it, points the job at
+the FLAC and queues it for the worker again. Local mode and the CLI decode these formats in-process instead.
+
+Redelivery is safe at every step: the FLAC's key is fixed per job, so a second delivery finds it and only
+repeats the job update and the (idempotent) worker message. A file that cannot be decoded fails the job with
+`unsupported_audio` and its webhook; anything else raises, so SQS retries and the dead-letter path ends it.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+
+from diarizer.audio import TRANSCODED_FORMATS, detect_format, open_source
+from diarizer.types import AudioDecodeError
+
+from diarizer_service.backends import BlobNotFound, BlobTooLarge
+from diarizer_service.jobs import FINISHED, Job, job_prefix
+from diarizer_service.observability import MetricUnit, logger, metrics
+from diarizer_service.runtime import Runtime
+
+TRANSCODED_NAME = "audio.transcoded.flac"
+
+
+def needs_transcoding(audio_head: bytes) -> bool:
+    """True for the containers only PyAV reads (unknown bytes are left to the engine's own clear error)."""
+    try:
+        return detect_format(audio_head[:16]) in TRANSCODED_FORMATS
+    except AudioDecodeError:
+        return False
+
+
+def transcoded_key(job: Job) -> str:
+    return job_prefix(job.key_id, job.request_id) + TRANSCODED_NAME
+
+
+@dataclass
+class Transcoder:
+    runtime: Runtime
+
+    def handle_message(self, body: str, fail) -> None:
+        """`fail(job, code, message)`: the worker's failure path (job -> failed, signed webhook)."""
+        message = json.loads(body)
+        job = self.runtime.jobs.get(str(message["job_id"]))
+        if job is None or job.status in FINISHED:
+            logger.info("no job to transcode (gone or finished): message ignored")
+            return
+        logger.append_keys(request_id=job.request_id, key_id=job.key_id)
+        blobs, target = self.runtime.backends.blobs, transcoded_key(job)
+        if job.audio_key != target and blobs.head(target) is None:
+            try:
+                seconds = self._transcode(job, target)
+            except AudioDecodeError as exc:
+                fail(job, "unsupported_audio", f"The audio could not be decoded: {exc}")
+                return
+            metrics.add_metric(name="TranscodedAudioSeconds", unit=MetricUnit.Seconds, value=seconds)
+        self.runtime.backends.jobs.update(job.job_id, {"audio_key": target, "source_audio_key": job.audio_key
+                                                       if job.audio_key != target else None})
+        self.runtime.backends.queue.send({"job_id": job.job_id})
+        logger.info("transcoded audio queued for the worker")
+
+    def _transcode(self, job: Job, target: str) -> float:
+        from diarizer.transcode import transcode
+
+        try:
+            audio = self.runtime.backends.blobs.get(job.audio_key, max_bytes=self.runtime.settings.max_upload_bytes)
+        except BlobNotFound as exc:
+            raise AudioDecodeError("the job's audio is gone (expired upload?)") from exc
+        except BlobTooLarge as exc:
+            raise AudioDecodeError(f"the file is over {self.runtime.settings.max_upload_bytes} bytes") from exc
+        stream, fmt = open_source(audio)
+        with tempfile.TemporaryFile(prefix="diarizer-transcoded-") as out:
+            seconds = transcode(stream, fmt, out, out_format="FLAC",
+                                max_seconds=self.runtime.settings.max_audio_seconds)
+            out.seek(0)
+            self.runtime.backends.blobs.put(target, out.read(), content_type="audio/flac",
+                                            metadata={"format": "FLAC", "source-format": fmt})
+        return seconds
+
+
+def forward(runtime: Runtime, job: Job) -> None:
+    """Worker side: send the job to the transcode queue (the message is the same {"job_id"} shape)."""
+    runtime.backends.transcode_queue.send({"job_id": job.job_id})
+    logger.info("container audio: job forwarded to the transcoder")

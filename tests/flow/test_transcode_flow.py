@@ -1,0 +1,161 @@
+"""M4A, MP4 and WebM on AWS (moto): API -> worker (forwards) -> TranscodeFunction (FLAC) -> worker -> webhook,
+with the real engine, against the FLAC source's speakers; redelivery, broken files and no-PyAV API functions."""
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+from pathlib import Path
+
+import pytest
+from media_factory import make_media
+
+from diarizer_service.runtime import get_runtime, set_runtime
+from diarizer_service.settings import get_settings
+from diarizer_service.webhooks import verify_signature
+
+ASYNC = "/audio/generic/api/v2/async/diarize"
+THREE_SPEAKERS = Path(__file__).resolve().parents[2] / "demo" / "three-speakers.flac"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("media")
+    return {kind: make_media(THREE_SPEAKERS, kind, out) for kind in ("m4a", "mp4", "webm")}
+
+
+@pytest.fixture(scope="module")
+def flac_result(real_engine) -> dict:
+    from diarizer import DiarizationOptions
+
+    return real_engine.diarize(THREE_SPEAKERS, DiarizationOptions()).to_dict()
+
+
+@pytest.fixture
+def transcode_stack(stack, real_engine, monkeypatch):
+    """The stack with the template's TranscodeQueue (redrive to the same dead-letter queue) and the real engine."""
+    dlq_arn = stack.sqs.get_queue_attributes(QueueUrl=stack.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    stack.transcode_url = stack.sqs.create_queue(QueueName="diarizer-transcode", Attributes={
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})})["QueueUrl"]
+    monkeypatch.setenv("DIARIZER_TRANSCODE_QUEUE_URL", stack.transcode_url)
+    get_settings.cache_clear()
+    set_runtime(None)
+    get_runtime().engine_factory = lambda: real_engine
+    return stack
+
+
+def receive(stack, queue_url: str) -> dict:
+    answer = stack.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                       VisibilityTimeout=30)
+    return {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                         "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+                         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:transcode",
+                         "awsRegion": "us-east-1"} for m in answer.get("Messages", [])]}
+
+
+def run_transcoder(stack, handler, event=None, *, delete: bool = True) -> dict:
+    event = receive(stack, stack.transcode_url) if event is None else event
+    answer = handler.lambda_handler(event, stack.context)
+    if delete:
+        for record in event["Records"]:
+            stack.sqs.delete_message(QueueUrl=stack.transcode_url, ReceiptHandle=record["receiptHandle"])
+    return answer
+
+
+def without_pyav(monkeypatch):
+    """What the API and worker functions see in Lambda: no `av` module."""
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kwargs):
+        if name == "av" or name.startswith("av."):
+            raise ImportError("No module named 'av'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    return lambda: monkeypatch.setattr(builtins, "__import__", real_import)
+
+
+def same_speakers(result: dict, reference: dict) -> None:
+    assert result["num_speakers"] == reference["num_speakers"] == 3
+    spoken = {sid: sum(s["end"] - s["start"] for s in result["segments"] if s["speaker_id"] == sid)
+              for sid in ("speaker1", "speaker2", "speaker3")}
+    expected = {sid: sum(s["end"] - s["start"] for s in reference["segments"] if s["speaker_id"] == sid)
+                for sid in ("speaker1", "speaker2", "speaker3")}
+    for sid in expected:  # the same voices, in the same order of appearance, for about as long
+        assert abs(spoken[sid] - expected[sid]) < 1.0, (sid, spoken, expected)
+
+
+@pytest.mark.parametrize("kind", ["m4a", "mp4", "webm"])
+def test_container_audio_goes_through_the_transcoder_and_gives_the_flac_speakers(
+        transcode_stack, api_handler, worker_handler, transcode_handler, webhook_receiver, media, flac_result,
+        monkeypatch, kind):
+    stack = transcode_stack
+    restore = without_pyav(monkeypatch)  # the API function: no PyAV, the job is accepted for transcoding
+    request_id = f"{kind}-1"
+    if kind == "mp4":  # a big Teams recording comes through the uploads route
+        status, upload = stack.call_api("POST", "/audio/generic/api/v2/uploads", handler=api_handler)
+        assert status == 200
+        key = f"uploads/{stack.key.record.key_id}/{upload['upload_id']}"
+        stack.s3.put_object(Bucket=stack.runtime.settings.bucket, Key=key, Body=media[kind].read_bytes())
+        body = {"upload_id": upload["upload_id"]}
+    else:
+        body = {"content": base64.b64encode(media[kind].read_bytes()).decode()}
+    status, reply = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": request_id},
+                                   body=body, handler=api_handler)
+    assert status == 200, reply
+
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}  # the worker: forwards, no engine run
+    assert webhook_receiver.received == [] and stack.job_item(request_id)["status"] == "running"
+    restore()
+
+    event = receive(stack, stack.transcode_url)
+    assert [json.loads(r["body"]) for r in event["Records"]] == [
+        {"job_id": f"{stack.key.record.key_id}#{request_id}"}]
+    assert run_transcoder(stack, transcode_handler, event, delete=False) == {"batchItemFailures": []}
+    item = stack.job_item(request_id)
+    assert item["audio_key"].endswith("/audio.transcoded.flac")
+    flac = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=item["audio_key"])["Body"].read()
+    assert flac[:4] == b"fLaC"
+    # Redelivered (the function died before SQS deleted the message): no second transcoding, same state.
+    run_transcoder(stack, transcode_handler, event)
+    assert stack.job_item(request_id)["audio_key"] == item["audio_key"]
+
+    event = stack.receive_sqs_event()  # two worker messages, one per transcoder delivery
+    assert len(event["Records"]) == 2
+    stack.run_worker(worker_handler, event)
+    [hit] = webhook_receiver.received  # exactly one webhook
+    assert verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
+    same_speakers(hit.json()["response"], flac_result)
+    assert stack.job_item(request_id)["status"] == "done"
+
+
+def test_a_broken_m4a_fails_the_job_with_a_clear_reason(transcode_stack, api_handler, worker_handler,
+                                                       transcode_handler, webhook_receiver, media, monkeypatch):
+    stack = transcode_stack
+    data = media["m4a"].read_bytes()
+    broken = data[:64] + bytes(len(data) - 64)  # the header claims MP4, the rest is zeros
+    restore = without_pyav(monkeypatch)
+    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "broken-1"},
+                               body={"content": base64.b64encode(broken).decode()}, handler=api_handler)
+    assert status == 200
+    stack.run_worker(worker_handler)
+    restore()
+    assert run_transcoder(stack, transcode_handler) == {"batchItemFailures": []}
+    item = stack.job_item("broken-1")
+    assert item["status"] == "failed" and item["error"]["code"] == "unsupported_audio"
+    assert "MP4/M4A" in item["error"]["message"]
+    [hit] = webhook_receiver.received
+    assert hit.json()["error"]["code"] == "unsupported_audio"
+
+
+def test_without_a_transcoder_the_api_names_the_formats(stack, api_handler, media, monkeypatch):
+    without_pyav(monkeypatch)
+    status, answer = stack.call_api("POST", "/audio/generic/api/v2/sync/diarize",
+                                    body={"content": base64.b64encode(media["webm"].read_bytes()).decode()},
+                                    handler=api_handler)
+    assert status == 400 and answer["error"]["code"] == "unsupported_audio"
+    assert "diarizer[transcode]" in answer["error"]["message"]
+    status, answer = stack.call_api("POST", "/audio/generic/api/v2/sync/diarize",
+                                    body={"content": base64.b64encode(b"#!AMR\n" + bytes(4000)).decode()},
+                                    handler=api_handler)
+    assert status == 400 and "WAV, FLAC" in answer["error"]["message"] and "M4A/AAC" in answer["error"]["message"]
