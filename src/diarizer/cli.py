@@ -1,6 +1,7 @@
 """The `diarize` command.
 
     diarize AUDIO... [--speakers N] [--min-speakers N] [--max-speakers N] [--rttm OUT.rttm] [--json OUT.json]
+    diarize AUDIO --html OUT.html [--embed-audio]   (a page with the timeline and a player)
     diarize serve [--host 127.0.0.1] [--port 3000] ...      (the local service; see `diarize serve -h`)
 
 With neither --rttm nor --json the result is printed as JSON on stdout. One file gives the API's
@@ -36,7 +37,8 @@ def _speakers(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diarize",
-        description="Who spoke when: speaker diarization of audio files (WAV, FLAC, OGG, MP3).",
+        description="Who spoke when: speaker diarization of audio files (WAV, FLAC, OGG, MP3; M4A/AAC, MP4/MOV "
+                    "and WebM with the 'transcode' extra).",
         epilog="Run `diarize serve -h` for the local HTTP service.",
     )
     parser.add_argument("audio", nargs="+", type=Path, help="audio files")
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rttm", type=Path, help="write all results to this RTTM file")
     parser.add_argument("--json", type=Path, help="write the result(s) to this JSON file")
+    parser.add_argument("--html", type=Path, metavar="OUT.html",
+                        help="write a page with the timeline, a player and downloads (one AUDIO); the page refers "
+                             "to the audio by its relative path")
+    parser.add_argument("--embed-audio", action="store_true",
+                        help="with --html: put the audio inside the page (files up to 25 MB)")
     parser.add_argument("--model-dir", type=Path, help="folder with manifest.json and the ONNX models")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
@@ -67,6 +74,12 @@ def _progress_printer(name: str, enabled: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.html and len(args.audio) != 1:
+        print("diarize: error: --html takes one AUDIO file", file=sys.stderr)
+        return 2
+    if args.embed_audio and not args.html:
+        print("diarize: error: --embed-audio goes with --html", file=sys.stderr)
+        return 2
     try:
         options = DiarizationOptions(
             speakers=args.speakers,
@@ -105,14 +118,31 @@ def run(args: argparse.Namespace) -> int:
             )
         results[file_id] = result.to_dict()
         rttm.append(result.to_rttm(file_id))
+        if args.html and not _write_html(args, path, result):
+            failed += 1
     document = next(iter(results.values())) if len(args.audio) == 1 and results else results
     if args.rttm:
         args.rttm.write_text("".join(rttm))
     if args.json:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
-    if not args.rttm and not args.json and results:
+    if not args.rttm and not args.json and not args.html and results:
         print(json.dumps(document, indent=2))
     return 1 if failed else 0
+
+
+def _write_html(args: argparse.Namespace, path: Path, result) -> bool:
+    from diarizer.audio import probe_audio
+    from diarizer.report import ReportError, write_html
+
+    try:
+        write_html(args.html, result.to_dict(), path, duration=result.duration,
+                   audio_format=probe_audio(path).format, embed_audio=args.embed_audio)
+    except (ReportError, OSError) as err:
+        print(f"diarize: error: {args.html}: {err}", file=sys.stderr)
+        return False
+    if not args.quiet:
+        print(f"wrote {args.html}", file=sys.stderr)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ ASSETS = {
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "media-src 'self' blob:; connect-src 'self' https: http://127.0.0.1:* "
-                               "http://localhost:* http://[::1]:*; frame-ancestors 'none'; base-uri 'none'",
+                               "http://localhost:*; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",

@@ -107,11 +107,6 @@ def test_v2_sync_and_status_routes_over_plain_http(shared_server, demo_audio_b64
     assert status == 404 and missing["error"]["code"] == "job_not_found"
 
 
-def test_uploads_route_says_local_mode_takes_inline_audio(shared_server):
-    status, answer = shared_server.request("POST", "/audio/generic/api/v2/uploads")
-    assert status == 501 and answer["error"]["code"] == "uploads_not_supported"
-
-
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_readme_curl_example(shared_server, demo_audio_b64, webhook_receiver, tmp_path):
     (tmp_path / "body.json").write_text(json.dumps(

@@ -21,7 +21,7 @@ THREE_SPEAKERS = Path(__file__).resolve().parents[2] / "demo" / "three-speakers.
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("media")
-    return {kind: make_media(THREE_SPEAKERS, kind, out) for kind in ("m4a", "mp4", "webm")}
+    return {kind: make_media(THREE_SPEAKERS, kind, out) for kind in ("m4a", "mp4", "webm", "ogg-opus")}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,20 @@ def test_container_audio_goes_through_the_transcoder_and_gives_the_flac_speakers
     assert verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
     same_speakers(hit.json()["response"], flac_result)
     assert stack.job_item(request_id)["status"] == "done"
+
+
+def test_ogg_opus_is_decoded_by_the_worker_itself(transcode_stack, api_handler, worker_handler, webhook_receiver,
+                                                  media, flac_result, monkeypatch):
+    stack = transcode_stack
+    without_pyav(monkeypatch)  # libsndfile reads Ogg/Opus: no transcoding, no PyAV anywhere on its way
+    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "opus-1"},
+                               body={"content": base64.b64encode(media["ogg-opus"].read_bytes()).decode()},
+                               handler=api_handler)
+    assert status == 200
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+    assert receive(stack, stack.transcode_url)["Records"] == []
+    [hit] = webhook_receiver.received
+    same_speakers(hit.json()["response"], flac_result)
 
 
 def test_a_broken_m4a_fails_the_job_with_a_clear_reason(transcode_stack, api_handler, worker_handler,

@@ -1,0 +1,110 @@
+"""Local mode takes files of any size through the uploads route (PUT to the server itself, streamed to disk, the
+same limits as S3's URL) and M4A/MP4/WebM/Ogg-Opus files give the same speakers as their FLAC source, over HTTP
+and from the CLI."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from media_factory import KINDS, make_media
+from serve_helpers import REPO_ROOT, wait_for
+
+THREE_SPEAKERS = REPO_ROOT / "demo" / "three-speakers.flac"
+ASYNC = "/audio/generic/api/v2/async/diarize"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("media")
+    return {kind: make_media(THREE_SPEAKERS, kind, out) for kind in KINDS}
+
+
+def put(url: str, data: bytes, headers: dict | None = None, method: str = "PUT") -> tuple[int, bytes]:
+    """A plain HTTP PUT, as curl -T or a browser sends it."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request(method, parts.path + "?" + parts.query, body=data, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def upload(server, data: bytes) -> str:
+    status, answer = server.request("POST", "/audio/generic/api/v2/uploads")
+    assert status == 200 and answer["method"] == "PUT" and answer["max_bytes"] > 0, answer
+    assert answer["upload_url"].startswith(server.url + "/local-blobs/uploads/")
+    status, body = put(answer["upload_url"], data)
+    assert status == 200, body
+    return answer["upload_id"]
+
+
+def speakers(result: dict) -> dict:
+    return {sid: round(sum(s["end"] - s["start"] for s in result["segments"] if s["speaker_id"] == sid), 1)
+            for sid in sorted({s["speaker_id"] for s in result["segments"]})}
+
+
+def test_uploads_in_local_mode_with_the_limits_and_formats(start_server, media):
+    server = start_server(env={"DIARIZER_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)})
+    reference = None
+    # The FLAC source, then each container, uploaded and polled (no webhook: poll=true).
+    for kind in ("flac", *KINDS):
+        data = THREE_SPEAKERS.read_bytes() if kind == "flac" else media[kind].read_bytes()
+        upload_id = upload(server, data)
+        status, answer = server.request("POST", ASYNC, body={"upload_id": upload_id},
+                                        query={"request_id": f"up-{kind}", "poll": "true"})
+        assert status == 200, answer
+        job = wait_for(lambda k=kind: (lambda j: j if j["status"] in ("done", "failed") else None)(
+            server.job(f"up-{k}")), 120, f"the {kind} job")
+        assert job["status"] == "done", job
+        found = speakers(job["response"])
+        if reference is None:
+            reference = found
+            assert len(reference) == 3
+        else:
+            assert found.keys() == reference.keys(), kind
+            assert all(abs(found[s] - reference[s]) <= 1.0 for s in found), (kind, found, reference)
+
+    status, answer = server.request("POST", "/audio/generic/api/v2/uploads")
+    url = answer["upload_url"]
+    assert put(url, bytes(2 * 1024 * 1024 + 1))[0] == 413  # over max_bytes: refused before reading
+    assert put(url.replace("signature=", "signature=0"), b"RIFF")[0] == 403  # tampered
+    other_key = url.replace("/uploads/", "/uploads/x")
+    assert put(other_key, b"RIFF")[0] == 403  # another key's folder
+    assert put(url, b"", method="POST")[0] == 405
+    # An upload that is not audio: a clear failure naming the formats, never a crash.
+    status, answer = server.request("POST", ASYNC, body={"upload_id": upload(server, b"#!AMR\n" + bytes(5000))},
+                                    query={"request_id": "amr", "poll": "true"})
+    assert status == 200
+    job = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(server.job("amr")), 60, "the failure")
+    assert job["error"]["code"] == "unsupported_audio" and "M4A/AAC" in job["error"]["message"]
+
+
+def test_inline_m4a_sync_and_missing_webhook(start_server, media):
+    server = start_server()
+    content = base64.b64encode(media["m4a"].read_bytes()).decode()
+    status, diarized = server.request("POST", "/audio/generic/api/v2/sync/diarize", body={"content": content})
+    assert status == 200 and diarized["num_speakers"] == 3
+    status, answer = server.request("POST", ASYNC, body={"content": content}, query={"request_id": "no-hook"})
+    assert status == 400 and answer["error"]["field"] == "webhook" and "poll=true" in answer["error"]["message"]
+
+
+def test_cli_reads_every_container_like_the_flac(media, tmp_path):
+    paths = [THREE_SPEAKERS, *media.values()]
+    out = tmp_path / "all.json"
+    done = subprocess.run([sys.executable, "-m", "diarizer.cli", *map(str, paths), "--json", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    reference = speakers(results[THREE_SPEAKERS.stem])
+    assert len(reference) == 3
+    for path in media.values():
+        found = speakers(results[path.stem])
+        assert found.keys() == reference.keys() and all(abs(found[s] - reference[s]) <= 1.0 for s in found), path
