@@ -138,6 +138,8 @@ def test_api_function_is_light(python312, tree, runtime_sim, tmp_path):
         buf = io.BytesIO()
         sf.write(buf, (0.1 * np.sin(np.arange(16000) / 5)).astype("float32"), 16000, format="FLAC")
         info = probe_audio(buf.getvalue())
+        from diarizer_service import page
+        assert b"DiarizerTimeline" in page.web_file("timeline.js")  # the page's files are in the function zip
         service = [m.name for m in pkgutil.walk_packages(diarizer_service.__path__, "diarizer_service.")
                    if not m.name.endswith(".__main__")]
         for name in service:
@@ -242,6 +244,37 @@ def test_trimmed_parts_are_gone(tree):
         assert not list(base.glob(f"{dist}-*.dist-info")) and not list(runtime.glob(f"{dist}-*.dist-info")), dist
 
 
+def test_transcoder_tree_turns_m4a_into_flac(python312, tree, runtime_sim, tmp_path):
+    """TranscodeFunction (code + BaseLayer + TranscodeLayer): PyAV from the trimmed layer decodes a real M4A
+    made here, and writes the 16 kHz FLAC the worker reads; no engine dependency is there."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from media_factory import make_media
+
+    m4a = make_media(REPO / "demo" / "two-speakers.flac", "m4a", tmp_path)
+    out = _run(python312, _paths(tree, runtime_sim, "transcoder", ["base", "transcode"]), f"""
+        import io, importlib
+        import soundfile as sf
+        import app                                   # functions/transcoder/app.py
+        from diarizer.audio import open_source
+        from diarizer.transcode import transcode
+        stream, fmt = open_source({str(m4a)!r})
+        flac = io.BytesIO()
+        seconds = transcode(stream, fmt, flac, out_format="FLAC")
+        info = sf.info(io.BytesIO(flac.getvalue()))
+        missing = []
+        for heavy in ("onnxruntime", "scipy"):
+            try:
+                importlib.import_module(heavy)
+            except ImportError:
+                missing.append(heavy)
+        print(json.dumps({{"fmt": fmt, "seconds": seconds, "rate": info.samplerate, "channels": info.channels,
+                          "format": info.format, "missing": missing}}))
+        """, tmp_path)
+    assert out["fmt"] == "MP4/M4A" and out["format"] == "FLAC" and (out["rate"], out["channels"]) == (16000, 1)
+    assert abs(out["seconds"] - 29.5) < 2
+    assert out["missing"] == ["onnxruntime", "scipy"]
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_sam_makefile_targets_lay_out_code_and_models(tmp_path):
     """What `sam build` runs (layers/Makefile, from the repository root as WorkingDirectory: . says):
@@ -250,6 +283,7 @@ def test_sam_makefile_targets_lay_out_code_and_models(tmp_path):
     for target, check in (
         ("build-ApiFunction", ["app.py", "diarizer/__init__.py", "diarizer_service/api.py"]),
         ("build-WorkerFunction", ["app.py", "diarizer/pipeline.py", "diarizer_service/worker.py"]),
+        ("build-TranscodeFunction", ["app.py", "diarizer/transcode.py", "diarizer_service/transcoder.py"]),
         ("build-ModelsLayer", ["models/manifest.json"]),
     ):
         dest = tmp_path / target

@@ -177,10 +177,15 @@
     }
 
     function zoom(factor) {
-      const centre = (scroller.scrollLeft + scroller.clientWidth / 2) / pxPerSecond;
+      // Keep the cursor where it is on screen when it is in view; otherwise keep the middle of the view.
+      const t = audio.currentTime || 0;
+      const offset = t * pxPerSecond - scroller.scrollLeft;
+      const anchorTime = offset >= 0 && offset <= scroller.clientWidth ? t
+        : (scroller.scrollLeft + scroller.clientWidth / 2) / pxPerSecond;
+      const anchorOffset = offset >= 0 && offset <= scroller.clientWidth ? offset : scroller.clientWidth / 2;
       pxPerSecond = Math.min(MAX_PX_PER_SECOND, Math.max(MIN_PX_PER_SECOND, pxPerSecond * factor));
       layout();
-      scroller.scrollLeft = centre * pxPerSecond - scroller.clientWidth / 2;
+      scroller.scrollLeft = anchorTime * pxPerSecond - anchorOffset;
     }
 
     function moveCursor() {

@@ -82,13 +82,17 @@ class _Database:
                 db.close()
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes | Iterable[bytes]) -> int:
     """Temp file, fsync, rename, fsync of the directory: after a crash the file is whole or absent (and a
-    reader never sees half of it)."""
+    reader never sees half of it). `data` may come in chunks (an upload, never whole in memory); returns
+    the number of bytes written."""
     tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
+    size = 0
     try:
         with open(tmp, "wb") as file:
-            file.write(data)
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                file.write(chunk)
+                size += len(chunk)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -100,6 +104,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+    return size
 
 
 class FileBlobStore:
@@ -170,21 +175,12 @@ class FileBlobStore:
         return hmac.compare_digest(self._sign(key, int(expires)), signature)
 
     def put_stream(self, key: str, chunks: Iterable[bytes], *, content_type: str = "application/octet-stream") -> int:
-        """Write an upload chunk by chunk (never whole in memory); readers never see a partial file."""
+        """Write an upload chunk by chunk (never whole in memory), as durably as `put`; returns its size."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
-        size = 0
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    size += len(chunk)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._meta_path(path).write_text(json.dumps({"content_type": content_type, "metadata": {}}))
-        return size
+        with _failures_as("blob write"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_durably(self._meta_path(path), json.dumps({"content_type": content_type, "metadata": {}}).encode())
+            return _write_durably(path, chunks)
 
     def _sign(self, key: str, expires: int) -> str:
         return hmac.new(self._signing_key(), f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()

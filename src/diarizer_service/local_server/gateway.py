@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from diarizer_service.backends.base import BackendError
 from diarizer_service.backends.local import LOCAL_UPLOAD_PATH
 from diarizer_service.local_server.handlers import LocalLambdaContext
 from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
@@ -33,6 +34,10 @@ MAX_CONNECTIONS = 32
 OPENAPI_PATH = "/openapi.json"
 SYNC_ROUTES = {"/audio/generic/api/v1/sync/diarize", "/audio/generic/api/v2/sync/diarize"}  # they run the engine
 _SECRET_QUERY = re.compile(r"(?i)\b(apikey|api_key)=[^&\s]*")
+
+
+class _UploadAborted(Exception):
+    """The uploading client was too slow ("timeout") or went away ("gone")."""
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -314,31 +319,39 @@ class GatewayHandler(BaseHTTPRequestHandler):
         remaining = int(self.headers["Content-Length"])
         # Like S3: a slow client gets time in proportion to the size (at least 64 kB/s), never forever.
         deadline = time.monotonic() + self.server.body_deadline + remaining / (64 * 1024)
-        complete = [False]
 
         def chunks() -> Iterable[bytes]:
             left = remaining
             while left > 0:
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                chunk = self.rfile.read1(min(left, 1024 * 1024))
+                try:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    chunk = self.rfile.read1(min(left, 1024 * 1024))
+                except (TimeoutError, socket.timeout) as exc:
+                    raise _UploadAborted("timeout") from exc
+                except OSError as exc:
+                    raise _UploadAborted("gone") from exc
                 if not chunk:
-                    raise ConnectionError("the client went away mid-upload")
+                    raise _UploadAborted("gone")
                 left -= len(chunk)
                 yield chunk
-            complete[0] = True
 
         key = unquote(urlsplit(self.path).path[len(LOCAL_UPLOAD_PATH):])
+        json_cors = [("Content-Type", "application/json"), *cors]
         try:
-            self.server.gateway.uploads.put_stream(key, chunks(),
-                                                   content_type=self.headers.get("Content-Type", "") or
-                                                   "application/octet-stream")
-        except (TimeoutError, socket.timeout):
-            self._send(408, error_body("request_timeout", "The file was not received in time."), close=True,
-                       headers=[("Content-Type", "application/json"), *cors])
+            self.server.gateway.uploads.put_stream(key, chunks(), content_type=self.headers.get("Content-Type")
+                                                   or "application/octet-stream")
+        except _UploadAborted as exc:
+            if exc.args[0] == "timeout":
+                self._send(408, error_body("request_timeout", "The file was not received in time."), close=True,
+                           headers=json_cors)
+            else:
+                self.close_connection = True  # the client went away mid-upload: nobody to answer
             return
-        except (ConnectionError, OSError):
-            self.close_connection = True
+        except BackendError as exc:  # disk full, permissions: retryable, like S3's 503
+            self.log_error("upload of %s failed: %s", key, exc)
+            self._send(503, error_body("service_unavailable", "The file could not be stored; retry later."),
+                       close=True, headers=json_cors)
             return
         self._send(200, b"", headers=[("ETag", '"uploaded"'), *cors])
 
