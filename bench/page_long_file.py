@@ -14,9 +14,7 @@ Needs chromium + chromium-driver (Debian) and the dev extra (selenium, av).
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -54,56 +52,45 @@ def encode_m4a(source: Path, out: Path, kbps: int) -> None:
 
 
 def run_page(audio: Path, timeout: float) -> dict:
-    from browser import chromium
+    from browser import page_of_a_local_server
     from selenium.webdriver.common.by import By
 
-    from diarizer_service.local_server.child import ServeProcess
-
-    key = "dk_bench_" + secrets.token_urlsafe(12)
-    with tempfile.TemporaryDirectory(prefix="diarizer-page-bench-") as tmp:
-        server = ServeProcess(Path(tmp) / "data", key, Path(tmp) / "serve.log")
-        driver = chromium(width=1400, height=1000)
-        try:
-            driver.get(server.url + "/")
-            driver.find_element(By.ID, "api-key").send_keys(key)
-            driver.find_element(By.ID, "file").send_keys(str(audio.resolve()))
-            began = time.monotonic()
-            driver.find_element(By.ID, "submit").click()
-            uploaded = None
-            while time.monotonic() - began < timeout:
-                label = driver.find_element(By.ID, "progress-label").text
-                if uploaded is None and label in ("Queued", "Diarizing", "Done"):
-                    uploaded = time.monotonic() - began
-                if driver.find_elements(By.CSS_SELECTOR, ".tl-lane"):
-                    break
-                error = driver.find_element(By.ID, "form-error").text
-                if error:
-                    raise RuntimeError(error)
-                time.sleep(0.5)
-            else:
-                raise TimeoutError(f"no timeline after {timeout:g} s")
-            done = time.monotonic() - began
-            lanes = len(driver.find_elements(By.CSS_SELECTOR, ".tl-lane"))
-            turns = len(driver.find_elements(By.CSS_SELECTOR, ".tl-turn"))
-            fit_width = driver.execute_script("return document.querySelector('.tl-canvas').offsetWidth")
-            for _ in range(6):
-                driver.find_element(By.CSS_SELECTOR, '[data-action="zoom-in"]').click()
-            zoomed_width = driver.execute_script("return document.querySelector('.tl-canvas').offsetWidth")
-            driver.execute_script("document.querySelector('.tl-scroll').scrollLeft = 1e9")
-            scrolled = driver.execute_script("return document.querySelector('.tl-scroll').scrollLeft")
-            last = driver.find_elements(By.CSS_SELECTOR, ".tl-turn")[-1]
-            driver.execute_script("arguments[0].click()", last)
-            time.sleep(2)
-            player = driver.execute_script("const a = document.querySelector('.tl-audio');"
-                                           "return {duration: a.duration, t: a.currentTime, paused: a.paused,"
-                                           " error: a.error && a.error.code};")
-            return {"file": audio.name, "megabytes": round(audio.stat().st_size / 1e6, 1),
-                    "upload_seconds": round(uploaded or 0, 1), "total_seconds": round(done, 1),
-                    "lanes": lanes, "turns": turns, "fit_width_px": fit_width, "zoomed_width_px": zoomed_width,
-                    "scrolled_px": scrolled, "player": player}
-        finally:
-            driver.quit()
-            server.stop()
+    with page_of_a_local_server(width=1400, height=1000) as driver:
+        driver.find_element(By.ID, "file").send_keys(str(audio.resolve()))
+        began = time.monotonic()
+        driver.find_element(By.ID, "submit").click()
+        uploaded = None
+        while time.monotonic() - began < timeout:
+            label = driver.find_element(By.ID, "progress-label").text
+            if uploaded is None and label in ("Queued", "Diarizing", "Done"):
+                uploaded = time.monotonic() - began
+            if driver.find_elements(By.CSS_SELECTOR, ".tl-lane"):
+                break
+            error = driver.find_element(By.ID, "form-error").text
+            if error:
+                raise RuntimeError(error)
+            time.sleep(0.5)
+        else:
+            raise TimeoutError(f"no timeline after {timeout:g} s")
+        done = time.monotonic() - began
+        lanes = len(driver.find_elements(By.CSS_SELECTOR, ".tl-lane"))
+        turns = len(driver.find_elements(By.CSS_SELECTOR, ".tl-turn"))
+        fit_width = driver.execute_script("return document.querySelector('.tl-canvas').offsetWidth")
+        for _ in range(6):
+            driver.find_element(By.CSS_SELECTOR, '[data-action="zoom-in"]').click()
+        zoomed_width = driver.execute_script("return document.querySelector('.tl-canvas').offsetWidth")
+        driver.execute_script("document.querySelector('.tl-scroll').scrollLeft = 1e9")
+        scrolled = driver.execute_script("return document.querySelector('.tl-scroll').scrollLeft")
+        last = driver.find_elements(By.CSS_SELECTOR, ".tl-turn")[-1]
+        driver.execute_script("arguments[0].click()", last)
+        time.sleep(2)
+        player = driver.execute_script("const a = document.querySelector('.tl-audio');"
+                                       "return {duration: a.duration, t: a.currentTime, paused: a.paused,"
+                                       " error: a.error && a.error.code};")
+        return {"file": audio.name, "megabytes": round(audio.stat().st_size / 1e6, 1),
+                "upload_seconds": round(uploaded or 0, 1), "total_seconds": round(done, 1),
+                "lanes": lanes, "turns": turns, "fit_width_px": fit_width, "zoomed_width_px": zoomed_width,
+                "scrolled_px": scrolled, "player": player}
 
 
 def main(argv: list[str] | None = None) -> int:

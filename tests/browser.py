@@ -2,8 +2,12 @@
 docs/screenshots.py. Downloads land in `download_dir`; audio may play without a user gesture and is muted."""
 from __future__ import annotations
 
+import secrets
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 900):
@@ -26,3 +30,25 @@ def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(60)
     return driver
+
+
+@contextmanager
+def page_of_a_local_server(width: int = 1280, height: int = 900) -> Iterator:
+    """A fresh `diarize serve` (temporary data dir) and Chromium on its page with the API key typed in."""
+    from selenium.webdriver.common.by import By
+
+    from diarizer_service.local_server.child import ServeProcess
+
+    key = "dk_page_" + secrets.token_urlsafe(12)
+    with tempfile.TemporaryDirectory(prefix="diarizer-page-") as tmp:
+        server = ServeProcess(Path(tmp) / "data", key, Path(tmp) / "serve.log")
+        try:
+            driver = chromium(width=width, height=height)
+            try:
+                driver.get(server.url + "/")
+                driver.find_element(By.ID, "api-key").send_keys(key)
+                yield driver
+            finally:
+                driver.quit()
+        finally:
+            server.stop()

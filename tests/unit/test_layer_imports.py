@@ -121,6 +121,20 @@ def _run(python: str, paths: list[Path], code: str, tmp_path: Path, extra_env: d
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# Run inside a function tree: which of the engine's heavy dependencies cannot be imported there.
+MISSING_HEAVY = """
+    def missing_heavy():
+        import importlib
+        missing = []
+        for heavy in ("onnxruntime", "scipy"):
+            try:
+                importlib.import_module(heavy)
+            except ImportError:
+                missing.append(heavy)
+        return missing
+    """
+
+
 def _paths(tree: Path, sim: Path, code: str, layers: list[str]) -> list[Path]:
     return [tree / "functions" / code] + [tree / "layers" / name / "python" for name in layers] + [sim]
 
@@ -128,7 +142,7 @@ def _paths(tree: Path, sim: Path, code: str, layers: list[str]) -> list[Path]:
 def test_api_function_is_light(python312, tree, runtime_sim, tmp_path):
     """ApiFunction (code + BaseLayer): the handler, the service and the audio probe import and work;
     onnxruntime and scipy are not there and are not imported."""
-    out = _run(python312, _paths(tree, runtime_sim, "api", ["base"]), """
+    out = _run(python312, _paths(tree, runtime_sim, "api", ["base"]), MISSING_HEAVY + """
         import io, importlib, pkgutil
         import numpy as np, soundfile as sf
         import app                                   # functions/api/app.py
@@ -144,12 +158,7 @@ def test_api_function_is_light(python312, tree, runtime_sim, tmp_path):
                    if not m.name.endswith(".__main__")]
         for name in service:
             importlib.import_module(name)
-        missing = []
-        for heavy in ("onnxruntime", "scipy"):
-            try:
-                importlib.import_module(heavy)
-            except ImportError:
-                missing.append(heavy)
+        missing = missing_heavy()
         print(json.dumps({"duration": info.duration, "service": service, "missing": missing,
                           "loaded": sorted(m for m in ("onnxruntime", "scipy") if m in sys.modules)}))
         """, tmp_path)
@@ -251,8 +260,8 @@ def test_transcoder_tree_turns_m4a_into_flac(python312, tree, runtime_sim, tmp_p
     from media_factory import make_media
 
     m4a = make_media(REPO / "demo" / "two-speakers.flac", "m4a", tmp_path)
-    out = _run(python312, _paths(tree, runtime_sim, "transcoder", ["base", "transcode"]), f"""
-        import io, importlib
+    out = _run(python312, _paths(tree, runtime_sim, "transcoder", ["base", "transcode"]), MISSING_HEAVY + f"""
+        import io
         import soundfile as sf
         import app                                   # functions/transcoder/app.py
         from diarizer.audio import open_source
@@ -261,14 +270,8 @@ def test_transcoder_tree_turns_m4a_into_flac(python312, tree, runtime_sim, tmp_p
         flac = io.BytesIO()
         seconds = transcode(stream, fmt, flac, out_format="FLAC")
         info = sf.info(io.BytesIO(flac.getvalue()))
-        missing = []
-        for heavy in ("onnxruntime", "scipy"):
-            try:
-                importlib.import_module(heavy)
-            except ImportError:
-                missing.append(heavy)
         print(json.dumps({{"fmt": fmt, "seconds": seconds, "rate": info.samplerate, "channels": info.channels,
-                          "format": info.format, "missing": missing}}))
+                          "format": info.format, "missing": missing_heavy()}}))
         """, tmp_path)
     assert out["fmt"] == "MP4/M4A" and out["format"] == "FLAC" and (out["rate"], out["channels"]) == (16000, 1)
     assert abs(out["seconds"] - 29.5) < 2
