@@ -66,7 +66,7 @@ _UNSUPPORTED_MAGIC = (
     (0, b"#!AMR", "AMR"),
     (0, b"0&\xb2u", "WMA/ASF"),
 )
-SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, M4A/AAC, MP4/MOV or WebM"
+SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/MOV or WebM"
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,7 @@ def probe_audio(source: AudioSource) -> AudioInfo:
         from diarizer import transcode
 
         rate, channels, duration = transcode.probe(stream, fmt)
+        check_header(fmt, rate, channels or 1, int(duration * rate))
         return AudioInfo(fmt, rate, channels, int(duration * rate), duration)
     handle, fmt = _open(stream)
     with handle:
