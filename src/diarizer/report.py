@@ -33,6 +33,11 @@ def _script_safe(text: str) -> str:
     return text.replace("</", "<\\/")
 
 
+def _json_data(data: dict) -> str:
+    """JSON for a <script type="application/json"> element: no "<" at all, so no tag can start inside it."""
+    return json.dumps(data).replace("<", "\\u003c")
+
+
 def audio_reference(audio: Path, out: Path, *, embed: bool, audio_format: str) -> str:
     if embed:
         size = audio.stat().st_size
@@ -70,7 +75,7 @@ body { padding: 1rem 1.5rem; }
 {duration:.1f} s. Written by <code>diarize --html</code>.</p>
 <div id="timeline"></div>
 </main>
-<script type="application/json" id="diarization">{_script_safe(json.dumps(data))}</script>
+<script type="application/json" id="diarization">{_json_data(data)}</script>
 <script>{_script_safe(_web("timeline.js"))}</script>
 <script>{boot}</script>
 </body>
