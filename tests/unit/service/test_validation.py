@@ -106,6 +106,19 @@ def test_webhook_is_required_for_async_only():
     assert parse({"content": AUDIO}, {}, require_webhook=False).webhook is None
 
 
+def test_poll_true_lets_an_async_request_go_without_a_webhook():
+    assert parse({"content": AUDIO}, {"poll": "true"}).webhook is None
+    assert error_of(parse, {"content": AUDIO}, {"poll": "false"}).field == "webhook"
+
+
+def test_exclusive_reaches_the_engine_and_is_a_bool():
+    request = parse({"content": AUDIO, "exclusive": True}, {"poll": "true"})
+    assert request.options.to_dict()["exclusive"] is True
+    assert engine_options(request.options.to_dict()).exclusive is True
+    assert "exclusive" not in parse({"content": AUDIO}, {"poll": "true"}).options.to_dict()
+    assert error_of(parse, {"content": AUDIO, "exclusive": "yes"}, {"poll": "true"}).field == "exclusive"
+
+
 def test_unsafe_webhook_is_400():
     error = error_of(parse_job_request, {"content": AUDIO}, {"webhook": "http://169.254.169.254/latest"},
                      require_webhook=True, allow_local_webhooks=False, new_request_id=str)
