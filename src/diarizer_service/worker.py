@@ -320,6 +320,9 @@ class Worker:
             except BlobTooLarge as exc:  # replaced by a bigger object since the head
                 raise PermanentJobError("audio_too_large",
                                         f"The object is over {settings.max_upload_bytes} bytes.") from exc
+            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio[:40]):
+                raise PermanentJobError("unsupported_audio", "M4A, MP4/MOV and WebM are transcoded for API jobs "
+                                        "only: send this file through the uploads and async routes.")
             result = self._run_engine(audio, options)
         except PermanentJobError as exc:
             self._write_batch_error(key, results_base, exc.code, exc.message)

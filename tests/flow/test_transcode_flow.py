@@ -173,3 +173,15 @@ def test_without_a_transcoder_the_api_names_the_formats(stack, api_handler, medi
                                     body={"content": base64.b64encode(b"#!AMR\n" + bytes(4000)).decode()},
                                     handler=api_handler)
     assert status == 400 and "WAV, FLAC" in answer["error"]["message"] and "M4A/AAC" in answer["error"]["message"]
+
+
+def test_batch_objects_in_container_formats_get_a_clear_error_record(transcode_stack, worker_handler, media):
+    stack = transcode_stack
+    bucket = stack.runtime.settings.bucket
+    stack.s3.put_object(Bucket=bucket, Key="incoming/memo.m4a", Body=media["m4a"].read_bytes())
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": "incoming/memo.m4a"}}}
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps({"Records": [record]}))
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+    error = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/memo.m4a.error.json")["Body"].read())
+    assert error["error"]["code"] == "unsupported_audio" and "uploads and async routes" in error["error"]["message"]
+    assert receive(stack, stack.transcode_url)["Records"] == []
