@@ -109,9 +109,15 @@ def subsegment_feats(files: list[Path], seconds: float, hop: float, max_per_file
     return np.stack(out)
 
 
-def embed(sess, feats: np.ndarray, batch: int = 16) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: feats[i:i + batch]})[0] for i in range(0, len(feats), batch)])
+def embed(trunk, head, feats: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Embeddings through a CAM++ trunk variant, the runtime's pooling and the fp32 head."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from diarizer.embedding import stats_pool
+
+    name = trunk.get_inputs()[0].name
+    frames = np.concatenate([trunk.run(None, {name: feats[i:i + batch]})[0] for i in range(0, len(feats), batch)])
+    stats = np.stack([stats_pool(f.T) for f in frames])
+    return head.run(None, {head.get_inputs()[0].name: stats})[0]
 
 
 def main() -> int:
@@ -125,7 +131,9 @@ def main() -> int:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     manifest = json.loads((HERE / "manifest.json").read_text())
-    emb_entry = next(e for e in manifest if e["role"] == "speaker_embedding" and e["variant"] == "fp32")
+    # CAM++ ships split at its pooling (see export.py); all the cost, and every variant, is the trunk.
+    emb_entry = next(e for e in manifest if e["role"] == "speaker_embedding_trunk" and e["variant"] == "fp32")
+    head_entry = next(e for e in manifest if e["role"] == "speaker_embedding_head" and e["variant"] == "fp32")
     seg_entry = next(e for e in manifest if e["role"] == "segmentation" and e["variant"] == "fp32")
     emb_fp32 = HERE / emb_entry["file"]
     seg_fp32 = HERE / seg_entry["file"]
@@ -197,11 +205,12 @@ def main() -> int:
             variants[name] = (path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 
         ref_sess, _ = session(emb_fp32, 2)
-        ref = embed(ref_sess, eval_feats)
+        head_sess, _ = session(HERE / head_entry["file"], 2)
+        ref = embed(ref_sess, head_sess, eval_feats)
         for name, (path, level) in variants.items():
             row = {"size_bytes": path.stat().st_size}
             s2, _ = session(path, 2, level)
-            cos = cosine_rows(ref, embed(s2, eval_feats))
+            cos = cosine_rows(ref, embed(s2, head_sess, eval_feats))
             row["cosine_to_fp32_min"] = round(float(cos.min()), 5)
             row["cosine_to_fp32_mean"] = round(float(cos.mean()), 5)
             results["campplus"][name] = row

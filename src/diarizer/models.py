@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEGMENTATION = "segmentation"
-EMBEDDING = "speaker_embedding"
+EMBEDDING_TRUNK = "speaker_embedding_trunk"  # CAM++ up to its frame-level features
+EMBEDDING_HEAD = "speaker_embedding_head"  # CAM++'s dense layer after statistics pooling
+ROLES = (SEGMENTATION, EMBEDDING_TRUNK, EMBEDDING_HEAD)
 
 _REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 _CANDIDATES = (Path("/opt/models"), _REPO_MODELS)
@@ -22,7 +24,8 @@ _CANDIDATES = (Path("/opt/models"), _REPO_MODELS)
 class ModelFiles:
     folder: Path
     segmentation: Path
-    embedding: Path
+    embedding_trunk: Path
+    embedding_head: Path
 
 
 def find_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
@@ -36,7 +39,7 @@ def find_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
 
 
 def locate_models(model_dir: str | os.PathLike | None = None) -> ModelFiles:
-    """Read the manifest and return the fp32 segmentation and embedding files it lists."""
+    """Read the manifest and return the fp32 segmentation and embedding (trunk, head) files it lists."""
     folder = find_model_dir(model_dir)
     entries = json.loads((folder / "manifest.json").read_text())
     entries = entries.get("models", entries) if isinstance(entries, dict) else entries
@@ -44,15 +47,14 @@ def locate_models(model_dir: str | os.PathLike | None = None) -> ModelFiles:
     for entry in entries:
         if entry.get("variant", "fp32") != "fp32":
             continue
-        role = entry.get("role") or (SEGMENTATION if "segmentation" in entry["file"] else EMBEDDING)
-        chosen.setdefault(role, folder / entry["file"])
-    missing = {SEGMENTATION, EMBEDDING} - chosen.keys()
+        chosen.setdefault(entry.get("role"), folder / entry["file"])
+    missing = set(ROLES) - chosen.keys()
     if missing:
         raise FileNotFoundError(f"{folder}/manifest.json lists no {' or '.join(sorted(missing))} model")
     for path in chosen.values():
         if not path.is_file():
             raise FileNotFoundError(f"model file missing: {path}")
-    return ModelFiles(folder, chosen[SEGMENTATION], chosen[EMBEDDING])
+    return ModelFiles(folder, *(chosen[role] for role in ROLES))
 
 
 def default_threads() -> int:

@@ -13,9 +13,8 @@ import numpy as np
 
 from diarizer.clustering import l2_normalise
 from diarizer.reconstruction import Turn, merge_same_speaker
-from diarizer.segmentation import SAMPLE_RATE
 
-EmbedMany = Callable[[list[np.ndarray]], np.ndarray]
+EmbedSpans = Callable[[list[tuple[float, float]]], np.ndarray]  # (start, end) seconds -> (n, 192)
 MAX_OVERLAP = 0.2  # turns overlapped by others for more than this fraction mix voices: left alone
 
 
@@ -27,9 +26,8 @@ def _overlapped(group: Turn, speakers: np.ndarray, starts: np.ndarray, ends: np.
 
 
 def reassign_turns(
-    samples: np.ndarray,
     turns: list[Turn],
-    embed_many: EmbedMany,
+    embed_spans: EmbedSpans,
     join_gap: float,
     min_seconds: float,
     max_seconds: float,
@@ -45,11 +43,11 @@ def reassign_turns(
     ]
     if len(groups) < 2:
         return turns
-    clips = []
+    spans = []
     for _, start, end in groups:
         middle, half = (start + end) / 2, min(end - start, max_seconds) / 2
-        clips.append(np.asarray(samples[int((middle - half) * SAMPLE_RATE) : int((middle + half) * SAMPLE_RATE)]))
-    prints = l2_normalise(embed_many(clips).astype(np.float64))
+        spans.append((middle - half, middle + half))
+    prints = l2_normalise(embed_spans(spans).astype(np.float64))
     labels = np.array([speakers.index(g[0]) for g in groups])
     centroids = l2_normalise(
         np.stack([prints[labels == k].mean(axis=0) if (labels == k).any() else np.zeros(prints.shape[1])

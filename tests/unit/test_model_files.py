@@ -37,11 +37,11 @@ def _by_role(role: str, variant: str = "fp32") -> dict:
     return found[0]
 
 
-def test_manifest_lists_both_models():
+def test_manifest_lists_every_model():
     assert isinstance(MANIFEST, list)
     roles = {(e["role"], e.get("variant", "fp32")) for e in MANIFEST}
-    assert ("segmentation", "fp32") in roles
-    assert ("speaker_embedding", "fp32") in roles
+    for role in ("segmentation", "speaker_embedding_trunk", "speaker_embedding_head"):
+        assert (role, "fp32") in roles
     for e in MANIFEST:
         for key in ("file", "sha256", "size_bytes", "source", "upstream", "license", "inputs", "outputs", "opset"):
             assert key in e, f"{e['file']}: manifest entry lacks {key}"
@@ -102,23 +102,39 @@ def test_segmentation_dynamic_batch_and_length(sessions):
     assert out.shape == (2, 293, 7)
 
 
-@pytest.mark.parametrize("variant", sorted({e.get("variant", "fp32") for e in MANIFEST if e["role"] == "speaker_embedding"}))
-def test_campplus_embedding_shape(sessions, variant):
-    entry = _by_role("speaker_embedding", variant)
-    sess = sessions[entry["file"]]
-    x = np.random.default_rng(2).standard_normal((2, 200, 80)).astype(np.float32)
-    (emb,) = sess.run(None, {entry["inputs"][0]["name"]: x})
+def _campplus(sessions, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(trunk frames, embeddings) of (batch, frames, 80) fbank through trunk, pooling and head."""
+    from diarizer.embedding import stats_pool
+
+    trunk, head = _by_role("speaker_embedding_trunk"), _by_role("speaker_embedding_head")
+    (frames,) = sessions[trunk["file"]].run(None, {trunk["inputs"][0]["name"]: x})
+    stats = np.stack([stats_pool(f.T) for f in frames])
+    (emb,) = sessions[head["file"]].run(None, {head["inputs"][0]["name"]: stats})
+    return frames, emb
+
+
+def test_campplus_trunk_and_head_shapes(sessions):
+    x = np.random.default_rng(2).standard_normal((2, 201, 80)).astype(np.float32)
+    frames, emb = _campplus(sessions, x)
+    assert frames.shape == (2, 512, 101)  # one frame per 20 ms: ceil(201 / 2)
     assert emb.shape == (2, 192)
-    assert np.isfinite(emb).all()
+    assert np.isfinite(frames).all() and np.isfinite(emb).all()
     # batching does not change an item's embedding (same length, no padding)
-    (one,) = sess.run(None, {entry["inputs"][0]["name"]: x[:1]})
+    _, one = _campplus(sessions, x[:1])
     cos = float(one[0] @ emb[0] / (np.linalg.norm(one[0]) * np.linalg.norm(emb[0])))
     assert cos > 0.9999
 
 
+def test_campplus_parity_recorded_against_the_whole_torch_model():
+    head = _by_role("speaker_embedding_head")
+    assert "whole model" in head["parity"]["reference"]
+    assert head["parity"]["max_abs_diff"] <= head["parity"]["tolerance"] <= 1e-3
+    assert head["parity"]["min_cosine"] >= 0.9999
+    assert _by_role("speaker_embedding_trunk")["parity"]["max_abs_diff"] <= 1e-3
+
+
 def test_campplus_short_input_is_finite(sessions):
-    entry = _by_role("speaker_embedding")
-    sess = sessions[entry["file"]]
     x = np.random.default_rng(3).standard_normal((1, 1, 80)).astype(np.float32)
-    (emb,) = sess.run(None, {entry["inputs"][0]["name"]: x})
+    frames, emb = _campplus(sessions, x)
+    assert frames.shape == (1, 512, 1)
     assert emb.shape == (1, 192) and np.isfinite(emb).all()
