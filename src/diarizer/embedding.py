@@ -174,13 +174,15 @@ class Embedder:
         return out, seconds
 
     def window_stats(
-        self, trunk: np.ndarray, start: int, length: int, activity: np.ndarray
+        self, trunk: np.ndarray, start: int, length: int, activity: np.ndarray, guard: int = 0
     ) -> list[tuple[int, np.ndarray, float]]:
         """Pooled statistics of the local speakers of one window, from the recording's trunk frames.
 
         trunk: (global trunk frames, 512); start, length: the window in samples; activity:
-        (seg_frames, speakers) 0/1. Returns (local speaker, (1024,) statistics, seconds) for every
-        speaker with enough speech; the same frame choice as `embed_window`, at 20 ms.
+        (seg_frames, speakers) 0/1; guard: trunk frames next to another speaker's speech left out (the
+        trunk's receptive field reaches into it) when enough frames remain. Returns (local speaker,
+        (1024,) statistics, seconds) for every speaker with enough speech; the same frame choice as
+        `embed_window`, at 20 ms.
         """
         if not activity.any():
             return []
@@ -193,6 +195,11 @@ class Embedder:
         choices = choose_frames(per_frame, -(-self.min_frames // 2), -(-self.clean_min_frames // 2), -(-self.max_frames // 2))
         out = []
         for k, chosen in enumerate(choices):
+            if chosen is not None and guard:
+                others = np.delete(per_frame, k, axis=1).any(axis=1).astype(np.float32)
+                near = np.convolve(others, np.ones(2 * guard + 1, np.float32), mode="same") > 0
+                if (chosen & ~near).sum() >= -(-self.min_frames // 2):
+                    chosen = chosen & ~near
             if chosen is not None:
                 out.append((k, stats_pool(trunk[first : first + count][chosen]), chosen.sum() * TRUNK_HOP / SAMPLE_RATE))
         return out

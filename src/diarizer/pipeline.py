@@ -61,11 +61,14 @@ class PipelineConfig:
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     # Run CAM++'s trunk once per chunk of the recording and pool each voice print from its frames
-    # (embedding.py) instead of running the whole network per window speaker and per turn: 2.5x less
-    # embedding work, prints at cosine ~0.9x to whole-clip ones (BENCHMARKS.md).
-    pooled_embeddings: bool = True
+    # (embedding.py) instead of running the whole network per window speaker and per turn. Much less
+    # embedding work, but off: the trunk hears the neighbouring speakers, prints move (median cosine
+    # 0.92 to whole-clip ones) and accuracy drops (AMI 29.4 -> 34.3 %, dev 14.1 -> 14.9 %, one count
+    # lost; BENCHMARKS.md).
+    pooled_embeddings: bool = False
     embed_chunk_seconds: float = 30.0  # trunk input per call (longer: less edge effect, more memory)
     embed_chunk_margin: float = 1.0  # context on each side of a chunk, run but not kept
+    pool_guard_seconds: float = 0.0  # pooled window prints skip frames this close to another speaker
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     window_bound: bool = True  # at least as many speakers as the busiest window holds
     onset: float = 0.6  # speech where P(anyone talks) reaches this
@@ -277,7 +280,9 @@ class Diarizer:
         found, stats = [], []
         embedder = self._workers[0][1]
         for w, start in enumerate(starts):
-            for k, st, secs in embedder.window_stats(trunk, start, length, hard_activity(probs[w])):
+            for k, st, secs in embedder.window_stats(
+                trunk, start, length, hard_activity(probs[w]), int(self.config.pool_guard_seconds * SAMPLE_RATE / TRUNK_HOP)
+            ):
                 found.append((w, k))
                 stats.append(st)
                 seconds[w, k] = secs
