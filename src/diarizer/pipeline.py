@@ -22,8 +22,8 @@ from diarizer.embedding import EMBEDDING_DIM, TRUNK_CHANNELS, TRUNK_HOP, Embedde
 from diarizer.models import default_threads, locate_models, open_session
 from diarizer.reconstruction import (
     aggregate,
-    frame_offsets,
     drop_short,
+    frame_offsets,
     label_by_first_appearance,
     merge_same_speaker,
     select_speakers,
@@ -32,9 +32,9 @@ from diarizer.reconstruction import (
 )
 from diarizer.refinement import reassign_turns
 from diarizer.segmentation import (
+    FRAME_STEP,
     LOCAL_SPEAKERS,
     MIN_WINDOW_SAMPLES,
-    FRAME_STEP,
     POWERSET,
     SAMPLE_RATE,
     WINDOW_SAMPLES,
