@@ -252,6 +252,18 @@ def demo_recording(name: str = "two-speakers") -> tuple[np.ndarray, list[Turn]]:
     return samples, read_rttm(DEMO_DIR / f"{name}.rttm", uri=name)
 
 
+def demo_voice(label: str, name: str = "two-speakers", until: float | None = None, gap: float = 0.3) -> np.ndarray:
+    """One demo speaker alone: its turns of demo/<name>.flac that nobody overlaps (ending by `until` seconds),
+    joined with `gap` seconds of silence. For enrolment tests: A, B and C are the same voices in both demos."""
+    samples, turns = demo_recording(name)
+    pieces = []
+    for start, end, who in turns:
+        alone = not any(o != who and s < end and e > start for s, e, o in turns)
+        if who == label and alone and (until is None or end <= until):
+            pieces += [samples[int(start * RATE) : int(end * RATE)], silence(gap)]
+    return np.concatenate(pieces) if pieces else silence(0.0)
+
+
 # --------------------------------------------------------------------------- conversations
 
 

@@ -12,8 +12,11 @@ from diarizer.types import (
     Diarization,
     DiarizationError,
     DiarizationOptions,
+    EnrollmentError,
     InvalidOptionsError,
     Segment,
+    SpeakerMatch,
+    Voiceprint,
 )
 
 __all__ = [
@@ -22,8 +25,11 @@ __all__ = [
     "DiarizationError",
     "DiarizationOptions",
     "Diarizer",
+    "EnrollmentError",
     "InvalidOptionsError",
     "Segment",
+    "SpeakerMatch",
+    "Voiceprint",
     "probe_audio",
 ]
 

@@ -2,6 +2,9 @@
 
     diarize AUDIO... [--speakers N] [--min-speakers N] [--max-speakers N] [--rttm OUT.rttm] [--json OUT.json]
     diarize AUDIO --html OUT.html [--embed-audio]   (a page with the timeline and a player)
+    diarize AUDIO... --identify [--voiceprints FILE] [--confidence]   (names from enrolled voiceprints)
+    diarize enroll NAME AUDIO... [--voiceprints FILE]        (enrol one person's voice)
+    diarize voiceprints [--voiceprints FILE] [--delete NAME] (list or delete enrolled voiceprints)
     diarize serve [--host 127.0.0.1] [--port 3000] ...      (the local service; see `diarize serve -h`)
 
 With neither --rttm nor --json the result is printed as JSON on stdout. One file gives the API's
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from diarizer.types import DiarizationError, DiarizationOptions
+from diarizer.voiceprints import VoiceprintFile, default_store_path
 
 
 def _positive(text: str) -> int:
@@ -56,9 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "to the audio by its relative path")
     parser.add_argument("--embed-audio", action="store_true",
                         help="with --html: put the audio inside the page (files up to 25 MB)")
+    parser.add_argument("--identify", action="store_true",
+                        help="name the speakers whose voice matches an enrolled voiceprint (see `diarize enroll`)")
+    parser.add_argument("--confidence", action="store_true",
+                        help="give each segment a calibrated probability that its speaker is right")
+    _voiceprints_option(parser)
     parser.add_argument("--model-dir", type=Path, help="folder with manifest.json and the ONNX models")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
+
+
+def _voiceprints_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--voiceprints", type=Path, metavar="FILE",
+                        help=f"voiceprint file (default: {default_store_path()})")
 
 
 def _progress_printer(name: str, enabled: bool):
@@ -87,10 +101,16 @@ def run(args: argparse.Namespace) -> int:
             max_speakers=args.max_speakers,
             merge_adjacent=not args.no_merge,
             exclusive=args.exclusive,
+            identify=args.identify,
+            voiceprints=tuple(VoiceprintFile(args.voiceprints).load()) if args.identify else (),
+            confidence=args.confidence,
         )
-    except DiarizationError as err:
+    except (DiarizationError, ValueError, OSError) as err:
         print(f"diarize: error: {err}", file=sys.stderr)
         return 2
+    if args.identify and not options.voiceprints and not args.quiet:
+        print(f"diarize: no voiceprints in {VoiceprintFile(args.voiceprints).path}: nobody can be named "
+              "(enrol with `diarize enroll NAME AUDIO...`)", file=sys.stderr)
     from diarizer.pipeline import Diarizer
 
     try:
@@ -145,8 +165,57 @@ def _write_html(args: argparse.Namespace, path: Path, result) -> bool:
     return True
 
 
+def enroll_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="diarize enroll", description="Enrol one person's voice: at least 5 s "
+                                     "of speech of that person alone (10-30 s is best), in one or more files.")
+    parser.add_argument("name", help="the name diarization will give this voice")
+    parser.add_argument("audio", nargs="+", type=Path, help="recordings of this one voice")
+    _voiceprints_option(parser)
+    parser.add_argument("--model-dir", type=Path, help="folder with manifest.json and the ONNX models")
+    args = parser.parse_args(argv)
+    store = VoiceprintFile(args.voiceprints)
+    from diarizer.pipeline import Diarizer
+
+    try:
+        store.load()  # refuse early if the file is not a voiceprint file
+        voiceprint = Diarizer(model_dir=args.model_dir).enroll(args.name, list(args.audio))
+        replaced = store.save(voiceprint)
+    except (DiarizationError, ValueError, OSError) as err:
+        print(f"diarize enroll: error: {err}", file=sys.stderr)
+        return 1
+    print(f"diarize enroll: {'replaced' if replaced else 'enrolled'} {voiceprint.name!r} in {store.path}",
+          file=sys.stderr)
+    print(json.dumps({"name": voiceprint.name, "seconds": voiceprint.seconds}, indent=2))
+    return 0
+
+
+def voiceprints_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="diarize voiceprints", description="List or delete enrolled voiceprints.")
+    _voiceprints_option(parser)
+    parser.add_argument("--delete", metavar="NAME", help="delete this person's voiceprint")
+    args = parser.parse_args(argv)
+    store = VoiceprintFile(args.voiceprints)
+    try:
+        if args.delete is not None:
+            if not store.delete(args.delete):
+                print(f"diarize voiceprints: error: no voiceprint named {args.delete!r} in {store.path}",
+                      file=sys.stderr)
+                return 1
+            print(json.dumps({"name": args.delete, "deleted": True}, indent=2))
+            return 0
+        print(json.dumps({"voiceprints": store.entries()}, indent=2))
+    except (ValueError, OSError) as err:
+        print(f"diarize voiceprints: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["enroll"]:
+        return enroll_main(argv[1:])
+    if argv[:1] == ["voiceprints"]:
+        return voiceprints_main(argv[1:])
     if argv[:1] == ["serve"]:
         # The local service lives in the service package; the engine itself stays AWS-free.
         from diarizer_service.local_server import main as serve_main

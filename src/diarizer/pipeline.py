@@ -43,7 +43,7 @@ from diarizer.segmentation import (
     hard_activity,
     window_starts,
 )
-from diarizer.types import Diarization, DiarizationOptions
+from diarizer.types import Diarization, DiarizationOptions, Voiceprint
 
 Progress = Callable[[float], None]
 WINDOW_BATCH = 4  # windows per segmentation call
@@ -129,8 +129,20 @@ class Diarizer:
     ) -> Diarization:
         """Same as `diarize` for 16 kHz mono float32 samples."""
         if len(samples) < MIN_WINDOW_SAMPLES:
-            return Diarization([], len(samples) / SAMPLE_RATE)
-        return self.resolve(self.analyse(samples, progress), samples, options)
+            result = Diarization([], len(samples) / SAMPLE_RATE)
+        else:
+            result = self.resolve(self.analyse(samples, progress), samples, options)
+        if options is not None and (options.identify or options.confidence):
+            from diarizer.identify import annotate  # post-processing: nothing of it runs unless asked
+
+            result = annotate(samples, result, options, self._embed_many)
+        return result
+
+    def enroll(self, name: str, sources: list[audio_io.AudioSource]) -> Voiceprint:
+        """A voiceprint of the one voice in `sources` (paths, bytes or files). Raises EnrollmentError."""
+        from diarizer.voiceprints import enroll
+
+        return enroll(self, name, sources)
 
     def analyse(self, samples: np.ndarray, progress: Progress | None = None) -> WindowResults:
         """The expensive, option-independent part: local segmentation and voice prints per window."""

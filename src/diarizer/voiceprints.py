@@ -1,0 +1,158 @@
+"""Voiceprints: enrol a known voice from audio, and keep voiceprints in a file for the command line.
+
+Enrolment diarizes each recording first: a recording where two voices each hold a real share of the
+speech is refused (a voiceprint must be one person), so is one with less than MIN_SPEECH_SECONDS of
+speech in total. The voiceprint is the length-weighted mean CAM++ print of the speech, computed with the
+pipeline's own embedder, so it lives in the same space as the speakers it is later compared with.
+
+Voiceprints are biometric data: the file is created owner-only (0600, its folder 0700), written
+atomically, and nothing here logs them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from diarizer import audio as audio_io
+from diarizer.types import DiarizationOptions, EnrollmentError, Voiceprint
+
+if TYPE_CHECKING:
+    from diarizer.pipeline import Diarizer
+
+MIN_SPEECH_SECONDS = 5.0
+MAX_SPEECH_SECONDS = 120.0  # more speech adds little to a voiceprint and costs CAM++ time
+SECOND_VOICE_SECONDS = 1.0  # another voice with at least this much solo speech ...
+SECOND_VOICE_SHARE = 0.1  # ... and this share of it makes the recording a conversation
+MAX_NAME_LENGTH = 64
+FILE_FORMAT = "diarizer-voiceprints"
+
+
+def validate_name(name: str) -> str:
+    name = name.strip() if isinstance(name, str) else name
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH or not name.isprintable():
+        raise ValueError(f"a voiceprint name must be 1-{MAX_NAME_LENGTH} printable characters")
+    return name
+
+
+def enroll(diarizer: "Diarizer", name: str, sources: Iterable[audio_io.AudioSource]) -> Voiceprint:
+    """One voiceprint from one or more recordings of the same single voice. Raises EnrollmentError."""
+    from diarizer.identify import MATCH_THRESHOLD, clips_of, mean_print, solo_spans, speaker_prints
+
+    name = validate_name(name)
+    clips: list[np.ndarray] = []
+    per_recording: list[np.ndarray] = []
+    total = 0.0
+    for samples in (audio_io.decode(source) for source in sources):
+        result = diarizer.diarize_samples(samples, DiarizationOptions())
+        spans = solo_spans(result.segments)
+        evidence = speaker_prints(samples, result.segments, diarizer._embed_many)
+        _refuse_several_voices(evidence.prints, evidence.seconds)
+        mine = [(a, b) for _, a, b in spans]
+        speech = sum(b - a for a, b in mine)
+        recording = clips_of(samples, mine, MAX_SPEECH_SECONDS - total)
+        if recording:
+            per_recording.append(mean_print(recording, diarizer._embed_many))
+        clips += recording
+        total += speech
+    if total < MIN_SPEECH_SECONDS:
+        raise EnrollmentError("too_little_speech", f"Enrolment needs at least {MIN_SPEECH_SECONDS:g} s of speech; "
+                              f"this audio has {total:.1f} s.")
+    if any(float(a @ b) < MATCH_THRESHOLD for i, a in enumerate(per_recording) for b in per_recording[i + 1 :]):
+        raise EnrollmentError("several_voices", "The recordings do not hold the same voice: enrol each person "
+                              "from recordings of that person alone.")
+    voiceprint = mean_print(clips, diarizer._embed_many)
+    return Voiceprint(name, tuple(float(x) for x in voiceprint), round(float(min(total, MAX_SPEECH_SECONDS)), 2))
+
+
+def _refuse_several_voices(prints: np.ndarray, seconds: np.ndarray) -> None:
+    """Two speakers with a real share of the speech whose voices do not match: not one person."""
+    from diarizer.identify import MATCH_THRESHOLD
+
+    total = float(seconds.sum())
+    real = [i for i, s in enumerate(seconds) if s >= SECOND_VOICE_SECONDS and s >= SECOND_VOICE_SHARE * total]
+    for a in real:
+        for b in real:
+            if a < b and float(prints[a] @ prints[b]) < MATCH_THRESHOLD:
+                raise EnrollmentError("several_voices", "The audio holds more than one voice: enrol each person "
+                                      "from a recording of that person alone.")
+
+
+# ---- the command line's voiceprint file -----------------------------------------------------------------
+
+def default_store_path() -> Path:
+    """$XDG_DATA_HOME/diarizer/voiceprints.json (XDG_DATA_HOME defaults to ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "diarizer" / "voiceprints.json"
+
+
+class VoiceprintFile:
+    """Named voiceprints in one JSON file, owner-only; one voiceprint per name (enrolling again replaces it)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else default_store_path()
+
+    def load(self) -> list[Voiceprint]:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except ValueError as exc:
+            raise ValueError(f"{self.path} is not a voiceprint file: {exc}") from exc
+        if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
+            raise ValueError(f"{self.path} is not a voiceprint file")
+        return [Voiceprint(item["name"], tuple(item["embedding"]), item.get("seconds", 0.0))
+                for item in document.get("voiceprints", [])]
+
+    def entries(self) -> list[dict]:
+        """What may be shown: names, seconds and dates, never the embeddings."""
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        return [{"name": item["name"], "seconds": item.get("seconds"), "created_at": item.get("created_at")}
+                for item in document.get("voiceprints", [])]
+
+    def save(self, voiceprint: Voiceprint) -> bool:
+        """Add `voiceprint`; returns True when it replaced one of the same name."""
+        items = self._items()
+        replaced = any(item["name"] == voiceprint.name for item in items)
+        items = [item for item in items if item["name"] != voiceprint.name]
+        items.append({"name": voiceprint.name, "seconds": voiceprint.seconds,
+                      "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "embedding": [round(x, 7) for x in voiceprint.embedding]})
+        self._write(items)
+        return replaced
+
+    def delete(self, name: str) -> bool:
+        items = self._items()
+        kept = [item for item in items if item["name"] != name]
+        if len(kept) == len(items):
+            return False
+        self._write(kept)
+        return True
+
+    def _items(self) -> list[dict]:
+        self.load()  # refuses to overwrite a file that is not ours
+        if not self.path.exists():
+            return []
+        return json.loads(self.path.read_text(encoding="utf-8")).get("voiceprints", [])
+
+    def _write(self, items: Sequence[dict]) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump({"format": FILE_FORMAT, "version": 1, "voiceprints": list(items)}, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)  # readers never see a half-written file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
