@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Open-set speaker identification and confidence calibration, on speakers never used for tuning.
+
+    python bench/identification.py            # builds .bench/identification/ once, then scores
+
+Data: ../shared/eval/pool/libri holds ONE utterance per speaker, so enrolment and test audio come from
+disjoint parts of it: the first ENROL_SECONDS are the enrolment recording, the rest is the speaker's test
+pool from which make_conversations.py builds conversations (1-4 speakers, noise, overlap). Speakers whose
+utterance is shorter than MIN_UTTERANCE_SECONDS are left out. Speakers are split by sorted ID, alternating,
+into a tuning half and a held-out half; within each half, alternate speakers are enrolled, the others are
+never enrolled (open set). The match threshold and the confidence model are chosen on the tuning half only;
+the held-out half is reported first. Nothing from ../shared is written into the repository (.bench/ is
+ignored by git).
+
+Scoring (10 ms frames, reference RTTM): for enrolled speakers, the share of their solo speech time where an
+output segment carrying their name is active (strict: diarization misses count against it); for
+non-enrolled speakers, the share of their solo speech time where any named output segment is active.
+Confidence: reliability table over all output segments in bins of 0.1, the share of the segments' frames
+whose speaker is right (hypothesis speakers mapped one-to-one to reference speakers by overlap).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.optimize import linear_sum_assignment
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_EVAL = REPO.parent / "shared" / "eval"
+sys.path.insert(0, str(REPO / "src"))
+
+from diarizer.confidence import COEFFICIENTS, FEATURES, probabilities, segment_features  # noqa: E402
+from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, speaker_prints, voiceprint_matrix  # noqa: E402
+from diarizer.pipeline import Diarizer  # noqa: E402
+from diarizer.types import EnrollmentError  # noqa: E402
+
+ENROL_SECONDS = 8.0
+MIN_UTTERANCE_SECONDS = 12.0
+FRAME = 0.01
+HALVES = {"tuning": 11, "held-out": 12}  # make_conversations seed per half
+FA_BUDGET = 0.005  # tuning: highest false naming rate allowed (half of the 1 % target, for margin)
+
+
+def split_speakers(pool: Path) -> dict[str, list[Path]]:
+    usable = []
+    for folder in sorted(pool.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else p.name):
+        files = sorted(folder.glob("*.flac"))
+        if files and sf.info(files[0]).duration >= MIN_UTTERANCE_SECONDS:
+            usable.append(files[0])
+    return {"tuning": usable[0::2], "held-out": usable[1::2]}
+
+
+def prepare(half: str, utterances: list[Path], root: Path, count: int) -> Path:
+    """Enrolment clips + a test pool of the remainders + conversations built from that pool."""
+    folder = root / half
+    if (folder / "conversations" / "reference.rttm").is_file():
+        return folder
+    for utterance in utterances:
+        audio, rate = sf.read(utterance, dtype="float32")
+        cut = int(ENROL_SECONDS * rate)
+        speaker = utterance.parent.name
+        (folder / "enrol").mkdir(parents=True, exist_ok=True)
+        (folder / "pool" / speaker).mkdir(parents=True, exist_ok=True)
+        sf.write(folder / "enrol" / f"{speaker}.flac", audio[:cut], rate)
+        sf.write(folder / "pool" / speaker / f"{speaker}-rest.flac", audio[cut:], rate)
+    subprocess.run([sys.executable, str(SHARED_EVAL / "make_conversations.py"), "--pool", str(folder / "pool"),
+                    "--out", str(folder / "conversations"), "--count", str(count), "--seed", str(HALVES[half]),
+                    "--speakers", "1-4", "--minutes", "1-1.5", "--prefix", half.replace("-", "")],
+                   check=True)
+    return folder
+
+
+def reference(rttm: Path) -> dict[str, list[tuple[str, float, float]]]:
+    out: dict[str, list] = {}
+    for line in rttm.read_text().splitlines():
+        f = line.split()
+        if f and f[0] == "SPEAKER":
+            out.setdefault(f[1], []).append((f[7], float(f[3]), float(f[3]) + float(f[4])))
+    return out
+
+
+def frames(turns, n: int) -> dict[str, np.ndarray]:
+    active: dict[str, np.ndarray] = {}
+    for who, a, b in turns:
+        active.setdefault(who, np.zeros(n, bool))[int(round(a / FRAME)) : int(round(b / FRAME))] = True
+    return active
+
+
+def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
+    """Everything the threshold and calibration sweeps need, computed once per half."""
+    if cache.is_file():
+        return pickle.loads(cache.read_bytes())
+    enrolled, refused = {}, []
+    speakers = sorted(p.stem for p in (folder / "enrol").glob("*.flac"))
+    for speaker in speakers[0::2]:  # every other speaker of the half is enrolled
+        try:
+            enrolled[speaker] = engine.enroll(speaker, [folder / "enrol" / f"{speaker}.flac"])
+        except EnrollmentError as exc:
+            refused.append((speaker, exc.code))
+    voiceprints = list(enrolled.values())
+    matrix = voiceprint_matrix(voiceprints)
+    refs = reference(folder / "conversations" / "reference.rttm")
+    files = []
+    for uri, ref in sorted(refs.items()):
+        path = folder / "conversations" / f"{uri}.flac"
+        from diarizer import audio as audio_io
+
+        samples = audio_io.decode(path)
+        result = engine.diarize_samples(samples)
+        evidence = speaker_prints(samples, result.segments, engine._embed_many)
+        files.append({
+            "uri": uri, "duration": len(samples) / 16000, "reference": ref,
+            "segments": [(s.speaker_id, s.start, s.end) for s in result.segments],
+            "speaker_ids": evidence.speaker_ids, "usable": evidence.seconds >= MIN_SPEAKER_SECONDS,
+            "scores": evidence.prints @ matrix.T,
+            "features": segment_features(samples, result.segments, evidence, engine._embed_many),
+        })
+        print(f"  {uri}: {len(ref and set(r[0] for r in ref))} speakers, {len(evidence.speaker_ids)} found",
+              file=sys.stderr)
+    data = {"enrolled": [v.name for v in voiceprints], "all": speakers, "refused": refused, "files": files}
+    cache.write_bytes(pickle.dumps(data))
+    return data
+
+
+def naming(data: dict, threshold: float) -> dict:
+    """Solo speech seconds of enrolled / non-enrolled speakers, and how much of it was (mis)named."""
+    enrolled = set(data["enrolled"])
+    totals = {"enrolled": 0.0, "enrolled_named_right": 0.0, "enrolled_found": 0.0, "enrolled_found_right": 0.0,
+              "others": 0.0, "others_named": 0.0}
+    for f in data["files"]:
+        n = int(np.ceil(f["duration"] / FRAME)) + 1
+        ref = frames(f["reference"], n)
+        count = sum(a.astype(int) for a in ref.values())
+        chosen = match(f["scores"], f["usable"], threshold)
+        names = {sid: (data["enrolled"][c] if c is not None else None) for sid, c in zip(f["speaker_ids"], chosen)}
+        hyp_named: dict[str, np.ndarray] = {}
+        any_named = np.zeros(n, bool)
+        any_hyp = np.zeros(n, bool)
+        for sid, a, b in f["segments"]:
+            sl = slice(int(round(a / FRAME)), int(round(b / FRAME)))
+            any_hyp[sl] = True
+            if names.get(sid):
+                hyp_named.setdefault(names[sid], np.zeros(n, bool))[sl] = True
+                any_named[sl] = True
+        for who, active in ref.items():
+            solo = active & (count == 1)
+            if who in enrolled:
+                right = solo & hyp_named.get(who, np.zeros(n, bool))
+                totals["enrolled"] += solo.sum() * FRAME
+                totals["enrolled_named_right"] += right.sum() * FRAME
+                totals["enrolled_found"] += (solo & any_hyp).sum() * FRAME
+                totals["enrolled_found_right"] += (right & any_hyp).sum() * FRAME
+            else:
+                totals["others"] += solo.sum() * FRAME
+                totals["others_named"] += (solo & any_named).sum() * FRAME
+    totals["correct"] = totals["enrolled_named_right"] / max(totals["enrolled"], 1e-9)
+    totals["correct_where_found"] = totals["enrolled_found_right"] / max(totals["enrolled_found"], 1e-9)
+    totals["false_naming"] = totals["others_named"] / max(totals["others"], 1e-9)
+    return totals
+
+
+def segment_truth(data: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output segment: features, share of its frames whose speaker is right, number of frames."""
+    feats, right, weight = [], [], []
+    for f in data["files"]:
+        n = int(np.ceil(f["duration"] / FRAME)) + 1
+        ref = frames(f["reference"], n)
+        hyp = frames(f["segments"], n)
+        ref_ids, hyp_ids = sorted(ref), sorted(hyp)
+        overlap = np.array([[float((hyp[h] & ref[r]).sum()) for r in ref_ids] for h in hyp_ids]).reshape(len(hyp_ids), -1)
+        mapped = {}
+        if overlap.size:
+            for h, r in zip(*linear_sum_assignment(overlap, maximize=True)):
+                mapped[hyp_ids[h]] = ref_ids[r]
+        for (sid, a, b), x in zip(f["segments"], f["features"]):
+            sl = slice(int(round(a / FRAME)), int(round(b / FRAME)))
+            length = max(sl.stop - sl.start, 1)
+            good = ref[mapped[sid]][sl].sum() if sid in mapped else 0
+            feats.append(x)
+            right.append(good / length)
+            weight.append(length)
+    return np.array(feats), np.array(right), np.array(weight, float)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3, steps: int = 50) -> np.ndarray:
+    """Frame-weighted logistic regression on soft targets (Newton's method)."""
+    beta = np.zeros(x.shape[1])
+    w = w / w.sum()
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(x @ beta)))
+        grad = x.T @ (w * (p - y)) + l2 * beta
+        hess = (x * (w * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(beta))
+        beta -= np.linalg.solve(hess, grad)
+    return beta
+
+
+def reliability(p: np.ndarray, right: np.ndarray, weight: np.ndarray) -> list[tuple]:
+    rows = []
+    for lo in np.arange(0.0, 1.0, 0.1):
+        hi = lo + 0.1
+        inside = (p >= lo) & ((p < hi) if hi < 1.0 - 1e-9 else (p <= 1.0))
+        if inside.any():
+            frames_right = (right[inside] * weight[inside]).sum() / weight[inside].sum()
+            rows.append((f"{lo:.1f}-{hi:.1f}", int(inside.sum()), weight[inside].sum() * FRAME, frames_right,
+                         float(p[inside].mean())))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / ".bench" / "identification")
+    parser.add_argument("--count", type=int, default=30, help="conversations per half")
+    args = parser.parse_args()
+    halves = split_speakers(SHARED_EVAL / "pool" / "libri")
+    engine = Diarizer()
+    data = {}
+    for half in ("tuning", "held-out"):
+        folder = prepare(half, halves[half], args.work, args.count)
+        data[half] = analyse(engine, folder, folder / "analysis.pkl")
+        print(f"{half}: {len(halves[half])} speakers, {len(data[half]['enrolled'])} enrolled, "
+              f"refused at enrolment: {data[half]['refused']}, {len(data[half]['files'])} conversations, "
+              f"{sum(f['duration'] for f in data[half]['files']) / 60:.1f} min")
+
+    # Threshold: on the tuning half, the most enrolled speech named right with false naming under FA_BUDGET.
+    grid = np.round(np.arange(0.20, 0.90, 0.01), 2)
+    sweep = [(t, naming(data["tuning"], t)) for t in grid]
+    allowed = [(t, r) for t, r in sweep if r["false_naming"] <= FA_BUDGET]
+    threshold, _ = max(allowed, key=lambda tr: (round(tr[1]["correct"], 4), -tr[0]))
+    print(f"\nthreshold chosen on tuning: {threshold:.2f} (shipped MATCH_THRESHOLD = {MATCH_THRESHOLD})")
+    print("| threshold | tuning: enrolled named right | tuning: non-enrolled named |")
+    print("| --- | --- | --- |")
+    for t, r in sweep:
+        if round(t * 100) % 5 == 0 or t == threshold:
+            print(f"| {t:.2f} | {100 * r['correct']:.2f} % | {100 * r['false_naming']:.2f} % |")
+
+    x, y, w = segment_truth(data["tuning"])
+    beta = fit_logistic(x, y, w)
+    print(f"\nconfidence coefficients fitted on tuning ({', '.join(FEATURES)}):")
+    print("COEFFICIENTS = (" + ", ".join(f"{b:.4f}" for b in beta) + ")")
+    print(f"shipped:        {COEFFICIENTS}")
+
+    for half in ("held-out", "tuning"):
+        r = naming(data[half], MATCH_THRESHOLD)
+        print(f"\n## {half} (threshold {MATCH_THRESHOLD})")
+        print(f"enrolled speakers' solo speech named correctly: {100 * r['correct']:.2f} % of {r['enrolled']:.0f} s "
+              f"({100 * r['correct_where_found']:.2f} % where the diarization found speech)")
+        print(f"non-enrolled speakers' solo speech named as someone: {100 * r['false_naming']:.2f} % of {r['others']:.0f} s")
+        x, y, w = segment_truth(data[half])
+        p = probabilities(x, COEFFICIENTS)
+        print("\n| confidence | segments | seconds | frames right | mean confidence |")
+        print("| --- | --- | --- | --- | --- |")
+        for label, n, seconds, share, mean in reliability(p, y, w):
+            print(f"| {label} | {n} | {seconds:.0f} | {100 * share:.1f} % | {mean:.3f} |")
+        high = p >= 0.9
+        if high.any():
+            print(f"segments >= 0.9: {int(high.sum())}, {100 * (y[high] * w[high]).sum() / w[high].sum():.1f} % of "
+                  "their frames right")
+
+
+if __name__ == "__main__":
+    main()
