@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 
-from diarizer_service import api, page
+from diarizer_service import api, page, voiceprints
 from diarizer_service.auth import ApiKey, authenticate
 from diarizer_service.errors import ApiError, BackendError, service_unavailable
 from diarizer_service.observability import logger, metrics, tracer
@@ -91,6 +91,25 @@ def page_asset(name: str) -> Response:
     except KeyError:
         return _json(404, {"error": {"code": "route_not_found", "message": "No such file."}})
     return Response(status_code=200, content_type=page.ASSETS[name], body=body, headers=page.HEADERS)
+
+
+@app.post(voiceprints.ROUTE)
+def enroll_voiceprint() -> Response:
+    runtime, key = _caller()
+    event = app.current_event
+    return _json(200, voiceprints.enroll(runtime, key, event.body, bool(event.is_base64_encoded)))
+
+
+@app.get(voiceprints.ROUTE)
+def list_voiceprints() -> Response:
+    runtime, key = _caller()
+    return _json(200, voiceprints.list_voiceprints(runtime, key))
+
+
+@app.delete(voiceprints.ROUTE + "/<voiceprint_id>")
+def delete_voiceprint(voiceprint_id: str) -> Response:
+    runtime, key = _caller()
+    return _json(200, voiceprints.delete(runtime, key, voiceprint_id))
 
 
 @app.exception_handler(ApiError)

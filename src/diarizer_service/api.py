@@ -17,6 +17,7 @@ from typing import Mapping
 from diarizer.transcode import TranscoderUnavailable
 from diarizer.types import AudioDecodeError, InvalidOptionsError
 
+from diarizer_service import voiceprints
 from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError, BlobNotFound
 from diarizer_service.errors import ApiError, invalid_field, service_unavailable
@@ -81,6 +82,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     """Validate, then audio -> blob store, job -> table, message -> queue; undo on failure (503)."""
     request = _parse(runtime, raw_body, is_base64, query, require_webhook=True)
     logger.append_keys(request_id=request.request_id)
+    voiceprints.check_exist(runtime, key, request.options.to_dict())
     settings = runtime.settings
     reply = {"request_id": request.request_id, "api": API_NAME}
     info = None
@@ -218,8 +220,14 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     if info is None:
         raise ApiError(400, "unsupported_audio", "M4A, MP4/MOV and WebM audio is diarized asynchronously here: use "
                        "POST " + ASYNC_ROUTE + ".", field="content")
+    options = request.options.to_dict()
+    voiceprints.check_exist(runtime, key, options)
     try:
-        result = runtime.diarize(request.audio, engine_options(request.options.to_dict()))
+        known = voiceprints.load(runtime.backends, key.key_id, options)
+    except BackendError as exc:
+        raise service_unavailable() from exc
+    try:
+        result = runtime.diarize(request.audio, engine_options(options, known))
     except AudioDecodeError as exc:
         raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
     except InvalidOptionsError as exc:

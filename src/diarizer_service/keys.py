@@ -14,6 +14,7 @@ import time
 from diarizer_service.auth import ApiKey, create_key, list_keys, revoke_key
 from diarizer_service.backends import create_backends
 from diarizer_service.settings import load_settings
+from diarizer_service.voiceprints import delete_all
 
 
 def _describe(key: ApiKey) -> dict:
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
 
-    store = create_backends(load_settings()).keys
+    backends = create_backends(load_settings())
+    store = backends.keys
     if args.command == "create":
         new = create_key(store, args.name)
         out = {**_describe(new.record), "api_key": new.api_key, "webhook_secret": new.record.webhook_secret}
@@ -56,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if revoked is None:
         print(f"no key with id {args.key_id!r}", file=sys.stderr)
         return 1
-    print(json.dumps(_describe(revoked)) if args.json else f"revoked {revoked.key_id}")
+    # Voiceprints are biometric data kept only for their key: a revoked key's are deleted with it.
+    removed = delete_all(backends, revoked.key_id)
+    print(json.dumps({**_describe(revoked), "voiceprints_deleted": removed}) if args.json
+          else f"revoked {revoked.key_id} ({removed} voiceprints deleted)")
     return 0
 
 

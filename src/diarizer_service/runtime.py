@@ -27,6 +27,8 @@ class DiarizationResult(Protocol):
 class Engine(Protocol):
     def diarize(self, audio: Any, options: Any) -> DiarizationResult: ...
 
+    def enroll(self, name: str, sources: list) -> Any: ...
+
 
 def default_probe(data: bytes) -> AudioInfo:
     from diarizer import probe_audio  # light: reads headers, no ONNX
@@ -77,6 +79,12 @@ class Runtime:
             engine = self.engine()
             with self._diarize_lock:
                 return engine.diarize(audio, options)
+
+    def enroll(self, audio: bytes, name: str) -> Any:
+        """A voiceprint of the one voice in `audio` (the engine's Voiceprint); same one-at-a-time rule."""
+        engine = self.engine()
+        with self._diarize_lock:
+            return engine.enroll(name, [audio])
 
 
 _runtime: Runtime | None = None

@@ -21,6 +21,7 @@ class Settings:
     transcode_queue_url: str = ""  # AWS: where the worker forwards container audio (TranscodeFunction)
     jobs_table: str = ""
     keys_table: str = ""
+    voiceprints_table: str = ""
     data_dir: str = "./data"
     max_audio_seconds: float = 10800.0
     max_upload_bytes: int = 500 * 1024 * 1024
@@ -68,6 +69,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         transcode_queue_url=env.get("DIARIZER_TRANSCODE_QUEUE_URL", ""),
         jobs_table=env.get("DIARIZER_JOBS_TABLE", ""),
         keys_table=env.get("DIARIZER_KEYS_TABLE", ""),
+        voiceprints_table=env.get("DIARIZER_VOICEPRINTS_TABLE", ""),
         data_dir=env.get("DIARIZER_DATA_DIR", "") or "./data",
         max_audio_seconds=_number(env, "DIARIZER_MAX_AUDIO_SECONDS", 10800.0),
         max_upload_bytes=_number(env, "DIARIZER_MAX_UPLOAD_BYTES", 500 * 1024 * 1024, int),

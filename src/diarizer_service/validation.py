@@ -11,9 +11,9 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from diarizer.types import DiarizationOptions
+from diarizer.types import DiarizationOptions, Voiceprint
 
 from diarizer_service.errors import ApiError, invalid_field, missing_field
 from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
@@ -28,6 +28,10 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
+VOICEPRINT_ID_RE = re.compile(r"vp_[0-9a-f]{16}")
+MAX_VOICEPRINTS_PER_REQUEST = 100
+
+
 @dataclass(frozen=True)
 class SpeakerOptions:
     speakers: int = -1
@@ -35,11 +39,18 @@ class SpeakerOptions:
     max_speakers: int | None = None
     merge_adjacent: bool = True
     exclusive: bool = False  # one speaker at a time (not in the DeepAffects contract; the page offers it)
+    identify: bool = False  # name speakers after the key's voiceprints (all of them, or `voiceprints`)
+    voiceprints: tuple[str, ...] = ()  # voiceprint ids (not the prints: those stay in their table)
+    confidence: bool = False
 
     def to_dict(self) -> dict:
         values = dict(self.__dict__)
-        if not self.exclusive:
-            del values["exclusive"]  # records and tests of jobs without it stay as they were
+        # Records and tests of jobs without these options stay exactly as they were.
+        for name in ("exclusive", "identify", "confidence", "voiceprints"):
+            if not values[name]:
+                del values[name]
+        if self.voiceprints:
+            values["voiceprints"] = list(self.voiceprints)
         return values
 
 
@@ -139,15 +150,41 @@ def parse_speaker_options(values: Mapping[str, Any]) -> SpeakerOptions:
     exclusive = values.get("exclusive") or False
     if not isinstance(exclusive, bool):
         raise invalid_field("exclusive", "`exclusive` must be true or false.")
-    return SpeakerOptions(speakers, min_speakers, max_speakers, vad, exclusive)
+    return SpeakerOptions(speakers, min_speakers, max_speakers, vad, exclusive, *parse_identification(values))
 
 
-def engine_options(options: Mapping[str, Any]) -> DiarizationOptions:
-    """Stored job options (SpeakerOptions.to_dict()) -> the engine's options."""
+def _flag(values: Mapping[str, Any], name: str) -> bool:
+    value = values.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid_field(name, f"`{name}` must be true or false.")
+    return value
+
+
+def parse_identification(values: Mapping[str, Any]) -> tuple[bool, tuple[str, ...], bool]:
+    """`identify` (bool), `voiceprints` (1-100 voiceprint ids; implies identify), `confidence` (bool)."""
+    identify, confidence = _flag(values, "identify"), _flag(values, "confidence")
+    ids = values.get("voiceprints")
+    if ids is None:
+        return identify, (), confidence
+    if (not isinstance(ids, list) or not 1 <= len(ids) <= MAX_VOICEPRINTS_PER_REQUEST
+            or not all(isinstance(i, str) and VOICEPRINT_ID_RE.fullmatch(i) for i in ids)):
+        raise invalid_field("voiceprints", f"`voiceprints` must be a list of 1-{MAX_VOICEPRINTS_PER_REQUEST} "
+                                           "voiceprint ids as returned by POST /audio/generic/api/v2/voiceprints.")
+    if values.get("identify") is False:
+        raise invalid_field("identify", "`identify` is false but `voiceprints` asks for identification.")
+    return True, tuple(dict.fromkeys(ids)), confidence
+
+
+def engine_options(options: Mapping[str, Any], voiceprints: Sequence[Voiceprint] = ()) -> DiarizationOptions:
+    """Stored job options (SpeakerOptions.to_dict()) and the voiceprints they name -> the engine's options."""
     return DiarizationOptions(speakers=options.get("speakers", -1), min_speakers=options.get("min_speakers"),
                               max_speakers=options.get("max_speakers"),
                               merge_adjacent=options.get("merge_adjacent", True),
-                              exclusive=options.get("exclusive", False))
+                              exclusive=options.get("exclusive", False),
+                              identify=bool(options.get("identify")), voiceprints=tuple(voiceprints),
+                              confidence=bool(options.get("confidence")))
 
 
 def validate_request_id(value: Any) -> str:
@@ -181,7 +218,7 @@ def _sample_rate(value: Any) -> float | None:
     return float(value)
 
 
-def _decode_content(value: Any) -> bytes:
+def decode_content(value: Any) -> bytes:
     if not isinstance(value, str):
         raise invalid_field("content", "`content` must be a base64 string.")
     if value.startswith("data:") and "," in value[:200]:  # tolerate a data: URL
@@ -238,7 +275,7 @@ def parse_job_request(body: Mapping[str, Any], query: Mapping[str, str] | None, 
     elif body.get("content") is None:
         raise missing_field("content", "`content` (base64 audio) is required, or `upload_id` for uploaded files.")
     else:
-        audio = _decode_content(body["content"])
+        audio = decode_content(body["content"])
 
     return JobRequest(
         request_id=request_id,

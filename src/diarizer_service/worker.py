@@ -16,11 +16,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 from urllib.parse import unquote_plus
 
-from diarizer.types import AudioDecodeError, InvalidOptionsError
+from diarizer.types import AudioDecodeError, InvalidOptionsError, Voiceprint
 
+from diarizer_service import voiceprints
 from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError, BlobNotFound, BlobTooLarge
 from diarizer_service.errors import ApiError
@@ -164,7 +165,8 @@ class Worker:
             if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio[:40]):
                 forward(self.runtime, job)  # M4A/MP4/WebM: TranscodeFunction brings it back as FLAC
                 return
-            result = self._run_engine(audio, job.options)
+            known = voiceprints.load(self.runtime.backends, job.key_id, job.options)
+            result = self._run_engine(audio, job.options, known)
         except PermanentJobError as exc:
             self._fail(job, exc.code, exc.message)
             return
@@ -176,13 +178,13 @@ class Worker:
         self._complete(job, result, time.monotonic() - started)
 
     @tracer.capture_method(capture_response=False)
-    def _run_engine(self, audio: bytes, options: dict):
+    def _run_engine(self, audio: bytes, options: dict, known: Sequence[Voiceprint] = ()):
         max_seconds = self.runtime.settings.max_audio_seconds
         try:
             info = self.runtime.probe(audio)
             if info.duration > max_seconds:
                 raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
-            return self.runtime.diarize(audio, engine_options(options))
+            return self.runtime.diarize(audio, engine_options(options, known))
         except AudioDecodeError as exc:
             raise PermanentJobError("unsupported_audio", f"The audio could not be decoded: {exc}") from exc
         except InvalidOptionsError as exc:

@@ -18,6 +18,7 @@ from diarizer_service.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET, JOBS_TABLE, KEYS_TABLE = "diarizer-audio-example", "diarizer-test-jobs", "diarizer-test-keys"
+VOICEPRINTS_TABLE = "diarizer-test-voiceprints"
 
 
 def load_handler(module_name: str, relative_path: str):
@@ -58,7 +59,7 @@ def real_engine():
 
 
 def create_tables(dynamodb) -> None:
-    """The jobs and keys tables as template.yaml declares them (the jobs table with its sparse outbox index)."""
+    """The jobs, keys and voiceprints tables as template.yaml declares them (jobs with its sparse outbox index)."""
     dynamodb.create_table(
         TableName=JOBS_TABLE, BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
@@ -71,6 +72,11 @@ def create_tables(dynamodb) -> None:
     dynamodb.create_table(TableName=KEYS_TABLE, BillingMode="PAY_PER_REQUEST",
                           KeySchema=[{"AttributeName": "key_hash", "KeyType": "HASH"}],
                           AttributeDefinitions=[{"AttributeName": "key_hash", "AttributeType": "S"}])
+    dynamodb.create_table(TableName=VOICEPRINTS_TABLE, BillingMode="PAY_PER_REQUEST",
+                          KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"},
+                                     {"AttributeName": "voiceprint_id", "KeyType": "RANGE"}],
+                          AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"},
+                                                {"AttributeName": "voiceprint_id", "AttributeType": "S"}])
 
 
 @dataclass
@@ -145,6 +151,7 @@ def stack(monkeypatch, fake_engine, api_event, lambda_context):
         create_tables(dynamodb)
         env = {"DIARIZER_BACKEND": "aws", "DIARIZER_BUCKET": BUCKET, "DIARIZER_QUEUE_URL": queue_url,
                "DIARIZER_JOBS_TABLE": JOBS_TABLE, "DIARIZER_KEYS_TABLE": KEYS_TABLE,
+               "DIARIZER_VOICEPRINTS_TABLE": VOICEPRINTS_TABLE,
                "DIARIZER_ALLOW_LOCAL_WEBHOOKS": "true", "DIARIZER_WEBHOOK_TIMEOUT_SECONDS": "2"}
         for name, value in env.items():
             monkeypatch.setenv(name, value)

@@ -137,12 +137,20 @@ def test_api_function_least_privilege(tpl):
                        "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sqs:SendMessage"}
     keys = [s for s in st if s["Resource"] == {"Fn::GetAtt": ["KeysTable", "Arn"]}]
     assert keys and all(_as_list(s["Action"]) == ["dynamodb:GetItem"] for s in keys), "keys table: read only"
+    assert _table_actions(st, "VoiceprintsTable") == {"dynamodb:GetItem"}, "voiceprints: only checks ids exist"
 
 
-def test_sync_function_only_reads_keys(tpl):
+def _table_actions(statements: list, table: str) -> set:
+    return {a for s in statements if s["Resource"] == {"Fn::GetAtt": [table, "Arn"]} for a in _as_list(s["Action"])}
+
+
+def test_sync_function_reads_keys_and_manages_voiceprints_only(tpl):
     st = _function_statements(tpl["Resources"]["SyncApiFunction"])
-    assert {a for s in st for a in _as_list(s["Action"])} == {"dynamodb:GetItem"}
-    assert all(s["Resource"] == {"Fn::GetAtt": ["KeysTable", "Arn"]} for s in st)
+    assert {str(s["Resource"]) for s in st} == {str({"Fn::GetAtt": [t, "Arn"]}) for t in ("KeysTable", "VoiceprintsTable")}
+    assert _table_actions(st, "KeysTable") == {"dynamodb:GetItem"}
+    # Enrol, list, delete, and read for identification: no Scan (one key's prints are one Query), no Update.
+    assert _table_actions(st, "VoiceprintsTable") == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem",
+                                                      "dynamodb:Query"}
 
 
 def test_worker_least_privilege(tpl):
@@ -156,6 +164,7 @@ def test_worker_least_privilege(tpl):
     # SQS consume permissions come from the event source; the only SQS call: forward container audio.
     assert [(_as_list(s["Action"]), s["Resource"]) for s in sqs] == [
         (["sqs:SendMessage"], {"Fn::GetAtt": ["TranscodeQueue", "Arn"]})]
+    assert _table_actions(st, "VoiceprintsTable") == {"dynamodb:GetItem", "dynamodb:Query"}, "voiceprints: read only"
 
 
 def test_transcoder_least_privilege(tpl):
@@ -249,8 +258,10 @@ def test_dead_letter_alarm(tpl):
 # -------------------------------------------------------------------------------------- DynamoDB
 def test_tables_encrypted_with_recovery(tpl):
     tables = _resources(tpl, "AWS::DynamoDB::Table")
-    assert set(tables) == {"JobsTable", "KeysTable"}
+    assert set(tables) == {"JobsTable", "KeysTable", "VoiceprintsTable"}
     for name, t in tables.items():
+        if name == "VoiceprintsTable":  # no recovery on purpose: see the next test
+            continue
         props = t["Properties"]
         assert props["SSESpecification"]["SSEEnabled"] is True, name
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
@@ -259,6 +270,16 @@ def test_tables_encrypted_with_recovery(tpl):
     assert jobs["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]
     assert jobs["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert tables["KeysTable"]["Properties"]["KeySchema"] == [{"AttributeName": "key_hash", "KeyType": "HASH"}]
+
+
+def test_voiceprints_table_is_kms_encrypted_and_keeps_no_restorable_copies(tpl):
+    """Biometric data: KMS at rest; no point-in-time recovery, so a deleted voiceprint is gone (docs/security.md)."""
+    props = _resources(tpl, "AWS::DynamoDB::Table")["VoiceprintsTable"]["Properties"]
+    assert props["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS"}
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is False
+    assert props["KeySchema"] == [{"AttributeName": "key_id", "KeyType": "HASH"},
+                                  {"AttributeName": "voiceprint_id", "KeyType": "RANGE"}]
+    assert "TimeToLiveSpecification" not in props and props["BillingMode"] == "PAY_PER_REQUEST"
 
 
 # ------------------------------------------------------------------------------------------- API
@@ -286,6 +307,9 @@ def test_routes(tpl):
         ("GET", "/ui/{name}"): "ApiFunction",
         ("POST", "/audio/generic/api/v2/sync/diarize"): "SyncApiFunction",
         ("POST", "/audio/generic/api/v1/sync/diarize"): "SyncApiFunction",
+        ("POST", "/audio/generic/api/v2/voiceprints"): "SyncApiFunction",  # enrolment runs the engine
+        ("GET", "/audio/generic/api/v2/voiceprints"): "SyncApiFunction",
+        ("DELETE", "/audio/generic/api/v2/voiceprints/{voiceprint_id}"): "SyncApiFunction",
     }
 
 

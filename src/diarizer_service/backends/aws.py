@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any, Collection, Iterator, Mapping
 
 import boto3
+from boto3.dynamodb.conditions import Key
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -219,6 +220,39 @@ class DynamoKeyStore:
             )
 
 
+class DynamoVoiceprintStore:
+    """Partition key `key_id`, sort key `voiceprint_id`: a key's voiceprints are one Query, never a Scan."""
+
+    def __init__(self, table_name: str, resource=None):
+        self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
+
+    def put(self, item: dict) -> None:
+        with _failures_as("DynamoDB put"):
+            self._table.put_item(Item=_to_dynamo(item))
+
+    def get(self, key_id: str, voiceprint_id: str) -> dict | None:
+        with _failures_as("DynamoDB get"):
+            item = self._table.get_item(Key={"key_id": key_id, "voiceprint_id": voiceprint_id},
+                                        ConsistentRead=True).get("Item")
+        return _from_dynamo(item) if item else None
+
+    def list(self, key_id: str) -> list[dict]:
+        items, kwargs = [], {"KeyConditionExpression": Key("key_id").eq(key_id), "ConsistentRead": True}
+        with _failures_as("DynamoDB query"):
+            while True:
+                page = self._table.query(**kwargs)
+                items.extend(_from_dynamo(item) for item in page.get("Items", []))
+                if "LastEvaluatedKey" not in page:
+                    return items
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def delete(self, key_id: str, voiceprint_id: str) -> bool:
+        with _failures_as("DynamoDB delete"):
+            answer = self._table.delete_item(Key={"key_id": key_id, "voiceprint_id": voiceprint_id},
+                                             ReturnValues="ALL_OLD")
+        return "Attributes" in answer
+
+
 def create_aws_backends(settings: Settings) -> Backends:
     missing = [name for name, value in (("DIARIZER_BUCKET", settings.bucket), ("DIARIZER_QUEUE_URL", settings.queue_url),
                ("DIARIZER_JOBS_TABLE", settings.jobs_table), ("DIARIZER_KEYS_TABLE", settings.keys_table)) if not value]
@@ -231,4 +265,5 @@ def create_aws_backends(settings: Settings) -> Backends:
         jobs=DynamoJobTable(settings.jobs_table, dynamodb),
         keys=DynamoKeyStore(settings.keys_table, dynamodb),
         transcode_queue=SqsJobQueue(settings.transcode_queue_url) if settings.transcode_queue_url else None,
+        voiceprints=DynamoVoiceprintStore(settings.voiceprints_table, dynamodb) if settings.voiceprints_table else None,
     )

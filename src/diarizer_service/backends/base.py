@@ -11,7 +11,8 @@ from typing import Collection, Mapping, Protocol
 
 from diarizer_service.errors import BackendError
 
-__all__ = ["BackendError", "BlobInfo", "BlobNotFound", "BlobTooLarge", "BlobStore", "JobQueue", "JobTable", "KeyStore", "Backends"]
+__all__ = ["BackendError", "BlobInfo", "BlobNotFound", "BlobTooLarge", "BlobStore", "JobQueue", "JobTable", "KeyStore",
+           "VoiceprintStore", "Backends"]
 
 
 class BlobNotFound(KeyError):
@@ -76,6 +77,18 @@ class KeyStore(Protocol):
     def update(self, key_hash: str, changes: dict) -> None: ...
 
 
+class VoiceprintStore(Protocol):
+    """Enrolled voiceprints, partitioned by the API key that owns them (biometric data: never logged)."""
+
+    def put(self, item: dict) -> None: ...  # item has key_id and voiceprint_id
+
+    def get(self, key_id: str, voiceprint_id: str) -> dict | None: ...
+
+    def list(self, key_id: str) -> list[dict]: ...
+
+    def delete(self, key_id: str, voiceprint_id: str) -> bool: ...  # False when there was none
+
+
 @dataclass
 class Backends:
     blobs: BlobStore
@@ -83,3 +96,4 @@ class Backends:
     jobs: JobTable
     keys: KeyStore
     transcode_queue: JobQueue | None = None  # AWS only: container audio goes through TranscodeFunction
+    voiceprints: VoiceprintStore | None = None  # None: the deployment has no voiceprint table

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS messages (
     message_id TEXT PRIMARY KEY, body TEXT NOT NULL, sent_at REAL NOT NULL,
     visible_at REAL NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0, receipt_handle TEXT);
 CREATE TABLE IF NOT EXISTS dead_letters (message_id TEXT PRIMARY KEY, body TEXT NOT NULL, receive_count INTEGER);
+CREATE TABLE IF NOT EXISTS voiceprints (
+    key_id TEXT NOT NULL, voiceprint_id TEXT NOT NULL, item TEXT NOT NULL, PRIMARY KEY (key_id, voiceprint_id));
 """
 
 
@@ -65,6 +67,7 @@ class _Database:
         with _failures_as("sqlite"):
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
+                db.execute("PRAGMA secure_delete=ON")  # deleted rows (voiceprints: biometric) are overwritten
                 db.execute("BEGIN IMMEDIATE")
             except BaseException:  # no transaction to roll back: a ROLLBACK would replace the real error
                 db.close()
@@ -349,6 +352,39 @@ class SqliteKeyStore:
             db.execute("UPDATE api_keys SET item = ? WHERE key_hash = ?", (json.dumps(item), key_hash))
 
 
+class SqliteVoiceprintStore:
+    def __init__(self, db: _Database):
+        self._db = db
+
+    def put(self, item: dict) -> None:
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO voiceprints (key_id, voiceprint_id, item) VALUES (?, ?, ?)",
+                       (item["key_id"], item["voiceprint_id"], json.dumps(item)))
+
+    def get(self, key_id: str, voiceprint_id: str) -> dict | None:
+        with self._db.transaction() as db:
+            row = db.execute("SELECT item FROM voiceprints WHERE key_id = ? AND voiceprint_id = ?",
+                             (key_id, voiceprint_id)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list(self, key_id: str) -> list[dict]:
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT item FROM voiceprints WHERE key_id = ?", (key_id,)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def delete(self, key_id: str, voiceprint_id: str) -> bool:
+        with self._db.transaction() as db:
+            deleted = db.execute("DELETE FROM voiceprints WHERE key_id = ? AND voiceprint_id = ?",
+                                 (key_id, voiceprint_id)).rowcount == 1
+        # The write-ahead log still holds the old page until a checkpoint: copy it back and empty the log.
+        db = sqlite3.connect(self._db.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+        return deleted
+
+
 def create_local_backends(settings: Settings) -> Backends:
     root = Path(settings.data_dir)
     db = _Database(root / "diarizer.sqlite3")
@@ -357,4 +393,5 @@ def create_local_backends(settings: Settings) -> Backends:
         queue=SqliteJobQueue(db, settings.max_receive_count),
         jobs=SqliteJobTable(db),
         keys=SqliteKeyStore(db),
+        voiceprints=SqliteVoiceprintStore(db),
     )

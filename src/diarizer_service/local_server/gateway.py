@@ -32,7 +32,9 @@ SOCKET_TIMEOUT_SECONDS = 30.0  # per read: an idle or stalled client is dropped
 BODY_DEADLINE_SECONDS = 120.0  # the whole body: a client trickling bytes cannot hold a thread forever
 MAX_CONNECTIONS = 32
 OPENAPI_PATH = "/openapi.json"
-SYNC_ROUTES = {"/audio/generic/api/v1/sync/diarize", "/audio/generic/api/v2/sync/diarize"}  # they run the engine
+# (method, resource) of the requests that run the engine
+SYNC_ROUTES = {("POST", "/audio/generic/api/v1/sync/diarize"), ("POST", "/audio/generic/api/v2/sync/diarize"),
+               ("POST", "/audio/generic/api/v2/voiceprints")}
 _SECRET_QUERY = re.compile(r"(?i)\b(apikey|api_key)=[^&\s]*")
 
 
@@ -152,7 +154,7 @@ class Gateway:
                 self._idle.notify_all()
 
     def _route(self, event: dict) -> dict:
-        if self.engine_gate is None or event["resource"] not in SYNC_ROUTES:
+        if self.engine_gate is None or (event["httpMethod"], event["resource"]) not in SYNC_ROUTES:
             return self._call(event)
         if not self.engine_gate.acquire(timeout=self.engine_wait_seconds):
             return {"statusCode": 503, "headers": {"Content-Type": "application/json", "Retry-After": "10"},

@@ -1,0 +1,154 @@
+"""Voiceprint routes and storage: enrol, list, delete, and load them for a diarization.
+
+A voiceprint belongs to the API key that enrolled it; another key's voiceprint is "not found" (404, no leak).
+Stored items: key_id, voiceprint_id, name, seconds, created_at and the embedding (192 float32, base64). The
+embedding never leaves the store except into the engine: no route returns it and nothing logs it (biometric
+data, see docs/security.md).
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from diarizer.types import AudioDecodeError, EnrollmentError, Voiceprint
+
+from diarizer_service.auth import ApiKey
+from diarizer_service.backends import Backends, BackendError
+from diarizer_service.backends.base import VoiceprintStore
+from diarizer_service.errors import ApiError, invalid_field, missing_field, service_unavailable
+from diarizer_service.observability import MetricUnit, logger, metrics
+from diarizer_service.runtime import Runtime
+from diarizer_service.validation import VOICEPRINT_ID_RE, decode_content, parse_json_body
+
+ROUTE = "/audio/generic/api/v2/voiceprints"
+MAX_VOICEPRINTS_PER_KEY = 500  # `identify: true` compares every speaker with all of them
+MAX_NAME_LENGTH = 64
+
+
+def _store(backends: Backends) -> VoiceprintStore:
+    if backends.voiceprints is None:
+        raise ApiError(501, "voiceprints_not_configured", "This deployment has no voiceprint table "
+                       "(DIARIZER_VOICEPRINTS_TABLE).")
+    return backends.voiceprints
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "voiceprint_not_found", "No voiceprint with this id for this API key.",
+                    field="voiceprints")
+
+
+def _public(item: Mapping[str, Any]) -> dict:
+    """What a client may see of a voiceprint: never the embedding."""
+    return {"voiceprint_id": item["voiceprint_id"], "name": item["name"], "seconds": item["seconds"],
+            "created_at": item["created_at"]}
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    name = body.get("name")
+    if name is None:
+        raise missing_field("name", "`name` (the enrolled person's name) is required.")
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_LENGTH or not name.isprintable():
+        raise invalid_field("name", f"`name` must be 1-{MAX_NAME_LENGTH} printable characters.")
+    return name.strip()
+
+
+def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base64: bool) -> dict:
+    """POST /voiceprints: {"name", "content"} -> {"voiceprint_id", "name", "seconds"}."""
+    from diarizer_service.api import probe_or_reject  # the same audio checks as the diarize routes
+
+    store = _store(runtime.backends)
+    body = parse_json_body(raw_body, is_base64)
+    name = _name(body)
+    if body.get("content") is None:
+        raise missing_field("content", "`content` (base64 audio of the one voice to enrol) is required.")
+    audio = decode_content(body["content"])
+    limit = runtime.settings.sync_max_seconds
+    probe_or_reject(runtime, audio, limit, ApiError(413, "audio_too_long_for_sync", f"Enrolment takes audio up to "
+                                                    f"{limit:g} s; 10-30 s of one voice is plenty.", field="content"))
+    try:
+        if len(store.list(key.key_id)) >= MAX_VOICEPRINTS_PER_KEY:
+            raise ApiError(409, "too_many_voiceprints", f"This API key has {MAX_VOICEPRINTS_PER_KEY} voiceprints: "
+                           "delete some first.")
+    except BackendError as exc:
+        raise service_unavailable() from exc
+    try:
+        voiceprint = runtime.enroll(audio, name)
+    except AudioDecodeError as exc:
+        raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
+    except EnrollmentError as exc:
+        if exc.code == "several_voices":
+            raise ApiError(400, "several_voices", str(exc), field="content") from exc
+        raise ApiError(400, "too_little_speech", str(exc), field="content") from exc
+    item = {"key_id": key.key_id, "voiceprint_id": "vp_" + secrets.token_hex(8), "name": name,
+            "seconds": float(voiceprint.seconds), "created_at": int(time.time()),
+            "embedding": base64.b64encode(np.asarray(voiceprint.embedding, "<f4").tobytes()).decode()}
+    try:
+        store.put(item)
+    except BackendError as exc:
+        raise service_unavailable() from exc
+    metrics.add_metric(name="VoiceprintsEnrolled", unit=MetricUnit.Count, value=1)
+    logger.info("voiceprint enrolled", extra={"voiceprint_id": item["voiceprint_id"]})  # never the name or print
+    return {"voiceprint_id": item["voiceprint_id"], "name": name, "seconds": item["seconds"]}
+
+
+def list_voiceprints(runtime: Runtime, key: ApiKey) -> dict:
+    try:
+        items = _store(runtime.backends).list(key.key_id)
+    except BackendError as exc:
+        raise service_unavailable() from exc
+    return {"voiceprints": [_public(item) for item in sorted(items, key=lambda i: (i["created_at"], i["voiceprint_id"]))]}
+
+
+def delete(runtime: Runtime, key: ApiKey, voiceprint_id: str) -> dict:
+    if not isinstance(voiceprint_id, str) or not VOICEPRINT_ID_RE.fullmatch(voiceprint_id):
+        raise _not_found()
+    try:
+        deleted = _store(runtime.backends).delete(key.key_id, voiceprint_id)
+    except BackendError as exc:
+        raise service_unavailable() from exc
+    if not deleted:
+        raise _not_found()
+    logger.info("voiceprint deleted", extra={"voiceprint_id": voiceprint_id})
+    return {"voiceprint_id": voiceprint_id, "deleted": True}
+
+
+def delete_all(backends: Backends, key_id: str) -> int:
+    """Remove every voiceprint of a key (the key is being revoked); returns how many."""
+    if backends.voiceprints is None:
+        return 0
+    items = backends.voiceprints.list(key_id)
+    for item in items:
+        backends.voiceprints.delete(key_id, item["voiceprint_id"])
+    return len(items)
+
+
+def check_exist(runtime: Runtime, key: ApiKey, options: Mapping[str, Any]) -> None:
+    """At submit time: every voiceprint id the request names is this key's (404 otherwise)."""
+    ids = options.get("voiceprints") or ()
+    if not options.get("identify"):
+        return
+    store = _store(runtime.backends)
+    try:
+        if any(store.get(key.key_id, voiceprint_id) is None for voiceprint_id in ids):
+            raise _not_found()
+    except BackendError as exc:
+        raise service_unavailable() from exc
+
+
+def load(backends: Backends, key_id: str, options: Mapping[str, Any]) -> list[Voiceprint]:
+    """The voiceprints a diarization compares with: the named ones, or all of the key's. Raises BackendError.
+
+    A named voiceprint deleted since the request was accepted is simply not used."""
+    if not options.get("identify") or backends.voiceprints is None:
+        return []
+    ids: Sequence[str] = options.get("voiceprints") or ()
+    if ids:
+        items = [backends.voiceprints.get(key_id, voiceprint_id) for voiceprint_id in ids]
+    else:
+        items = sorted(backends.voiceprints.list(key_id), key=lambda i: i["voiceprint_id"])
+    return [Voiceprint(item["name"], tuple(np.frombuffer(base64.b64decode(item["embedding"]), "<f4").tolist()),
+                       item["seconds"]) for item in items if item is not None]

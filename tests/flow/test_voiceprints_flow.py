@@ -1,0 +1,170 @@
+"""Known voices through the deployed shape: API handler -> DynamoDB voiceprints (moto) -> worker -> signed webhook.
+
+The real engine enrols two demo voices from one recording; the async job on the other recording names them
+in the webhook, and leaves the third, never-enrolled voice unnamed.
+"""
+import base64
+import io
+
+import pytest
+
+import audio_factory as af
+from diarizer_service import keys as keys_cli
+from diarizer_service.auth import create_key
+from diarizer_service.webhooks import verify_signature
+from flow.conftest import VOICEPRINTS_TABLE
+
+ASYNC = "/audio/generic/api/v2/async/diarize"
+SYNC = "/audio/generic/api/v2/sync/diarize"
+VOICEPRINTS = "/audio/generic/api/v2/voiceprints"
+
+
+def b64(samples) -> str:
+    return base64.b64encode(af.encode(samples, format="FLAC")).decode()
+
+
+@pytest.fixture
+def engine_stack(stack, real_engine):
+    stack.runtime.engine_factory = lambda: real_engine
+    return stack
+
+
+def enroll(stack, api_handler, name, label, api_key="default", recording="two-speakers"):
+    status, answer = stack.call_api("POST", VOICEPRINTS, handler=api_handler, api_key=api_key,
+                                    body={"name": name, "content": b64(af.demo_voice(label, recording))})
+    assert status == 200, answer
+    return status, answer
+
+
+def stored_items(stack):
+    return stack.dynamodb.Table(VOICEPRINTS_TABLE).scan()["Items"]
+
+
+def test_enrol_then_async_identify_names_the_speakers_in_the_signed_webhook(engine_stack, api_handler, worker_handler,
+                                                                          webhook_receiver, monkeypatch, capsys, caplog):
+    from diarizer_service.observability import logger
+
+    stack = engine_stack
+    monkeypatch.setattr(logger.registered_handler, "stream", io.StringIO())
+    previous_level = logger.log_level
+    logger.setLevel("DEBUG")
+    status, alice = enroll(stack, api_handler, "alice", "A")
+    assert status == 200 and set(alice) == {"voiceprint_id", "name", "seconds"} and alice["name"] == "alice"
+    assert alice["seconds"] >= 5
+    status, bob = enroll(stack, api_handler, "bob", "B")
+    assert status == 200
+    status, listed = stack.call_api("GET", VOICEPRINTS, handler=api_handler)
+    assert status == 200 and [v["name"] for v in listed["voiceprints"]] == ["alice", "bob"]
+    assert all(set(v) == {"voiceprint_id", "name", "seconds", "created_at"} for v in listed["voiceprints"])
+
+    three = (af.DEMO_DIR / "three-speakers.flac").read_bytes()
+    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "standup"},
+                               body={"content": base64.b64encode(three).decode(), "identify": True, "confidence": True},
+                               handler=api_handler)
+    assert status == 200
+    assert stack.job_item("standup")["options"]["identify"] is True
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+
+    [hit] = webhook_receiver.received
+    assert verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
+    response = hit.json()["response"]
+    _, turns = af.demo_recording("three-speakers")
+    names = {m["speaker_id"]: m["name"] for m in response["speakers"]}
+    said = {}
+    for seg in response["segments"]:
+        assert seg["speaker_name"] == names[seg["speaker_id"]] and 0 <= seg["confidence"] <= 1
+        for start, end, label in turns:
+            shared = max(0.0, min(end, seg["end"]) - max(start, seg["start"]))
+            said.setdefault(label, {}).setdefault(seg["speaker_name"], 0.0)
+            said[label][seg["speaker_name"]] += shared
+    assert max(said["A"], key=said["A"].get) == "alice" and max(said["B"], key=said["B"].get) == "bob"
+    assert max(said["C"], key=said["C"].get) is None  # never enrolled
+    assert sorted(n for n in names.values() if n) == ["alice", "bob"]
+
+    # Biometric data stays out of the logs: neither the names nor any stored print appear.
+    logger.setLevel(previous_level)
+    logged = logger.registered_handler.stream.getvalue() + caplog.text + "".join(capsys.readouterr())
+    assert "voiceprint enrolled" in logged and "job done" in logged  # the handlers really logged
+    assert "alice" not in logged and "bob" not in logged
+    assert all(item["embedding"][:40] not in logged for item in stored_items(stack))
+
+
+def test_sync_identify_with_chosen_voiceprints(engine_stack, api_handler):
+    stack = engine_stack
+    _, alice = enroll(stack, api_handler, "alice", "A")
+    _, bob = enroll(stack, api_handler, "bob", "B")
+    two = (af.DEMO_DIR / "two-speakers.flac").read_bytes()
+    status, body = stack.call_api("POST", SYNC, body={"content": base64.b64encode(two).decode(),
+                                                      "voiceprints": [bob["voiceprint_id"]]}, handler=api_handler)
+    assert status == 200
+    assert sorted(str(s["name"]) for s in body["speakers"]) == ["None", "bob"]  # alice was not asked for
+    assert "confidence" not in body["segments"][0]
+
+
+def test_enrolment_errors(engine_stack, api_handler):
+    stack = engine_stack
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(af.demo_voice("A", until=4))},
+                                   handler=api_handler)
+    assert status == 400 and error["error"]["code"] == "too_little_speech" and "5 s" in error["error"]["message"]
+    samples, _ = af.demo_recording("two-speakers")
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(samples[: 16 * 16000])},
+                                   handler=api_handler)
+    assert status == 400 and error["error"]["code"] == "several_voices"
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"content": b64(af.demo_voice("A"))}, handler=api_handler)
+    assert status == 400 and error["error"] == {"code": "missing_field", "field": "name",
+                                                "message": "`name` (the enrolled person's name) is required."}
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "x" * 65, "content": "AAAA"}, handler=api_handler)
+    assert status == 400 and error["error"]["field"] == "name"
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(af.noise(61.0))},
+                                   handler=api_handler)
+    assert status == 413 and error["error"]["code"] == "audio_too_long_for_sync"
+    assert stored_items(stack) == []
+
+
+def test_unknown_and_foreign_voiceprints_are_not_found_and_deletion_removes_every_copy(engine_stack, api_handler,
+                                                                                        webhook_receiver):
+    stack = engine_stack
+    _, alice = enroll(stack, api_handler, "alice", "A")
+    other = create_key(stack.runtime.backends.keys, "other customer")
+    audio = base64.b64encode((af.DEMO_DIR / "two-speakers.flac").read_bytes()).decode()
+
+    # Another key sees nothing of alice: not in its list, not usable, not deletable.
+    status, listed = stack.call_api("GET", VOICEPRINTS, handler=api_handler, api_key=other.api_key)
+    assert (status, listed) == (200, {"voiceprints": []})
+    for method, path, body, query in (
+        ("POST", ASYNC, {"content": audio, "voiceprints": [alice["voiceprint_id"]]}, {"webhook": webhook_receiver.url}),
+        ("POST", SYNC, {"content": audio, "voiceprints": [alice["voiceprint_id"]]}, None),
+        ("DELETE", f"{VOICEPRINTS}/{alice['voiceprint_id']}", None, None),
+    ):
+        status, error = stack.call_api(method, path, body=body, query=query, handler=api_handler, api_key=other.api_key)
+        assert status == 404 and error["error"]["code"] == "voiceprint_not_found", (method, path)
+    status, error = stack.call_api("POST", ASYNC, body={"content": audio, "voiceprints": ["vp_0000000000000000"]},
+                                   query={"webhook": webhook_receiver.url}, handler=api_handler)
+    assert status == 404 and error["error"]["code"] == "voiceprint_not_found"
+    status, error = stack.call_api("POST", SYNC, body={"content": audio, "voiceprints": "alice"}, handler=api_handler)
+    assert status == 400 and error["error"]["field"] == "voiceprints"
+    status, error = stack.call_api("POST", SYNC, body={"content": audio, "identify": "yes"}, handler=api_handler)
+    assert status == 400 and error["error"]["field"] == "identify"
+    assert len(stored_items(stack)) == 1
+
+    # Deleting removes the one stored copy; a second delete is "not found".
+    status, answer = stack.call_api("DELETE", f"{VOICEPRINTS}/{alice['voiceprint_id']}", handler=api_handler)
+    assert (status, answer) == (200, {"voiceprint_id": alice["voiceprint_id"], "deleted": True})
+    assert stored_items(stack) == []
+    status, _ = stack.call_api("DELETE", f"{VOICEPRINTS}/{alice['voiceprint_id']}", handler=api_handler)
+    assert status == 404
+
+    # Revoking a key deletes all of its voiceprints, and only its own.
+    enroll(stack, api_handler, "bob", "B")
+    enroll(stack, api_handler, "carol", "C", api_key=other.api_key, recording="three-speakers")
+    assert keys_cli.main(["revoke", stack.key.record.key_id]) == 0
+    assert [item["name"] for item in stored_items(stack)] == ["carol"]
+
+
+def test_plain_requests_store_and_answer_exactly_as_before(engine_stack, api_handler):
+    stack = engine_stack
+    two = base64.b64encode((af.DEMO_DIR / "two-speakers.flac").read_bytes()).decode()
+    status, body = stack.call_api("POST", SYNC, body={"content": two, "identify": False, "confidence": False},
+                                  handler=api_handler)
+    assert status == 200 and set(body) == {"num_speakers", "segments"}
+    assert all(set(s) == {"speaker_id", "start", "end"} for s in body["segments"])
