@@ -21,6 +21,8 @@ EXAMPLE_KEY_ID = "samlocal"
 EXAMPLE_BUCKET = "diarizer-audio-example"
 WEBHOOK = "https://example.com/diarize-webhook"
 REQUEST_ID = "sam-local-1"
+VOICEPRINT_ID = "vp_0123456789abcdef"
+DEMO = HERE.parent / "demo"
 
 
 def one_second_wav() -> bytes:
@@ -32,6 +34,22 @@ def one_second_wav() -> bytes:
         out.setsampwidth(2)
         out.setframerate(16000)
         out.writeframes(frames)
+    return buffer.getvalue()
+
+
+def one_voice_ogg() -> bytes:
+    """The demo's voice "A" alone (its turns of demo/two-speakers.flac that nobody overlaps): enrolment audio,
+    as Ogg Vorbis to keep the event small."""
+    import numpy as np
+    import soundfile as sf
+
+    samples, rate = sf.read(DEMO / "two-speakers.flac", dtype="float32")
+    turns = [(float(f[3]), float(f[3]) + float(f[4]), f[7]) for f in
+             (line.split() for line in (DEMO / "two-speakers.rttm").read_text().splitlines())]
+    alone = [(a, b) for a, b, who in turns if who == "A" and not any(o != "A" and s < b and e > a for s, e, o in turns)]
+    audio = np.concatenate([samples[int(a * rate) : int(b * rate)] for a, b in alone])
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="OGG", subtype="VORBIS")
     return buffer.getvalue()
 
 
@@ -108,6 +126,14 @@ def main() -> None:
                                             key_only, None, {"request_id": REQUEST_ID}),
         "api-v2-uploads.json": api_event("POST", "/audio/generic/api/v2/uploads", "/audio/generic/api/v2/uploads",
                                          key_only, {}),
+        "api-v2-voiceprints-enroll.json": api_event(
+            "POST", "/audio/generic/api/v2/voiceprints", "/audio/generic/api/v2/voiceprints", key_only,
+            {"name": "alice", "content": base64.b64encode(one_voice_ogg()).decode()}),
+        "api-v2-voiceprints-list.json": api_event("GET", "/audio/generic/api/v2/voiceprints",
+                                                  "/audio/generic/api/v2/voiceprints", key_only),
+        "api-v2-voiceprints-delete.json": api_event(
+            "DELETE", f"/audio/generic/api/v2/voiceprints/{VOICEPRINT_ID}",
+            "/audio/generic/api/v2/voiceprints/{voiceprint_id}", key_only, None, {"voiceprint_id": VOICEPRINT_ID}),
         "sqs-job.json": sqs_event(json.dumps({"job_id": f"{EXAMPLE_KEY_ID}#{REQUEST_ID}"}),
                                   "059f36b4-87a3-44ab-83d2-661975830a7d"),
         "sqs-s3-incoming.json": sqs_event(json.dumps(s3_notification("incoming/sam local/sample.wav")),

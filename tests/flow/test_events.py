@@ -82,8 +82,23 @@ def test_sync_events_with_the_real_engine(stack, seeded, api_handler, real_engin
     assert status == 200 and isinstance(segments, list)
 
 
+def test_voiceprint_events_with_the_real_engine(stack, seeded, api_handler, real_engine):
+    stack.runtime.engine_factory = lambda: real_engine
+    status, error = invoke(api_handler, "api-v2-voiceprints-delete.json", stack)
+    assert status == 404 and error["error"]["code"] == "voiceprint_not_found"
+    status, enrolled = invoke(api_handler, "api-v2-voiceprints-enroll.json", stack)
+    assert status == 200 and enrolled["name"] == "alice" and enrolled["seconds"] >= 5
+    status, listed = invoke(api_handler, "api-v2-voiceprints-list.json", stack)
+    assert status == 200 and [v["voiceprint_id"] for v in listed["voiceprints"]] == [enrolled["voiceprint_id"]]
+    item = stack.runtime.backends.voiceprints.get(examples.EXAMPLE_KEY_ID, enrolled["voiceprint_id"])
+    stack.runtime.backends.voiceprints.put({**item, "voiceprint_id": examples.VOICEPRINT_ID})
+    assert invoke(api_handler, "api-v2-voiceprints-delete.json", stack) == (
+        200, {"voiceprint_id": examples.VOICEPRINT_ID, "deleted": True})
+
+
 def test_events_match_the_generator():
     names = {p.name for p in EVENTS.glob("*.json")}
     assert names == {"api-v2-async-diarize.json", "api-v1-async-diarize.json", "api-v2-sync-diarize.json",
                      "api-v1-sync-diarize.json", "api-v2-job-status.json", "api-v2-uploads.json", "sqs-job.json",
-                     "sqs-s3-incoming.json"}
+                     "sqs-s3-incoming.json", "api-v2-voiceprints-enroll.json", "api-v2-voiceprints-list.json",
+                     "api-v2-voiceprints-delete.json"}
