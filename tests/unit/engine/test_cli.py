@@ -47,3 +47,37 @@ def test_a_bad_file_is_named_and_fails_the_run(tmp_path):
 def test_bad_options_are_usage_errors():
     done = run(af.DEMO_DIR / "two-speakers.flac", "--speakers", "0")
     assert done.returncode == 2 and "speakers" in done.stderr
+
+
+def test_enroll_identify_list_and_delete_voiceprints(tmp_path):
+    store = tmp_path / "prints" / "voiceprints.json"
+    for name, label in (("alice", "A"), ("bob", "B")):
+        af.write(tmp_path / f"{name}.flac", af.demo_voice(label), format="FLAC")
+        done = run("enroll", name, tmp_path / f"{name}.flac", "--voiceprints", store)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["name"] == name and "enrolled" in done.stderr
+    assert (store.stat().st_mode & 0o777) == 0o600
+
+    done = run(af.DEMO_DIR / "three-speakers.flac", "--identify", "--confidence", "--voiceprints", store, "--quiet")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert sorted(str(s["name"]) for s in body["speakers"]) == ["None", "alice", "bob"]  # the API's shape
+    assert all({"speaker_name", "confidence"} <= set(s) for s in body["segments"])
+
+    listed = json.loads(run("voiceprints", "--voiceprints", store).stdout)["voiceprints"]
+    assert [v["name"] for v in listed] == ["alice", "bob"] and all("embedding" not in v for v in listed)
+    assert run("voiceprints", "--voiceprints", store, "--delete", "alice").returncode == 0
+    assert run("voiceprints", "--voiceprints", store, "--delete", "alice").returncode == 1
+    assert [v["name"] for v in json.loads(run("voiceprints", "--voiceprints", store).stdout)["voiceprints"]] == ["bob"]
+    assert "alice" not in store.read_text()
+
+
+def test_enroll_refuses_two_voices_and_short_speech(tmp_path):
+    samples, _ = af.demo_recording("two-speakers")
+    af.write(tmp_path / "both.flac", samples[: 16 * 16000], format="FLAC")
+    af.write(tmp_path / "short.flac", af.demo_voice("A", until=4.0), format="FLAC")
+    store = tmp_path / "voiceprints.json"
+    for audio, reason in (("both.flac", "more than one voice"), ("short.flac", "at least 5 s of speech")):
+        done = run("enroll", "alice", tmp_path / audio, "--voiceprints", store)
+        assert done.returncode == 1 and reason in done.stderr, done.stderr
+    assert not store.exists()
