@@ -51,6 +51,17 @@ def _from_dynamo(value: Any) -> Any:
     return value
 
 
+def _all_pages(call, **kwargs) -> list[dict]:
+    """Every item of a paginated DynamoDB scan or query."""
+    items = []
+    while True:
+        page = call(**kwargs)
+        items.extend(_from_dynamo(item) for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 class S3BlobStore:
     def __init__(self, bucket: str, client=None):
         self.bucket = bucket
@@ -185,7 +196,9 @@ class DynamoJobTable:
             self._table.delete_item(Key={"job_id": job_id})
 
 
-class DynamoKeyStore:
+class _PlainItems:
+    """A table whose writes are unconditional puts (keys, voiceprints)."""
+
     def __init__(self, table_name: str, resource=None):
         self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
 
@@ -193,20 +206,17 @@ class DynamoKeyStore:
         with _failures_as("DynamoDB put"):
             self._table.put_item(Item=_to_dynamo(item))
 
+
+class DynamoKeyStore(_PlainItems):
+
     def get(self, key_hash: str) -> dict | None:
         with _failures_as("DynamoDB get"):
             item = self._table.get_item(Key={"key_hash": key_hash}).get("Item")
         return _from_dynamo(item) if item else None
 
     def list(self) -> list[dict]:
-        items, kwargs = [], {}
         with _failures_as("DynamoDB scan"):
-            while True:
-                page = self._table.scan(**kwargs)
-                items.extend(_from_dynamo(item) for item in page.get("Items", []))
-                if "LastEvaluatedKey" not in page:
-                    return items
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            return _all_pages(self._table.scan)
 
     def update(self, key_hash: str, changes: dict) -> None:
         names = {f"#a{i}": name for i, name in enumerate(changes)}
@@ -220,15 +230,8 @@ class DynamoKeyStore:
             )
 
 
-class DynamoVoiceprintStore:
+class DynamoVoiceprintStore(_PlainItems):
     """Partition key `key_id`, sort key `voiceprint_id`: a key's voiceprints are one Query, never a Scan."""
-
-    def __init__(self, table_name: str, resource=None):
-        self._table = (resource or boto3.resource("dynamodb", config=_BOTO_CONFIG)).Table(table_name)
-
-    def put(self, item: dict) -> None:
-        with _failures_as("DynamoDB put"):
-            self._table.put_item(Item=_to_dynamo(item))
 
     def get(self, key_id: str, voiceprint_id: str) -> dict | None:
         with _failures_as("DynamoDB get"):
@@ -237,14 +240,8 @@ class DynamoVoiceprintStore:
         return _from_dynamo(item) if item else None
 
     def list(self, key_id: str) -> list[dict]:
-        items, kwargs = [], {"KeyConditionExpression": Key("key_id").eq(key_id), "ConsistentRead": True}
         with _failures_as("DynamoDB query"):
-            while True:
-                page = self._table.query(**kwargs)
-                items.extend(_from_dynamo(item) for item in page.get("Items", []))
-                if "LastEvaluatedKey" not in page:
-                    return items
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            return _all_pages(self._table.query, KeyConditionExpression=Key("key_id").eq(key_id), ConsistentRead=True)
 
     def delete(self, key_id: str, voiceprint_id: str) -> bool:
         with _failures_as("DynamoDB delete"):
