@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             for key in keys:
                 print(f"{key['key_id']}  {key['status']:<8} {key['created_at']}  {key['name']}")
         return 0
+    if backends.voiceprints is None:
+        print("set DIARIZER_VOICEPRINTS_TABLE (the stack's VoiceprintsTableName output): revoking a key also deletes "
+              "its voiceprints", file=sys.stderr)
+        return 2
     revoked = revoke_key(store, args.key_id)
     if revoked is None:
         print(f"no key with id {args.key_id!r}", file=sys.stderr)
