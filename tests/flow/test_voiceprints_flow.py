@@ -101,7 +101,7 @@ def test_sync_identify_with_chosen_voiceprints(engine_stack, api_handler):
     assert "confidence" not in body["segments"][0]
 
 
-def test_enrolment_errors(engine_stack, api_handler):
+def test_enrolment_errors(engine_stack, api_handler, monkeypatch):
     stack = engine_stack
     status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(af.demo_voice("A", until=4))},
                                    handler=api_handler)
@@ -119,6 +119,10 @@ def test_enrolment_errors(engine_stack, api_handler):
                                    handler=api_handler)
     assert status == 413 and error["error"]["code"] == "audio_too_long_for_sync"
     assert stored_items(stack) == []
+    monkeypatch.setattr("diarizer_service.voiceprints.MAX_VOICEPRINTS_PER_KEY", 0)
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(af.demo_voice("A"))},
+                                   handler=api_handler)
+    assert status == 409 and error["error"]["code"] == "too_many_voiceprints"
 
 
 def test_unknown_and_foreign_voiceprints_are_not_found_and_deletion_removes_every_copy(engine_stack, api_handler,
