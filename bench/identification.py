@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = REPO.parent / "shared" / "eval"
 sys.path.insert(0, str(REPO / "src"))
 
-from diarizer.confidence import COEFFICIENTS, FEATURES, probabilities, segment_features  # noqa: E402
+from diarizer.confidence import COEFFICIENTS, FEATURES, ISOTONIC, probabilities, scores, segment_features  # noqa: E402
 from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, speaker_prints, voiceprint_matrix  # noqa: E402
 from diarizer.pipeline import Diarizer  # noqa: E402
 from diarizer.types import EnrollmentError  # noqa: E402
@@ -165,8 +165,11 @@ def naming(data: dict, threshold: float) -> dict:
     return totals
 
 
-def segment_truth(data: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output segment: features, share of its frames whose speaker is right, number of frames."""
+def segment_truth(data: dict, speech_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output segment: features, share of its frames whose speaker is right, number of frames.
+
+    speech_only: count only the frames where someone speaks (confidence is about who, not whether: a pause
+    inside a turn is nobody's); a segment with no speech at all is all wrong. Otherwise every frame counts."""
     feats, right, weight = [], [], []
     for f in data["files"]:
         n = int(np.ceil(f["duration"] / FRAME)) + 1
@@ -178,13 +181,17 @@ def segment_truth(data: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if overlap.size:
             for h, r in zip(*linear_sum_assignment(overlap, maximize=True)):
                 mapped[hyp_ids[h]] = ref_ids[r]
+        anyone = np.zeros(n, bool)
+        for active in ref.values():
+            anyone |= active
         for (sid, a, b), x in zip(f["segments"], f["features"]):
             sl = slice(int(round(a / FRAME)), int(round(b / FRAME)))
             length = max(sl.stop - sl.start, 1)
             good = ref[mapped[sid]][sl].sum() if sid in mapped else 0
+            counted = anyone[sl].sum() if speech_only else length
             feats.append(x)
-            right.append(good / length)
-            weight.append(length)
+            right.append(good / counted if counted else 0.0)
+            weight.append(counted if counted else length)
     return np.array(feats), np.array(right), np.array(weight, float)
 
 
@@ -198,6 +205,23 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3, 
         hess = (x * (w * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(beta))
         beta -= np.linalg.solve(hess, grad)
     return beta
+
+
+def isotonic_knots(p: np.ndarray, y: np.ndarray, w: np.ndarray, max_knots: int = 24) -> list[tuple[float, float]]:
+    """Pool-adjacent-violators on (score, share right, frames): a monotone map, as (mean score, value) knots."""
+    order = np.argsort(p, kind="stable")
+    blocks: list[list[float]] = []  # [weight, weighted value sum, weighted score sum]
+    for i in order:
+        blocks.append([w[i], w[i] * y[i], w[i] * p[i]])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][0] >= blocks[-1][1] / blocks[-1][0]:
+            last = blocks.pop()
+            blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
+    # Too many tiny blocks would copy the tuning data: merge the lightest neighbours (still monotone).
+    while len(blocks) > max_knots:
+        k = min(range(len(blocks) - 1), key=lambda j: blocks[j][0] + blocks[j + 1][0])
+        blocks[k] = [a + b for a, b in zip(blocks[k], blocks.pop(k + 1))]
+    knots = [(b[2] / b[0], b[1] / b[0]) for b in blocks]
+    return [(0.0, knots[0][1])] + knots + [(1.0, knots[-1][1])]
 
 
 def reliability(p: np.ndarray, right: np.ndarray, weight: np.ndarray) -> list[tuple]:
@@ -241,9 +265,13 @@ def main() -> None:
 
     x, y, w = segment_truth(data["tuning"])
     beta = fit_logistic(x, y, w)
-    print(f"\nconfidence coefficients fitted on tuning ({', '.join(FEATURES)}):")
+    knots = isotonic_knots(scores(x, beta), y, w)
+    print(f"\nconfidence model fitted on tuning ({', '.join(FEATURES)}):")
     print("COEFFICIENTS = (" + ", ".join(f"{b:.4f}" for b in beta) + ")")
-    print(f"shipped:        {COEFFICIENTS}")
+    print("ISOTONIC = (" + ", ".join(f"({a:.4f}, {b:.4f})" for a, b in knots) + ")")
+    shipped = np.allclose(beta, COEFFICIENTS, atol=1e-3) and len(knots) == len(ISOTONIC)
+    print("the shipped model is this one" if shipped else "NOTE: the shipped model differs (paste the lines above "
+          "into src/diarizer/confidence.py)")
 
     for half in ("held-out", "tuning"):
         r = naming(data[half], MATCH_THRESHOLD)
@@ -252,15 +280,19 @@ def main() -> None:
               f"({100 * r['correct_where_found']:.2f} % where the diarization found speech)")
         print(f"non-enrolled speakers' solo speech named as someone: {100 * r['false_naming']:.2f} % of {r['others']:.0f} s")
         x, y, w = segment_truth(data[half])
+        _, y_all, w_all = segment_truth(data[half], speech_only=False)
         p = probabilities(x, COEFFICIENTS)
-        print("\n| confidence | segments | seconds | frames right | mean confidence |")
-        print("| --- | --- | --- | --- | --- |")
+        strict = {row[0]: row[3] for row in reliability(p, y_all, w_all)}
+        print("\n| confidence | segments | speech seconds | speech frames right | all frames right (pauses count as wrong) "
+              "| mean confidence |")
+        print("| --- | --- | --- | --- | --- | --- |")
         for label, n, seconds, share, mean in reliability(p, y, w):
-            print(f"| {label} | {n} | {seconds:.0f} | {100 * share:.1f} % | {mean:.3f} |")
+            print(f"| {label} | {n} | {seconds:.0f} | {100 * share:.1f} % | {100 * strict[label]:.1f} % | {mean:.3f} |")
         high = p >= 0.9
         if high.any():
             print(f"segments >= 0.9: {int(high.sum())}, {100 * (y[high] * w[high]).sum() / w[high].sum():.1f} % of "
-                  "their frames right")
+                  f"their speech frames right ({100 * (y_all[high] * w_all[high]).sum() / w_all[high].sum():.1f} % "
+                  "of all their frames)")
 
 
 if __name__ == "__main__":

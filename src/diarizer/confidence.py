@@ -1,10 +1,11 @@
 """Per-segment confidence: a calibrated probability that a segment's speaker is right.
 
-Evidence per segment: its length, how much of it others overlap, and how its own voice print compares
-with its speaker's print and with the nearest other speaker's (the margin). A logistic model maps the
-evidence to a probability; its coefficients were fitted on tuning speakers only, frame-weighted, so that
-"0.8" means about 80 % of such segments' frames belong to the speaker they name (bench/identification.py,
-reliability table in BENCHMARKS.md).
+Evidence per segment: its length, how much of it others overlap, how its own voice print compares with
+its speaker's print and with the nearest other speaker's (the margin), and how much of the recording its
+speaker holds (small speakers are more often a split or a mix of voices). A logistic model maps the evidence
+to a score, and an isotonic (monotone) map turns the score into a probability; both were fitted on tuning
+speakers only, frame-weighted, so that "0.8" means about 80 % of such segments' speech belongs to the speaker
+they name (bench/identification.py, reliability table in BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from diarizer.types import Diarization, Segment
 
 SEGMENT_PRINT_SECONDS = 3.0  # a segment's print uses at most this much of its middle
 MIN_PRINT_SECONDS = 0.4  # shorter segments get no print: their evidence is length and overlap only
-FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print")
+FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print",
+            "log_speaker_share")
 # Fitted by bench/identification.py on the tuning speakers (see BENCHMARKS.md); order as FEATURES.
-COEFFICIENTS = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+COEFFICIENTS = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+# (logistic score, probability) knots of the isotonic map, same origin; empty: the score is the probability.
+ISOTONIC: tuple[tuple[float, float], ...] = ()
 
 
 def _overlapped_share(i: int, segments: Sequence[Segment]) -> float:
@@ -58,6 +62,10 @@ def segment_features(samples: np.ndarray, segments: Sequence[Segment], evidence:
         prints[embedded] = l2_normalise(embed_many(clips).astype(np.float64))
     similarity = prints @ evidence.prints.T  # (segments, speakers)
     single = int(usable.sum()) <= 1
+    held: dict[str, float] = {}
+    for s in segments:
+        held[s.speaker_id] = held.get(s.speaker_id, 0.0) + s.end - s.start
+    total = max(sum(held.values()), 1e-9)
     for i, s in enumerate(segments):
         own_row = row_of[s.speaker_id]
         has_print = i in embedded and usable[own_row]
@@ -65,12 +73,22 @@ def segment_features(samples: np.ndarray, segments: Sequence[Segment], evidence:
         others = [similarity[i, k] for k in range(len(usable)) if k != own_row and usable[k]]
         other = max(others) if others and has_print else 0.0
         features[i] = (1.0, np.log(max(s.end - s.start, 0.05)), _overlapped_share(i, segments), own,
-                       own - other, float(single), float(not has_print))
+                       own - other, float(single), float(not has_print), np.log(held[s.speaker_id] / total + 1e-3))
     return features
 
 
-def probabilities(features: np.ndarray, coefficients: Sequence[float] = COEFFICIENTS) -> np.ndarray:
+def scores(features: np.ndarray, coefficients: Sequence[float] = COEFFICIENTS) -> np.ndarray:
+    """The logistic model's output, before the isotonic map."""
     return 1.0 / (1.0 + np.exp(-(features @ np.asarray(coefficients, np.float64))))
+
+
+def probabilities(features: np.ndarray, coefficients: Sequence[float] = COEFFICIENTS,
+                  isotonic: Sequence[tuple[float, float]] = ISOTONIC) -> np.ndarray:
+    raw = scores(features, coefficients)
+    if not isotonic:
+        return raw
+    knots = np.asarray(isotonic, np.float64)
+    return np.interp(raw, knots[:, 0], knots[:, 1])
 
 
 def with_confidence(samples: np.ndarray, result: Diarization, evidence: SpeakerPrints,
