@@ -122,7 +122,7 @@ def _run(python: str, paths: list[Path], code: str, tmp_path: Path, extra_env: d
 
 
 # Run inside a function tree: which of the engine's heavy dependencies cannot be imported there.
-MISSING_HEAVY = """
+MISSING_HEAVY = textwrap.dedent("""
     def missing_heavy():
         import importlib
         missing = []
@@ -132,7 +132,7 @@ MISSING_HEAVY = """
             except ImportError:
                 missing.append(heavy)
         return missing
-    """
+    """)
 
 
 def _paths(tree: Path, sim: Path, code: str, layers: list[str]) -> list[Path]:
@@ -142,7 +142,7 @@ def _paths(tree: Path, sim: Path, code: str, layers: list[str]) -> list[Path]:
 def test_api_function_is_light(python312, tree, runtime_sim, tmp_path):
     """ApiFunction (code + BaseLayer): the handler, the service and the audio probe import and work;
     onnxruntime and scipy are not there and are not imported."""
-    out = _run(python312, _paths(tree, runtime_sim, "api", ["base"]), MISSING_HEAVY + """
+    out = _run(python312, _paths(tree, runtime_sim, "api", ["base"]), MISSING_HEAVY + textwrap.dedent("""
         import io, importlib, pkgutil
         import numpy as np, soundfile as sf
         import app                                   # functions/api/app.py
@@ -161,7 +161,7 @@ def test_api_function_is_light(python312, tree, runtime_sim, tmp_path):
         missing = missing_heavy()
         print(json.dumps({"duration": info.duration, "service": service, "missing": missing,
                           "loaded": sorted(m for m in ("onnxruntime", "scipy") if m in sys.modules)}))
-        """, tmp_path)
+        """), tmp_path)
     assert abs(out["duration"] - 1.0) < 1e-6
     assert "diarizer_service.api" in out["service"]
     assert out["missing"] == ["onnxruntime", "scipy"], "the API function must not carry the engine's dependencies"
@@ -260,7 +260,8 @@ def test_transcoder_tree_turns_m4a_into_flac(python312, tree, runtime_sim, tmp_p
     from media_factory import make_media
 
     m4a = make_media(REPO / "demo" / "two-speakers.flac", "m4a", tmp_path)
-    out = _run(python312, _paths(tree, runtime_sim, "transcoder", ["base", "transcode"]), MISSING_HEAVY + f"""
+    paths = _paths(tree, runtime_sim, "transcoder", ["base", "transcode"])
+    out = _run(python312, paths, MISSING_HEAVY + textwrap.dedent(f"""
         import io
         import soundfile as sf
         import app                                   # functions/transcoder/app.py
@@ -272,7 +273,7 @@ def test_transcoder_tree_turns_m4a_into_flac(python312, tree, runtime_sim, tmp_p
         info = sf.info(io.BytesIO(flac.getvalue()))
         print(json.dumps({{"fmt": fmt, "seconds": seconds, "rate": info.samplerate, "channels": info.channels,
                           "format": info.format, "missing": missing_heavy()}}))
-        """, tmp_path)
+        """), tmp_path)
     assert out["fmt"] == "MP4/M4A" and out["format"] == "FLAC" and (out["rate"], out["channels"]) == (16000, 1)
     assert abs(out["seconds"] - 29.5) < 2
     assert out["missing"] == ["onnxruntime", "scipy"]
