@@ -184,3 +184,29 @@ def test_a_server_beyond_loopback_refuses_loopback_webhooks_and_its_data_dir_is_
         status, answer = server.request("POST", ASYNC_V2, body=body, query={"webhook": hook})
         assert status == 400 and answer["error"]["field"] == "webhook", (hook, answer)
     assert "refused" in server.log()
+
+
+def test_the_worker_loop_sweeps_at_start_up_and_then_periodically(tmp_path):
+    """`diarize serve`'s stand-in for the SweeperFunction's schedule: sweep(startup=True) once, then
+    sweep(startup=False) every `sweep_interval`; a failing sweep does not stop the loop."""
+    from diarizer_service.local_server.worker_loop import WorkerLoop
+    from diarizer_service.settings import load_settings
+
+    settings = load_settings({"DIARIZER_BACKEND": "local", "DIARIZER_DATA_DIR": str(tmp_path / "d")})
+    queue = local_backend.create_local_backends(settings).queue
+    calls = []
+
+    def sweep(startup):
+        calls.append(startup)
+        if len(calls) == 2:
+            raise RuntimeError("storage blip")
+    loop = WorkerLoop(queue, lambda event, context: {"batchItemFailures": []}, poll_interval=0.02,
+                      sweep=sweep, sweep_interval=0.1, say=lambda _: None)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert loop.stop(5)
+    assert calls[:4] == [True, False, False, False]
