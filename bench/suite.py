@@ -154,8 +154,8 @@ def run(root: Path, part: str, conditions: list[str], params: list[str], cache: 
 
 
 HEADER = (
-    "| condition | files | minutes | DER collar 0 | DER ±0.25 s | miss / FA / conf. (collar 0) | count exact | off by one | off by more |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| condition | files | minutes | DER collar 0 | DER ±0.25 s | miss / FA / conf. (collar 0) | count exact | off by one | off by more | count errors (found - true) |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -165,8 +165,16 @@ def row(name: str, entry: dict) -> str:
     return (
         f"| {name} | {len(entry['files'])} | {entry['audio_seconds'] / 60:.0f} | {100 * c0['der']:.1f} % | {100 * c25['der']:.1f} % "
         f"| {100 * c0['missed']:.1f} / {100 * c0['false_alarm']:.1f} / {100 * c0['confusion']:.1f} "
-        f"| {exact} | {by_one} | {more} |"
+        f"| {exact} | {by_one} | {more} | {signed_errors(entry['files'])} |"
     )
+
+
+def signed_errors(files: dict) -> str:
+    """e.g. "-1 x2, +1": how far off the wrong counts are, under-counts first."""
+    from collections import Counter
+
+    deltas = Counter(f["found"] - f["true_speakers"] for f in files.values() if f["found"] != f["true_speakers"])
+    return ", ".join(f"{d:+d}" + (f" x{n}" if n > 1 else "") for d, n in sorted(deltas.items())) or "none"
 
 
 def totals(report: dict) -> str:

@@ -1,9 +1,13 @@
 """Who is who across windows: agglomerative clustering of voice prints with scipy.
 
-1. Centroid-linkage AHC on L2-normalised embeddings, cut at a distance threshold (or at the number
-   of speakers the caller gave, or clipped to their min/max bounds).
-2. Clusters too small to be a speaker (a few stray embeddings) are not speakers: their members
-   join the nearest real cluster. "Too small" scales with how many embeddings the file has.
+1. Average-linkage AHC on cosine similarity with cannot-link constraints: two local speakers of one
+   window are two people, so clusters holding such a pair never merge (`constrained_linkage`). The
+   cut is a minimum average similarity (or the number of speakers the caller gave, or clipped to
+   their min/max bounds). The constraints are what make the count hold across thresholds and
+   recording conditions: a single similarity cut alone sat on a knife edge (BENCHMARKS.md).
+2. Clusters too small to be a speaker (a few stray embeddings) are not speakers: they join the
+   nearest real cluster they were never heard beside. "Too small" is in seconds of distinct speech,
+   relative to how much speech the file has.
 3. Every (window, local speaker) is then assigned to a centroid, with the constraint that two local
    speakers of one window never get the same global speaker (Hungarian assignment per window).
 """
@@ -18,16 +22,18 @@ from scipy.optimize import linear_sum_assignment
 
 @dataclass(frozen=True)
 class ClusteringConfig:
-    method: str = "centroid"  # "constrained" average linkage, or "centroid" (the previous engine)
+    # "constrained": average linkage that never joins voices heard side by side in one window (tuned,
+    # see BENCHMARKS.md); "centroid": the previous engine's plain centroid linkage, kept for comparison.
+    method: str = "constrained"
     threshold: float = 0.75  # centroid: euclidean distance between unit vectors (cosine similarity 0.72)
-    min_similarity: float = 0.45  # constrained: clusters less alike than this (average cosine) stay apart
+    min_similarity: float = 0.6  # constrained: clusters less alike than this (average cosine) stay apart
     min_cluster_size: int = 2  # absolute floor for a cluster to count as a speaker ...
     # ... or this fraction of all embeddings, whichever is larger: on a 3-hour recording (~4,000 voice
     # prints) pairs of stray prints otherwise pass for speakers (10 found where 6 talk; 5 with it).
     min_cluster_fraction: float = 0.005
     # With the speech behind each print known (the pipeline knows it), the floors are in seconds of
     # distinct speech, which does not depend on how densely windows sample the file.
-    min_speaker_seconds: float = 3.0
+    min_speaker_seconds: float = 2.0
     min_speaker_fraction: float = 0.005
 
 
@@ -44,9 +50,16 @@ def _centroids(x: np.ndarray, labels: np.ndarray, keep: list[int]) -> np.ndarray
     return l2_normalise(np.stack([x[labels == k].mean(axis=0) for k in keep]))
 
 
-def _absorb_small(x: np.ndarray, labels: np.ndarray, min_size: float, weights: np.ndarray | None = None) -> np.ndarray:
+def _absorb_small(
+    x: np.ndarray,
+    labels: np.ndarray,
+    min_size: float,
+    weights: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
     """Move members of clusters lighter than min_size (summed `weights`, default 1 each) to the
-    nearest heavy cluster."""
+    nearest heavy cluster. With `groups`, a light cluster never joins a heavy one it was heard
+    beside (a print of each in one window): if every heavy cluster was, it is a speaker after all."""
     weights = np.ones(len(x)) if weights is None else weights
     ids = np.unique(labels)
     mass = np.array([weights[labels == k].sum() for k in ids])
@@ -56,9 +69,18 @@ def _absorb_small(x: np.ndarray, labels: np.ndarray, min_size: float, weights: n
     if len(large) == len(ids):
         return _relabel(labels)
     centroids = _centroids(x, labels, large)
-    small = ~np.isin(labels, large)
     out = labels.copy()
-    out[small] = np.asarray(large)[np.argmax(x[small] @ centroids.T, axis=1)]
+    for k in ids:
+        if k in large:
+            continue
+        members = labels == k
+        score = x[members].mean(axis=0) @ centroids.T
+        if groups is not None:
+            beside = [np.isin(groups[labels == big], groups[members]).any() for big in large]
+            score = np.where(beside, -np.inf, score)
+            if np.all(np.isinf(score)):
+                continue
+        out[members] = large[int(np.argmax(score))]
     return _relabel(out)
 
 
@@ -83,11 +105,14 @@ def cut_into(tree: np.ndarray, k: int) -> np.ndarray:
     return _relabel(np.array([root(i) for i in range(n)]))
 
 
-def _cut(tree: np.ndarray, x: np.ndarray, min_size: float, target: int, weights: np.ndarray | None = None) -> np.ndarray:
+def _cut(
+    tree: np.ndarray, x: np.ndarray, min_size: float, target: int,
+    weights: np.ndarray | None = None, groups: np.ndarray | None = None,
+) -> np.ndarray:
     """Labels with `target` clusters: the finest cut whose large clusters number `target`, so that
     stray embeddings do not take a speaker's place; failing that, the plain `target`-cluster cut."""
     for k in range(target, min(len(x), target + 20) + 1):
-        labels = _absorb_small(x, cut_into(tree, k), min_size, weights)
+        labels = _absorb_small(x, cut_into(tree, k), min_size, weights, groups)
         count = labels.max() + 1
         if count == target:
             return labels
@@ -191,18 +216,20 @@ def cluster(
         total = float(seconds.sum())
         min_size = min(max(config.min_speaker_seconds, config.min_speaker_fraction * total), total / wanted)
     if config.method == "constrained":
-        tree, constrained = constrained_linkage(x, np.arange(n) if groups is None else np.asarray(groups))
+        groups = np.arange(n) if groups is None else np.asarray(groups)
+        tree, constrained = constrained_linkage(x, groups)
         merges = int(np.sum(tree[:constrained, 2] <= 1.0 - config.min_similarity))
         first_cut = cut_into(tree, n - merges)
     else:
         tree = linkage(x, method="centroid", metric="euclidean")
         first_cut = fcluster(tree, config.threshold, criterion="distance")
+        groups = None
     if num_speakers:
-        return _cut(tree, x, min_size, min(num_speakers, n), seconds)
-    labels = _absorb_small(x, first_cut, min_size, seconds)
+        return _cut(tree, x, min_size, min(num_speakers, n), seconds, groups)
+    labels = _absorb_small(x, first_cut, min_size, seconds, groups)
     count = labels.max() + 1
     if min_speakers and count < min_speakers:
-        return _cut(tree, x, min_size, min(min_speakers, n), seconds)
+        return _cut(tree, x, min_size, min(min_speakers, n), seconds, groups)
     if max_speakers and count > max_speakers:
         return _cut(tree, x, 1, max_speakers)
     return labels

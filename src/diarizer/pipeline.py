@@ -56,7 +56,7 @@ class PipelineConfig:
     # more cannot-link evidence for quiet participants), down to `min_step_seconds`. 0 disables.
     min_windows: int = 0
     min_step_seconds: float = 1.0
-    speech_floor: bool = False  # speaker floors in seconds of distinct speech (else in print counts)
+    speech_floor: bool = True  # speaker floors in seconds of distinct speech (else in print counts)
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)

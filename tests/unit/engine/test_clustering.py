@@ -87,7 +87,7 @@ def test_voices_heard_together_stay_apart_until_only_such_merges_are_left():
     two = cut_into(tree, 2)
     assert same_partition(two, np.repeat([0, 1], 6))
     assert cut_into(tree, 1).max() == 0  # an exact count of 1 may still break the constraint
-    labels = cluster(x, ClusteringConfig(min_similarity=0.0), groups=windows)
+    labels = cluster(x, ClusteringConfig(method="constrained", min_similarity=0.0), groups=windows)
     assert same_partition(labels, np.repeat([0, 1], 6))
 
 
