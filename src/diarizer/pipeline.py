@@ -62,9 +62,9 @@ class PipelineConfig:
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     # Run CAM++'s trunk once per chunk of the recording and pool each voice print from its frames
     # (embedding.py) instead of running the whole network per window speaker and per turn. Much less
-    # embedding work, but off: the trunk hears the neighbouring speakers, prints move (median cosine
-    # 0.92 to whole-clip ones) and accuracy drops (AMI 29.4 -> 34.3 %, dev 14.1 -> 14.9 %, one count
-    # lost; BENCHMARKS.md).
+    # embedding work (CPU 0.62x), but off until measured on the whole held-out suite: the trunk hears
+    # the neighbouring speakers, prints move (median cosine 0.92 to whole-clip ones); AMI 29.4 -> 34.3 %
+    # and dev 14.1 -> 14.9 % with one count lost, held-out conditions so far unchanged (BENCHMARKS.md).
     pooled_embeddings: bool = False
     embed_chunk_seconds: float = 30.0  # trunk input per call (longer: less edge effect, more memory)
     embed_chunk_margin: float = 1.0  # context on each side of a chunk, run but not kept
