@@ -24,9 +24,15 @@ MIN_PRINT_SECONDS = 0.4  # shorter segments get no print: their evidence is leng
 FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print",
             "log_speaker_share")
 # Fitted by bench/identification.py on the tuning speakers (see BENCHMARKS.md); order as FEATURES.
-COEFFICIENTS = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+COEFFICIENTS = (-0.1665, -0.2813, -0.0516, 3.0396, 2.9851, -2.2277, 0.3200, 0.6345)
 # (logistic score, probability) knots of the isotonic map, same origin; empty: the score is the probability.
-ISOTONIC: tuple[tuple[float, float], ...] = ()
+ISOTONIC: tuple[tuple[float, float], ...] = (
+    (0.0000, 0.3322), (0.5777, 0.3322), (0.7583, 0.4468), (0.8158, 0.4724), (0.8195, 0.6537), (0.8936, 0.8361),
+    (0.9242, 0.9114), (0.9293, 0.9359), (0.9382, 0.9596), (0.9443, 0.9620), (0.9497, 0.9699), (0.9562, 0.9745),
+    (0.9616, 0.9900), (0.9713, 0.9948), (0.9832, 1.0000), (1.0000, 1.0000),
+)
+# Never 0 or 1: the tuning data were finite, a probability of certainty would claim more than they show.
+FLOOR, CEILING = 0.01, 0.99
 
 
 def _overlapped_share(i: int, segments: Sequence[Segment]) -> float:
@@ -88,7 +94,7 @@ def probabilities(features: np.ndarray, coefficients: Sequence[float] = COEFFICI
     if not isotonic:
         return raw
     knots = np.asarray(isotonic, np.float64)
-    return np.interp(raw, knots[:, 0], knots[:, 1])
+    return np.clip(np.interp(raw, knots[:, 0], knots[:, 1]), FLOOR, CEILING)
 
 
 def with_confidence(samples: np.ndarray, result: Diarization, evidence: SpeakerPrints,

@@ -1,4 +1,5 @@
 """Known voices in the engine: enrolment, identification across recordings, confidence, the voiceprint file."""
+import dataclasses
 import json
 import os
 import stat
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 import audio_factory as af
-from diarizer.identify import match
+from diarizer.confidence import with_confidence
+from diarizer.identify import MATCH_THRESHOLD, match, speaker_prints
 from diarizer.types import DiarizationOptions, EnrollmentError, Voiceprint
 from diarizer.voiceprints import MIN_SPEECH_SECONDS, VoiceprintFile
 
@@ -38,7 +40,7 @@ def test_enrolled_voices_are_named_in_another_recording_and_a_stranger_is_not(en
     assert names[by_label["A"]] == "alice" and names[by_label["B"]] == "bob"
     assert names[by_label["C"]] is None  # never enrolled: stays unnamed
     matched = {m.name: m.match for m in result.speakers if m.name}
-    assert all(0.55 <= score <= 1.0 for score in matched.values())
+    assert all(MATCH_THRESHOLD <= score <= 1.0 for score in matched.values())
     body = result.to_dict()
     assert all(seg["speaker_name"] == names[seg["speaker_id"]] for seg in body["segments"])
     assert body["speakers"] == [m.to_dict() for m in result.speakers] and len(body["speakers"]) == 3
@@ -52,6 +54,7 @@ def test_two_speakers_never_get_one_name(engine, enrolled):
     scores = np.array([[0.9, 0.1], [0.8, 0.2]])
     assert match(scores, np.array([True, True]), 0.55) == [0, None]
     assert match(scores, np.array([False, True]), 0.55) == [None, 0]  # a speaker with too little speech
+    assert match(scores, np.array([True, True]), 0.95) == [None, None]  # open set: nobody is close enough
 
 
 def test_enrolment_refuses_short_speech_and_two_voices(engine):
@@ -68,12 +71,24 @@ def test_enrolment_refuses_short_speech_and_two_voices(engine):
     assert mixed.value.code == "several_voices"
 
 
-def test_confidence_is_a_probability_on_every_segment(engine):
+def test_confidence_is_high_on_right_turns_and_low_on_a_turn_given_to_the_wrong_speaker(engine):
     result = engine.diarize(TWO, DiarizationOptions(confidence=True))
     body = result.to_dict()
     assert set(body) == {"num_speakers", "segments"}  # confidence alone adds no names
-    assert body["segments"] and all(set(s) == {"speaker_id", "start", "end", "confidence"} and 0 <= s["confidence"] <= 1
-                                    for s in body["segments"])
+    assert body["segments"] and all(set(s) == {"speaker_id", "start", "end", "confidence"} for s in body["segments"])
+    assert all(0.9 <= s["confidence"] <= 0.99 for s in body["segments"])  # this demo is diarized right throughout
+
+    # The same turns with one long turn handed to the other speaker: that turn's confidence collapses.
+    samples, _ = af.demo_recording("two-speakers")
+    plain = engine.diarize(TWO)
+    longest = max(range(len(plain.segments)), key=lambda i: plain.segments[i].end - plain.segments[i].start)
+    swapped = [dataclasses.replace(s, speaker_id="speaker2" if s.speaker_id == "speaker1" else "speaker1")
+               if i == longest else s for i, s in enumerate(plain.segments)]
+    broken = dataclasses.replace(plain, segments=swapped)
+    rescored = with_confidence(samples, broken, speaker_prints(samples, swapped, engine._embed_many), engine._embed_many)
+    assert rescored.segments[longest].confidence < 0.5
+    others = [s.confidence for i, s in enumerate(rescored.segments) if i != longest]
+    assert min(others) > rescored.segments[longest].confidence
 
 
 def test_without_the_new_options_the_output_is_the_contract_exactly(engine):
