@@ -189,6 +189,9 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     server.gateway.openapi = load_openapi(base_url)
     # Presigned upload URLs point at this server (DIARIZER_PUBLIC_URL when it is reached by another name).
     runtime.backends.blobs.public_url = runtime.settings.public_url or base_url
+    if host in ("0.0.0.0", "::") and not runtime.settings.public_url:
+        say(f"upload URLs will name {base_url}, which other machines cannot reach: set DIARIZER_PUBLIC_URL to "
+            "the URL they use for this server")
 
     worker = None
     if not args.no_worker:
