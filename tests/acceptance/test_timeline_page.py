@@ -96,14 +96,15 @@ def test_upload_timeline_play_rename_download(start_server, browser):
     assert first.get_attribute("aria-label").startswith("Alice, ")
     browser.find_element(By.CSS_SELECTOR, '[data-download="json"]').click()
     browser.find_element(By.CSS_SELECTOR, '[data-download="rttm"]').click()
-    files = wait_for(lambda: (lambda f: f if len(f) == 2 and not any(p.suffix == ".crdownload" for p in f) else None)(
-        sorted(browser.downloads.iterdir())), 20, "the downloads")
+    # Chrome writes a temporary file first and renames it when done: wait for the final names.
+    expected = {"three-speakers.json", "three-speakers.rttm"}
+    wait_for(lambda: expected <= {p.name for p in browser.downloads.iterdir()}, 20, "the downloads")
     downloaded = json.loads((browser.downloads / "three-speakers.json").read_text())
     assert {k: v for k, v in downloaded.items() if k != "speaker_names"} == answer
     assert downloaded["speaker_names"] == {"speaker1": "Alice"}
     rttm = (browser.downloads / "three-speakers.rttm").read_text().splitlines()
     assert len(rttm) == len(answer["segments"]) and any(line.split()[7] == "Alice" for line in rttm)
-    assert {p.name for p in files} == {"three-speakers.json", "three-speakers.rttm"}
+    assert {p.name for p in browser.downloads.iterdir()} == expected  # nothing else was downloaded
 
     # The job is listed for this key and reopens without the audio.
     browser.refresh()
