@@ -172,3 +172,18 @@ def test_plain_requests_store_and_answer_exactly_as_before(engine_stack, api_han
                                   handler=api_handler)
     assert status == 200 and set(body) == {"num_speakers", "segments"}
     assert all(set(s) == {"speaker_id", "start", "end"} for s in body["segments"])
+
+
+def test_plain_requests_never_touch_voiceprints(stack, api_handler, worker_handler, webhook_receiver):
+    """Nothing new runs unless asked: with no voiceprint store at all, plain requests work as before."""
+    stack.runtime.backends.voiceprints = None
+    audio = base64.b64encode((af.DEMO_DIR / "two-speakers.flac").read_bytes()).decode()
+    status, _ = stack.call_api("POST", SYNC, body={"content": audio}, handler=api_handler)
+    assert status == 200
+    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "plain"},
+                               body={"content": audio}, handler=api_handler)
+    assert status == 200 and "identify" not in stack.job_item("plain")["options"]
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+    assert stack.job_item("plain")["status"] == "done"
+    status, error = stack.call_api("POST", SYNC, body={"content": audio, "identify": True}, handler=api_handler)
+    assert status == 501 and error["error"]["code"] == "voiceprints_not_configured"

@@ -129,3 +129,15 @@ def test_voiceprint_file_is_private_atomic_and_keyed_by_name(tmp_path):
 def test_default_file_is_under_the_users_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert VoiceprintFile().path == tmp_path / "diarizer" / "voiceprints.json"
+
+
+def test_a_plain_diarization_loads_none_of_the_identification_code():
+    import subprocess
+    import sys
+
+    script = ("import sys; from diarizer import Diarizer; Diarizer().diarize(sys.argv[1]); "
+              "print(sorted(m for m in ('diarizer.identify', 'diarizer.confidence', 'diarizer.voiceprints') "
+              "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, str(TWO)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
