@@ -121,7 +121,10 @@ def analysis_tag(config) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
-ANALYSIS_FIELDS = {"step_seconds", "min_embed_seconds", "max_embed_seconds", "min_windows", "min_step_seconds"}
+ANALYSIS_FIELDS = {
+    "step_seconds", "min_embed_seconds", "max_embed_seconds",
+    "pooled_embeddings", "embed_chunk_seconds", "embed_chunk_margin", "pool_guard_seconds",
+}
 
 
 def run_set(engine, folder: Path, options, cache_dir: Path | None, oracle: bool = False) -> tuple[dict, float, float]:

@@ -52,10 +52,6 @@ WINDOW_BATCH = 4  # windows per segmentation call
 @dataclass(frozen=True)
 class PipelineConfig:
     step_seconds: float = 5.0  # hop between 10 s segmentation windows
-    # Short files get a smaller hop, so that they still yield this many windows (more voice prints and
-    # more cannot-link evidence for quiet participants), down to `min_step_seconds`. 0 disables.
-    min_windows: int = 0
-    min_step_seconds: float = 1.0
     speech_floor: bool = True  # speaker floors in seconds of distinct speech (else in print counts)
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
@@ -240,16 +236,8 @@ class Diarizer:
         if failures:
             raise failures[0]
 
-    def step_for(self, num_samples: int) -> float:
-        """Hop between windows for a file of this length (see `PipelineConfig.min_windows`)."""
-        config = self.config
-        if not config.min_windows or num_samples <= WINDOW_SAMPLES:
-            return config.step_seconds
-        span = (num_samples - WINDOW_SAMPLES) / SAMPLE_RATE
-        return float(np.clip(span / max(config.min_windows - 1, 1), config.min_step_seconds, config.step_seconds))
-
     def _segment_and_embed(self, samples: np.ndarray, progress: Progress | None) -> WindowResults:
-        starts = window_starts(len(samples), self.step_for(len(samples)))
+        starts = window_starts(len(samples), self.config.step_seconds)
         frames = frames_in(min(len(samples), WINDOW_SAMPLES))
         length = min(len(samples), WINDOW_SAMPLES)
         probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
