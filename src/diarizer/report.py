@@ -60,6 +60,8 @@ body { padding: 1rem 1.5rem; }
             "window.diarizerReport=DiarizerTimeline.render(document.getElementById('timeline'),d.diarized,"
             "{audioSrc:d.audioSrc,duration:d.duration,fileId:d.fileId});})();")
     speakers = diarized["num_speakers"]
+    known = [s["name"] for s in diarized.get("speakers") or () if s["name"]]
+    named = f" (known: {', '.join(known)})" if known else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -71,7 +73,8 @@ body { padding: 1rem 1.5rem; }
 <body>
 <main class="panel">
 <h1>{html.escape(title)}</h1>
-<p class="muted report-meta">{speakers} speaker{'s' if speakers != 1 else ''}, {len(diarized['segments'])} turns, \
+<p class="muted report-meta">{speakers} speaker{'s' if speakers != 1 else ''}{html.escape(named)}, \
+{len(diarized['segments'])} turns, \
 {duration:.1f} s. Written by <code>diarize --html</code>.</p>
 <div id="timeline"></div>
 </main>

@@ -24,6 +24,8 @@
   }
   remember.addEventListener("change", storeKey);
   keyInput.addEventListener("change", () => { storeKey(); showRecent(); });
+  let keyTyping = null;
+  keyInput.addEventListener("input", () => { clearTimeout(keyTyping); keyTyping = setTimeout(checkVoiceprints, 400); });
 
   async function keyTag(key) {
     if (!key) return "";
@@ -75,7 +77,7 @@
     try { data = await response.json(); } catch (e) { /* an empty or HTML body */ }
     if (!response.ok) {
       const message = data && data.error ? data.error.message : `HTTP ${response.status}`;
-      throw new Error(message);
+      throw Object.assign(new Error(message), { status: response.status });
     }
     return data;
   }
@@ -91,6 +93,36 @@
       xhr.send(file);
     });
   }
+
+  // ---- known voices: "Name known voices" is offered only when the key has enrolled voiceprints ----
+  const identify = $("identify");
+  let wantIdentify = false;  // the user's choice, restored when the option comes back
+  let voiceCheck = 0;
+  identify.addEventListener("change", () => { wantIdentify = identify.checked; });
+  function offerIdentify(enabled, hint) {
+    identify.disabled = !enabled;
+    identify.checked = enabled && wantIdentify;
+    $("identify-hint").textContent = hint;
+  }
+  async function checkVoiceprints() {
+    const run = ++voiceCheck;
+    if (!keyInput.value) { offerIdentify(false, "Type your API key to look for its enrolled voices."); return; }
+    offerIdentify(false, "Looking for enrolled voices…");
+    let offer;
+    try {
+      const names = (await api("GET", "voiceprints")).voiceprints.map((v) => v.name);
+      const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ` and ${names.length - 5} more` : "");
+      offer = names.length ? [true, `${names.length} enrolled voice${names.length > 1 ? "s" : ""}: ${shown}`]
+        : [false, "No voices are enrolled with this key yet (POST …/voiceprints, or diarize enroll)."];
+    } catch (error) {
+      offer = [false, error.status === 401 || error.status === 403 ? "The service refused this API key."
+        : error.status === 404 || error.status === 501 ? "This service does not keep voiceprints."
+          : `Could not look for enrolled voices: ${error.message}`];
+    }
+    if (run === voiceCheck) offerIdentify(...offer);  // else the key changed meanwhile: a newer check decides
+  }
+  // Voices enrolled elsewhere (CLI, API) while this tab was in the background show up on return.
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) checkVoiceprints(); });
 
   // ---- progress ----
   function progress(label, fraction, detail) {
@@ -117,8 +149,12 @@
 
   function options() {
     const number = (id) => ($(id).value ? Number($(id).value) : undefined);
+    // identify/confidence only when asked for: without them the request is exactly the plain one.
+    const extras = {};
+    if (identify.checked && !identify.disabled) extras.identify = true;
+    if ($("confidence").checked) extras.confidence = true;
     return { speakers: number("speakers"), min_speakers: number("min-speakers"), max_speakers: number("max-speakers"),
-      exclusive: $("exclusive").checked };
+      exclusive: $("exclusive").checked, ...extras };
   }
   const newId = () => (window.crypto && crypto.randomUUID ? crypto.randomUUID()
     : `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`);
@@ -166,7 +202,10 @@
     $("result").hidden = false;
     $("result-title").textContent = `Timeline: ${name}`;
     const diarized = job.response;
-    $("result-info").textContent = `${diarized.num_speakers} speakers, ${diarized.segments.length} turns · request ${job.request_id}`;
+    const named = (diarized.speakers || []).filter((s) => s.name).map((s) => s.name);
+    $("result-info").textContent = `${diarized.num_speakers} speakers` +
+      (diarized.speakers ? ` (${named.length ? `known: ${named.join(", ")}` : "no known voice"})` : "") +
+      `, ${diarized.segments.length} turns · request ${job.request_id}`;
     $("audio-missing").hidden = Boolean(audioSrc);
     const fileId = (name || job.request_id).replace(/\.[^.]+$/, "");
     view = DiarizerTimeline.render($("timeline"), diarized, { audioSrc, fileId });
@@ -189,4 +228,5 @@
 
   window.diarizerPage = { get view() { return view; } };  // for the browser test and the console
   showRecent();
+  checkVoiceprints();
 })();

@@ -3,7 +3,12 @@
  * into the single file `diarize AUDIO --html OUT.html` writes.
  *
  *   const view = DiarizerTimeline.render(element, diarized, {audioSrc, fileId});
- *   diarized = the API's Diarized object: {num_speakers, segments: [{speaker_id, start, end}]}
+ *   diarized = the API's Diarized object: {num_speakers, segments: [{speaker_id, start, end}]}, and with
+ *   identification `speakers: [{speaker_id, name, match}]` (+ `speaker_name` per segment), with confidence
+ *   `confidence` (0-1) per segment.
+ *
+ * A speaker's shown name is the user's rename, else the enrolled name the service matched, else its id. The
+ * page never makes a name up: only the service's `speakers` list names a speaker.
  */
 (function (global) {
   "use strict";
@@ -12,6 +17,14 @@
   const PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"];
   const MIN_PX_PER_SECOND = 0.05;
   const MAX_PX_PER_SECOND = 400;
+  // How a turn looks for its confidence (the calibrated probability that its speaker is right). At 0.9 and
+  // above 98 % of the speech is right (BENCHMARKS.md); below 0.6 the turn is as likely wrong as right.
+  // Each band has its own pattern and border, so colour is never the only cue; the value is in every label.
+  const CONFIDENCE_BANDS = [
+    { level: "high", min: 0.9, label: "sure", range: "90% or more" },
+    { level: "medium", min: 0.6, label: "fairly sure", range: "60-89%" },
+    { level: "low", min: -Infinity, label: "unsure", range: "under 60%" },
+  ];
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -32,6 +45,24 @@
     return h ? `${h}:${String(m).padStart(2, "0")}:${tail}` : `${m}:${tail}`;
   }
 
+  const percent = (value) => `${Math.round(value * 100)}%`;
+  const hasConfidence = (segment) => typeof segment.confidence === "number";
+  // On the rounded value, so that the band and the percentage shown never disagree (89.6 % shows as 90 %).
+  const confidenceBand = (value) => CONFIDENCE_BANDS.find((band) => Math.round(value * 100) / 100 >= band.min);
+
+  /** speaker_id -> {name, match} for the speakers the service named after an enrolled voiceprint. */
+  function enrolled(diarized) {
+    const known = {};
+    for (const s of diarized.speakers || []) if (s.name) known[s.speaker_id] = { name: s.name, match: s.match };
+    return known;
+  }
+
+  /** The name a speaker has before any rename: its enrolled name, else its id. */
+  function defaultName(diarized, id) {
+    const known = enrolled(diarized)[id];
+    return known ? known.name : id;
+  }
+
   function speakersInOrder(segments) {
     const seen = [];
     for (const s of segments) if (!seen.includes(s.speaker_id)) seen.push(s.speaker_id);
@@ -47,23 +78,29 @@
     setTimeout(() => URL.revokeObjectURL(url), 1000);
   }
 
-  /** The export formats. `names` maps speaker_id -> display name (renamed speakers). */
+  /** The export formats. `names` maps speaker_id -> shown name (enrolled or renamed). */
   const exporters = {
+    /** The API's answer as it came (enrolled names, matches, confidence), plus `speaker_names` for the
+     *  speakers the user renamed: a reader's rule is speaker_names, else the enrolled name, else the id. */
     json(diarized, names) {
-      const renamed = Object.fromEntries(Object.entries(names).filter(([id, name]) => name && name !== id));
-      const doc = { num_speakers: diarized.num_speakers, segments: diarized.segments };
+      const renamed = Object.fromEntries(Object.entries(names).filter(([id, name]) =>
+        name && name !== defaultName(diarized, id)));
+      const doc = Object.assign({}, diarized);
+      delete doc.speaker_names;
       if (Object.keys(renamed).length) doc.speaker_names = renamed;
       return JSON.stringify(doc, null, 2) + "\n";
     },
+    /** RTTM's 9th field is the confidence: the segment's own when the service gave one. */
     rttm(diarized, names, fileId) {
       const token = (text) => String(text).trim().replace(/\s+/g, "_") || "speaker";
       return diarized.segments.map((s) =>
         `SPEAKER ${token(fileId)} 1 ${s.start.toFixed(3)} ${(s.end - s.start).toFixed(3)} <NA> <NA> ` +
-        `${token(names[s.speaker_id] || s.speaker_id)} <NA> <NA>\n`).join("");
+        `${token(names[s.speaker_id] || s.speaker_id)} ${hasConfidence(s) ? s.confidence.toFixed(3) : "<NA>"} <NA>\n`).join("");
     },
     text(diarized, names) {
       return diarized.segments.map((s) =>
-        `${clock(s.start)} - ${clock(s.end)}  ${names[s.speaker_id] || s.speaker_id}\n`).join("");
+        `${clock(s.start)} - ${clock(s.end)}  ${names[s.speaker_id] || s.speaker_id}` +
+        `${hasConfidence(s) ? `  (confidence ${percent(s.confidence)})` : ""}\n`).join("");
     },
   };
 
@@ -71,7 +108,10 @@
     options = options || {};
     const segments = diarized.segments.slice().sort((a, b) => a.start - b.start);
     const speakers = speakersInOrder(segments);
-    const names = Object.assign(Object.fromEntries(speakers.map((id) => [id, id])), options.names || {});
+    const known = enrolled(diarized);
+    const defaults = Object.fromEntries(speakers.map((id) => [id, defaultName(diarized, id)]));
+    const names = Object.assign({}, defaults, options.names || {});
+    const withConfidence = segments.some(hasConfidence);
     const fileId = options.fileId || "audio";
     let duration = Math.max(options.duration || 0, ...segments.map((s) => s.end), 1);
     let pxPerSecond = 0;
@@ -112,17 +152,32 @@
     const turnButtons = [];
     const summary = el("div", { class: "tl-summary" });
 
+    const nameInputs = {};
+    const lanes = {};
     speakers.forEach((id) => {
       const total = segments.filter((s) => s.speaker_id === id).reduce((t, s) => t + s.end - s.start, 0);
-      const input = el("input", { type: "text", value: names[id], "aria-label": `Name of ${id}`, "data-speaker": id,
-        oninput: (event) => { names[id] = event.target.value.trim() || id; relabel(); } });
-      nameColumn.append(el("div", { class: "tl-name" }, [el("span", { class: "tl-swatch", style: { background: colour(id) } }), input]));
-      const lane = el("div", { class: "tl-lane", "data-speaker": id, role: "list", "aria-label": id });
+      const voice = known[id] ? `enrolled voice ${known[id].name}` +
+        (typeof known[id].match === "number" ? `, match ${known[id].match.toFixed(2)}` : "") : "";
+      const input = el("input", { type: "text", value: names[id], "data-speaker": id,
+        "aria-label": voice ? `Name of ${id} (${voice})` : `Name of ${id}`,
+        oninput: (event) => { names[id] = event.target.value.trim() || defaults[id]; relabel(); } });
+      if (voice) input.title = `Named by the service after the ${voice}. Type to rename.`;
+      nameInputs[id] = input;
+      const cells = [el("span", { class: "tl-swatch", style: { background: colour(id) } }), input];
+      if (voice) cells.push(el("span", { class: "tl-known", title: input.title,
+        "aria-hidden": "true", text: "known" }));
+      nameColumn.append(el("div", { class: "tl-name", "data-known": voice ? known[id].name : "" }, cells));
+      const lane = el("div", { class: "tl-lane", "data-speaker": id, role: "list" });
+      lanes[id] = lane;
       segments.forEach((s, index) => {
         if (s.speaker_id !== id) return;
         const button = el("button", { type: "button", class: "tl-turn", role: "listitem", "data-index": String(index),
           "data-start": String(s.start), "data-end": String(s.end), "data-speaker": id,
-          style: { background: colour(id) }, onclick: () => playTurn(index) });
+          style: { backgroundColor: colour(id) }, onclick: () => playTurn(index) });
+        if (hasConfidence(s)) {
+          button.dataset.confidence = String(s.confidence);
+          button.classList.add(`tl-conf-${confidenceBand(s.confidence).level}`);
+        }
         turnButtons[index] = button;
         lane.append(button);
       });
@@ -132,23 +187,60 @@
     });
     canvas.append(cursor);
 
+    // What the focused or hovered turn is, in words, for sighted keyboard users (a screen reader reads the
+    // turn's own label, so this line is hidden from it).
+    const detail = el("p", { class: "tl-detail", "aria-hidden": "true" });
+    const clash = el("p", { class: "tl-clash", role: "alert" });
+    const describe = (event) => {
+      const turn = event.target.closest && event.target.closest(".tl-turn");
+      if (turn) detail.textContent = turn.getAttribute("aria-label");
+    };
+    canvas.addEventListener("focusin", describe);
+    canvas.addEventListener("mouseover", describe);
+
+    const legend = el("div", { class: "tl-legend" });
+    if (withConfidence) {
+      legend.append(el("span", { class: "tl-legend-title", text: "Confidence that a turn's speaker is right:" }),
+        ...CONFIDENCE_BANDS.map((band) => el("span", { class: "tl-legend-item" }, [
+          el("span", { class: `tl-legend-swatch tl-conf-${band.level}`, "aria-hidden": "true" }),
+          el("span", { text: `${band.label} (${band.range})` })])));
+    }
+    if (Object.keys(known).length) {
+      legend.append(el("span", { class: "tl-legend-item" }, [el("span", { class: "tl-known", "aria-hidden": "true", text: "known" }),
+        el("span", { text: "named after an enrolled voice (hover for the match score)" })]));
+    }
+
     const help = el("p", { class: "muted tl-help" });
     help.innerHTML = "Click a turn to play it. Keys on the timeline: <kbd>Space</kbd> play/pause, " +
       "<kbd>←</kbd>/<kbd>→</kbd> 5 s, <kbd>N</kbd>/<kbd>P</kbd> next/previous turn, <kbd>+</kbd>/<kbd>−</kbd> zoom. " +
       "Tab reaches each turn; Enter plays it.";
-    root.append(toolbar, audio, el("div", { class: "tl-body" }, [nameColumn, scroller]), summary, help);
+    root.append(toolbar, audio, el("div", { class: "tl-body" }, [nameColumn, scroller]), detail, clash, legend, summary, help);
 
     function relabel() {
       turnButtons.forEach((b, i) => {
         if (!b) return;
         const s = segments[i];
-        const label = `${names[s.speaker_id]}, ${clock(s.start)} to ${clock(s.end)}`;
+        let label = `${names[s.speaker_id]}, ${clock(s.start)} to ${clock(s.end)}`;
+        if (hasConfidence(s)) label += `, confidence ${percent(s.confidence)} (${confidenceBand(s.confidence).label})`;
         b.setAttribute("aria-label", label);
         b.title = label;
       });
+      for (const id of speakers) {
+        lanes[id].setAttribute("aria-label", known[id] && names[id] === known[id].name
+          ? `${names[id]} (enrolled voice)` : names[id]);
+      }
       summary.querySelectorAll("[data-speaker]").forEach((span) => {
         span.querySelector(".tl-summary-name").textContent = names[span.dataset.speaker];
       });
+      // Renames may give two speakers one name: the downloads would merge them, so say so.
+      const shared = speakers.filter((id) => speakers.some((other) => other !== id && names[other] === names[id]));
+      for (const id of speakers) {
+        nameInputs[id].classList.toggle("tl-name-clash", shared.includes(id));
+        if (shared.includes(id)) nameInputs[id].setAttribute("aria-invalid", "true");
+        else nameInputs[id].removeAttribute("aria-invalid");
+      }
+      clash.textContent = shared.length ? `Two speakers are both called "${names[shared[0]]}": ` +
+        "RTTM and the list would merge them. Give each its own name." : "";
     }
 
     function layout() {
@@ -291,5 +383,5 @@
     };
   }
 
-  global.DiarizerTimeline = { render, exporters, clock, PALETTE };
+  global.DiarizerTimeline = { render, exporters, clock, PALETTE, CONFIDENCE_BANDS };
 })(window);

@@ -51,3 +51,11 @@ def test_names_cannot_close_the_script_element():
     page = report.render_html(DIARIZED, title=name + ".wav", audio_src="x.wav", duration=1.0, file_id=name)
     assert "<script>alert(1)" not in page
     assert embedded_data(page)["fileId"] == name
+
+
+def test_enrolled_names_are_listed_escaped_and_kept_in_the_data():
+    named = {**DIARIZED, "speakers": [{"speaker_id": "speaker1", "name": "<b>Ann</b>", "match": 0.9},
+                                      {"speaker_id": "speaker2", "name": None, "match": None}]}
+    page = report.render_html(named, title="call.wav", audio_src="x.wav", duration=1.0, file_id="call")
+    assert "(known: &lt;b&gt;Ann&lt;/b&gt;)" in page and "<b>Ann" not in page
+    assert embedded_data(page)["diarized"] == named  # the timeline gets the names and matches as the API gave them
