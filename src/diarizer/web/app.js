@@ -107,7 +107,8 @@
   async function checkVoiceprints() {
     const run = ++voiceCheck;
     if (!keyInput.value) { offerIdentify(false, "Type your API key to look for its enrolled voices."); return; }
-    offerIdentify(false, "Looking for enrolled voices…");
+    // The option keeps its state while looking: a submit meanwhile must not silently drop the user's choice.
+    $("identify-hint").textContent = "Looking for enrolled voices…";
     let offer;
     try {
       const names = (await api("GET", "voiceprints")).voiceprints.map((v) => v.name);
