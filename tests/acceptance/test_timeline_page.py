@@ -225,6 +225,8 @@ def test_known_voices_and_confidence_on_the_page(start_server, browser):
     assert [line.split("  ")[1] for line in listed] == [display[s["speaker_id"]] for s in answer["segments"]]
     assert "alice" in display.values() and all(f"({confidence_words(s['confidence']).split(' (')[0]})" in line
                                                for line, s in zip(listed, answer["segments"]))
+    refused = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not refused  # the strict CSP holds: nothing inline, nothing from elsewhere
 
 
 def test_html_report_with_known_voices_opens_and_shows_the_timeline(tmp_path, browser):
