@@ -1,7 +1,8 @@
 """Who is who across windows: agglomerative clustering of voice prints with scipy.
 
 1. Average-linkage AHC on cosine similarity with cannot-link constraints: two local speakers of one
-   window are two people, so clusters holding such a pair never merge (`constrained_linkage`). The
+   window are two people, so clusters holding such a pair never merge (`constrained_linkage`) --
+   unless their two prints are so alike that the segmentation model must have split one voice. The
    cut is a minimum average similarity (or the number of speakers the caller gave, or clipped to
    their min/max bounds). The constraints are what make the count hold across thresholds and
    recording conditions: a single similarity cut alone sat on a knife edge (BENCHMARKS.md).
@@ -9,7 +10,8 @@
    nearest real cluster they were never heard beside. "Too small" is in seconds of distinct speech,
    relative to how much speech the file has.
 3. Every (window, local speaker) is then assigned to a centroid, with the constraint that two local
-   speakers of one window never get the same global speaker (Hungarian assignment per window).
+   speakers of one window (other than one split voice) never get the same global speaker (Hungarian
+   assignment per window).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import connected_components
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,41 @@ class ClusteringConfig:
     # distinct speech, which does not depend on how densely windows sample the file.
     min_speaker_seconds: float = 2.0
     min_speaker_fraction: float = 0.005
+    # Two local speakers of one window whose prints are at least this alike (cosine) are one voice the
+    # segmentation model split in two -- it does on long monologues and band-limited audio, and the
+    # false constraint then keeps a second cluster of that voice alive (a monologue found as 3 people).
+    # Different people in one window stay well below it (tuning part: 52 -> 55 of 78 counts exact,
+    # 55 / 54 at -/+10 %; BENCHMARKS.md).
+    same_voice: float = 0.75
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+def cannot_links(x: np.ndarray, groups: np.ndarray, same_voice: float = np.inf) -> np.ndarray:
+    """(N, N) bool: prints i and j are of one group (one window) and so, different people -- except
+    pairs at least `same_voice` alike (unit vectors x), which are one voice split in two."""
+    cannot = groups[:, None] == groups[None, :]
+    np.fill_diagonal(cannot, False)
+    return cannot & ((x @ x.T) < same_voice)
+
+
+def voice_groups(x: np.ndarray, same_voice: float) -> np.ndarray:
+    """(N,) label of each print of one window: prints at least `same_voice` alike share a voice."""
+    if len(x) < 2:
+        return np.zeros(len(x), dtype=int)
+    x = l2_normalise(x.astype(np.float64))
+    return connected_components((x @ x.T) >= same_voice, directed=False)[1]
+
+
+def most_voices_heard_together(embeddings: np.ndarray, use: np.ndarray, same_voice: float) -> int:
+    """Most distinct voices among one window's prints (embeddings (windows, local, D), `use` which
+    of them count): a lower bound on the speaker count. A split voice counts once."""
+    return max(
+        (int(voice_groups(embeddings[w][use[w]], same_voice).max()) + 1 for w in np.flatnonzero(use.any(axis=1))),
+        default=0,
+    )
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -55,10 +89,10 @@ def _absorb_small(
     labels: np.ndarray,
     min_size: float,
     weights: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
+    cannot: np.ndarray | None = None,
 ) -> np.ndarray:
     """Move members of clusters lighter than min_size (summed `weights`, default 1 each) to the
-    nearest heavy cluster. With `groups`, a light cluster never joins a heavy one it was heard
+    nearest heavy cluster. With `cannot` links, a light cluster never joins a heavy one it was heard
     beside (a print of each in one window): if every heavy cluster was, it is a speaker after all."""
     weights = np.ones(len(x)) if weights is None else weights
     ids = np.unique(labels)
@@ -75,8 +109,8 @@ def _absorb_small(
             continue
         members = labels == k
         score = x[members].mean(axis=0) @ centroids.T
-        if groups is not None:
-            beside = [np.isin(groups[labels == big], groups[members]).any() for big in large]
+        if cannot is not None:
+            beside = [cannot[np.ix_(labels == big, members)].any() for big in large]
             score = np.where(beside, -np.inf, score)
             if np.all(np.isinf(score)):
                 continue
@@ -107,12 +141,12 @@ def cut_into(tree: np.ndarray, k: int) -> np.ndarray:
 
 def _cut(
     tree: np.ndarray, x: np.ndarray, min_size: float, target: int,
-    weights: np.ndarray | None = None, groups: np.ndarray | None = None,
+    weights: np.ndarray | None = None, cannot: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels with `target` clusters: the finest cut whose large clusters number `target`, so that
     stray embeddings do not take a speaker's place; failing that, the plain `target`-cluster cut."""
     for k in range(target, min(len(x), target + 20) + 1):
-        labels = _absorb_small(x, cut_into(tree, k), min_size, weights, groups)
+        labels = _absorb_small(x, cut_into(tree, k), min_size, weights, cannot)
         count = labels.max() + 1
         if count == target:
             return labels
@@ -121,12 +155,12 @@ def _cut(
     return cut_into(tree, target)
 
 
-def constrained_linkage(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, int]:
+def constrained_linkage(x: np.ndarray, cannot: np.ndarray) -> tuple[np.ndarray, int]:
     """Average-linkage AHC on cosine similarity in which two clusters never merge while they hold
-    voice prints of one group (one window: the segmentation model heard those voices side by side,
-    so they are different people), for as long as any other merge is left.
+    a cannot-linked pair of voice prints (`cannot_links`: voices the segmentation model heard side
+    by side in one window are different people), for as long as any other merge is left.
 
-    x: (N, D) unit vectors; groups: (N,) group of each print. Returns a scipy-style linkage matrix
+    x: (N, D) unit vectors; cannot: (N, N) bool, symmetric. Returns a scipy-style linkage matrix
     (distance column = 1 - average cosine similarity) and how many of its merges, from the first,
     respect the constraints; the merges after those break them (only an exact count asks for them).
     Within the constrained part the merge similarities never increase (the best average similarity
@@ -134,8 +168,7 @@ def constrained_linkage(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, 
     """
     n = len(x)
     sim = (x @ x.T).astype(np.float32)
-    cannot = groups[:, None] == groups[None, :]
-    np.fill_diagonal(cannot, False)
+    cannot = cannot.copy()
     size = np.ones(n)
     node = np.arange(n)  # scipy id of the cluster that row i stands for
     active = np.ones(n, dtype=bool)
@@ -198,7 +231,8 @@ def cluster(
 ) -> np.ndarray:
     """Cluster labels 0..K-1 for (N, D) embeddings.
 
-    groups (N,): prints of one group are different voices (constrained method).
+    groups (N,): prints of one group are different voices (constrained method), unless at least
+    `config.same_voice` alike.
     seconds (N,): distinct speech behind each print; when given, a speaker needs
     `min_speaker_seconds` (or `min_speaker_fraction` of all speech) instead of a print count.
     """
@@ -215,21 +249,22 @@ def cluster(
     else:
         total = float(seconds.sum())
         min_size = min(max(config.min_speaker_seconds, config.min_speaker_fraction * total), total / wanted)
+    cannot = None
     if config.method == "constrained":
         groups = np.arange(n) if groups is None else np.asarray(groups)
-        tree, constrained = constrained_linkage(x, groups)
+        cannot = cannot_links(x, groups, config.same_voice)
+        tree, constrained = constrained_linkage(x, cannot)
         merges = int(np.sum(tree[:constrained, 2] <= 1.0 - config.min_similarity))
         first_cut = cut_into(tree, n - merges)
     else:
         tree = linkage(x, method="centroid", metric="euclidean")
         first_cut = fcluster(tree, config.threshold, criterion="distance")
-        groups = None
     if num_speakers:
-        return _cut(tree, x, min_size, min(num_speakers, n), seconds, groups)
-    labels = _absorb_small(x, first_cut, min_size, seconds, groups)
+        return _cut(tree, x, min_size, min(num_speakers, n), seconds, cannot)
+    labels = _absorb_small(x, first_cut, min_size, seconds, cannot)
     count = labels.max() + 1
     if min_speakers and count < min_speakers:
-        return _cut(tree, x, min_size, min(min_speakers, n), seconds, groups)
+        return _cut(tree, x, min_size, min(min_speakers, n), seconds, cannot)
     if max_speakers and count > max_speakers:
         return _cut(tree, x, 1, max_speakers)
     return labels
@@ -240,15 +275,22 @@ def centroids_of(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return _centroids(l2_normalise(embeddings.astype(np.float64)), labels, list(range(labels.max() + 1)))
 
 
-def assign_per_window(embeddings: np.ndarray, centroids: np.ndarray, window_of: np.ndarray) -> np.ndarray:
-    """Nearest centroid for each embedding; local speakers of one window get distinct speakers."""
-    score = l2_normalise(embeddings.astype(np.float64)) @ centroids.T
+def assign_per_window(
+    embeddings: np.ndarray, centroids: np.ndarray, window_of: np.ndarray, same_voice: float = np.inf
+) -> np.ndarray:
+    """Nearest centroid for each embedding; the voices of one window get distinct speakers (local
+    speakers at least `same_voice` alike are one voice and go together)."""
+    x = l2_normalise(embeddings.astype(np.float64))
     out = np.empty(len(embeddings), dtype=int)
     for w in np.unique(window_of):
         rows = np.flatnonzero(window_of == w)
-        if len(rows) > len(centroids):  # more local speakers than speakers: plain nearest centroid
-            out[rows] = score[rows].argmax(axis=1)
+        voice = voice_groups(x[rows], same_voice)
+        score = l2_normalise(np.stack([x[rows[voice == v]].mean(axis=0) for v in range(voice.max() + 1)])) @ centroids.T
+        if len(score) > len(centroids):  # more voices than speakers: plain nearest centroid
+            out[rows] = score.argmax(axis=1)[voice]
             continue
-        r, c = linear_sum_assignment(-score[rows])
-        out[rows[r]] = c
+        r, c = linear_sum_assignment(-score)
+        chosen = np.empty(len(score), dtype=int)
+        chosen[r] = c
+        out[rows] = chosen[voice]
     return out

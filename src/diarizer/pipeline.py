@@ -17,7 +17,13 @@ from threadpoolctl import threadpool_limits
 
 from diarizer import audio as audio_io
 from diarizer import features
-from diarizer.clustering import ClusteringConfig, assign_per_window, centroids_of, cluster
+from diarizer.clustering import (
+    ClusteringConfig,
+    assign_per_window,
+    centroids_of,
+    cluster,
+    most_voices_heard_together,
+)
 from diarizer.embedding import EMBEDDING_DIM, TRUNK_CHANNELS, TRUNK_HOP, Embedder, num_trunk_frames, span_stats, trunk_chunks
 from diarizer.models import default_threads, locate_models, open_session
 from diarizer.reconstruction import (
@@ -306,7 +312,9 @@ class Diarizer:
         strong = valid & (windows.seconds >= self.config.min_cluster_seconds)
         # Voices the segmentation model heard side by side in one window are different people:
         # the busiest window is a lower bound on the speaker count (cannot-link evidence).
-        heard_together = int(strong.sum(axis=1).max()) if self.config.window_bound else 1
+        heard_together = 1
+        if self.config.window_bound:
+            heard_together = most_voices_heard_together(windows.embeddings, strong, self.config.clustering.same_voice)
         if not strong.any():
             strong = valid
         fixed = options.speakers if options.speakers > 0 else None
@@ -324,7 +332,9 @@ class Diarizer:
         )
         centroids = centroids_of(windows.embeddings[strong], strong_labels)
         window_of = np.nonzero(valid)[0]
-        labels[valid] = assign_per_window(windows.embeddings[valid], centroids, window_of)
+        labels[valid] = assign_per_window(
+            windows.embeddings[valid], centroids, window_of, self.config.clustering.same_voice
+        )
         return labels
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diarizer.clustering import ClusteringConfig, assign_per_window, centroids_of, cluster
+from diarizer.clustering import ClusteringConfig, assign_per_window, cannot_links, centroids_of, cluster
 
 
 def voices(counts, dim=192, spread=0.25, seed=0):
@@ -66,7 +66,7 @@ def test_without_constraints_the_linkage_is_scipys_average_linkage():
 
     x, _ = voices([7, 9, 5], seed=6)
     x = l2_normalise(x)
-    tree, constrained = constrained_linkage(x, np.arange(len(x)))
+    tree, constrained = constrained_linkage(x, cannot_links(x, np.arange(len(x))))
     reference = linkage(x, method="average", metric="cosine")
     assert constrained == len(x) - 1
     np.testing.assert_allclose(np.sort(tree[:, 2]), np.sort(reference[:, 2]), atol=1e-5)
@@ -82,7 +82,7 @@ def test_voices_heard_together_stay_apart_until_only_such_merges_are_left():
     b = centre + 0.6 * rng.standard_normal(192) + 0.2 * rng.standard_normal((6, 192))
     x = l2_normalise(np.concatenate([a, b]))
     windows = np.concatenate([np.arange(6), np.arange(6)])
-    tree, constrained = constrained_linkage(x, windows)
+    tree, constrained = constrained_linkage(x, cannot_links(x, windows))
     assert constrained == len(x) - 2  # everything merges into two voices before a constraint breaks
     two = cut_into(tree, 2)
     assert same_partition(two, np.repeat([0, 1], 6))
@@ -96,3 +96,43 @@ def test_speaker_floor_in_seconds_of_speech():
     seconds = np.where(truth == 2, 0.5, 2.0)  # the third voice: 1.5 s of speech in all
     assert cluster(x, ClusteringConfig(min_speaker_seconds=3.0), seconds=seconds).max() + 1 == 2
     assert cluster(x, ClusteringConfig(min_speaker_seconds=1.0), seconds=seconds).max() + 1 == 3
+
+
+def test_a_voice_the_segmentation_split_in_one_window_stays_one_speaker():
+    # One voice, 12 windows; in four of them the segmentation model split it into two local
+    # speakers (two prints of one window). Those prints are alike, so they constrain nothing.
+    x, _ = voices([16], seed=9)
+    windows = np.concatenate([np.arange(12), [2, 5, 7, 10]])
+    assert cannot_links(x, windows, same_voice=0.75).sum() == 0
+    assert cluster(x, ClusteringConfig(), groups=windows).max() + 1 == 1
+    # Taken at their word (no same-voice rule) the split prints would found a second speaker.
+    assert cluster(x, ClusteringConfig(same_voice=np.inf), groups=windows).max() + 1 == 2
+
+
+def test_different_voices_in_one_window_stay_constrained():
+    x, truth = voices([6, 6], seed=10)
+    windows = np.concatenate([np.arange(6), np.arange(6)])
+    cannot = cannot_links(x, windows, same_voice=0.75)
+    assert cannot.sum() == 2 * 6  # each window's pair, both ways
+    assert same_partition(cluster(x, ClusteringConfig(), groups=windows), truth)
+
+
+def test_a_split_voice_is_assigned_to_one_speaker():
+    x, truth = voices([6, 6], seed=11)
+    centroids = centroids_of(x, truth)
+    window_of = np.array([0, 0] + list(range(1, len(x) - 1)))  # prints 0 and 1: speaker 0, one window
+    labels = assign_per_window(x, centroids, window_of, same_voice=0.75)
+    assert labels[0] == labels[1] == 0
+    assert (labels == truth).all()
+
+
+def test_the_busiest_window_counts_a_split_voice_once():
+    from diarizer.clustering import most_voices_heard_together
+
+    x, _ = voices([3, 1], seed=12)
+    embeddings = np.full((2, 3, x.shape[1]), np.nan)
+    embeddings[0] = x[:3]  # window 0: one voice split in three
+    embeddings[1, :2] = x[[0, 3]]  # window 1: two voices
+    use = ~np.isnan(embeddings[..., 0])
+    assert most_voices_heard_together(embeddings, use, same_voice=0.75) == 2
+    assert most_voices_heard_together(embeddings, use, same_voice=np.inf) == 3
