@@ -32,7 +32,7 @@ STAGES = {
     "  segmentation model (Segmenter.probabilities)": ("segmentation.py", "probabilities"),
     "  window embeddings (Embedder.embed_window)": ("embedding.py", "embed_window"),
     "clustering + reconstruction + refinement (resolve)": ("pipeline.py", "resolve"),
-    "  clustering (Diarizer._cluster)": ("pipeline.py", "_cluster"),
+    "  clustering (pipeline.cluster_windows)": ("pipeline.py", "cluster_windows"),
     "  turn re-assignment (refinement.reassign_turns)": ("refinement.py", "reassign_turns"),
     "all ONNX runs (InferenceSession.run)": ("onnxruntime_inference_collection.py", "run"),
     "  of which embedding model (Embedder.embed_frames)": ("embedding.py", "embed_frames"),

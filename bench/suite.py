@@ -5,6 +5,7 @@
     python bench/suite.py run --part held             # score the held-out part (report this first)
     python bench/suite.py run --part tune --cache .bench/cache --param clustering.threshold=0.6
     python bench/suite.py run --part held --condition long --condition ami
+    python bench/suite.py counts --part tune --cache .bench/cache --grid clustering.min_similarity=0.55,0.6,0.65
 
 Every conversation is made by ../shared/eval/make_conversations.py (never stored in the repository).
 The split is by seed AND by speakers: the 160 speakers of the pool are divided once, by sorted
@@ -216,9 +217,57 @@ def margin(args) -> int:
     return 0
 
 
+def counts(args) -> int:
+    """Speaker counts only, re-clustering the cached analyses for every combination of --grid values.
+
+    Seconds per combination instead of a full run (no decoding, no turn refinement, no scoring), so a
+    parameter can be swept across every condition before a full run confirms the best one. The count is
+    the clustering's; turn refinement can still empty a speaker (it rarely does: the margin table in
+    BENCHMARKS.md has the same counts with and without it).
+    """
+    import itertools
+    import pickle
+
+    from accuracy import analysis_tag, reference_counts
+    from diarizer import DiarizationOptions
+    from diarizer.pipeline import PipelineConfig, cluster_windows
+
+    if not args.cache:
+        raise SystemExit("counts re-clusters cached analyses: give --cache (filled by `run --cache`)")
+    names = args.condition or ["ami"] + [c.name for c in CONDITIONS if c.count.get(args.part)]
+    base = with_overrides(PipelineConfig(), args.param)
+    files = []  # (condition, true count, cached analysis)
+    for name in names:
+        folder = args.root / args.part / name
+        for uri, truth in sorted(reference_counts(folder / "reference.rttm").items()):
+            cached = args.cache / args.part / f"{name}-{uri}-{analysis_tag(base)}.pkl"
+            if not cached.is_file():
+                raise SystemExit(f"{cached} is missing: run `python bench/suite.py run --part {args.part} "
+                                 f"--condition {name} --cache {args.cache}` (with the same --param) first")
+            files.append((name, truth, pickle.loads(cached.read_bytes())))
+    axes = [(g.split("=", 1)[0], g.split("=", 1)[1].split(",")) for g in args.grid]
+    print("| " + " | ".join([n for n, _ in axes] + ["count exact"] + names) + " |")
+    print("|" + " --- |" * (len(axes) + 1 + len(names)))
+    for values in itertools.product(*[v for _, v in axes]):
+        config = with_overrides(base, [f"{n}={v}" for (n, _), v in zip(axes, values)])
+        if analysis_tag(config) != analysis_tag(base):
+            raise SystemExit("--grid may only vary settings that act after the analysis (clustering, floors)")
+        errors: dict[str, list[int]] = {name: [] for name in names}
+        for name, truth, windows in files:
+            found = int(cluster_windows(windows, config, DiarizationOptions()).max()) + 1
+            errors[name].append(found - truth)
+        exact = sum(e == 0 for v in errors.values() for e in v)
+        cells = [f"{sum(e == 0 for e in v)}/{len(v)} ({sum(e < 0 for e in v)}−, {sum(e > 0 for e in v)}+)"
+                 for v in errors.values()]
+        print("| " + " | ".join(list(values) + [f"{exact}/{len(files)}"] + cells) + " |", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["build", "run", "margin", "list"])
+    parser.add_argument("action", choices=["build", "run", "margin", "counts", "list"])
+    parser.add_argument("--grid", action="append", default=[],
+                        help="counts: NAME=V1,V2,... values to combine (repeatable)")
     parser.add_argument("--vary", action="append", default=[],
                         help="margin: a tuned parameter to move by -10 %% and +10 %% (repeatable)")
     parser.add_argument("--part", choices=PARTS, default="held")
@@ -241,6 +290,8 @@ def main() -> int:
         return 0
     if args.action == "margin":
         return margin(args)
+    if args.action == "counts":
+        return counts(args)
     print(HEADER, flush=True)
     report = run(args.root, args.part, args.condition, args.param, args.cache, args.speakers)
     print(totals(report))

@@ -156,7 +156,7 @@ class Diarizer:
         """Cluster the voice prints, build the timeline for these options, re-check each turn."""
         options = options or DiarizationOptions()
         duration = len(samples) / SAMPLE_RATE
-        window_labels = self._cluster(windows, options)
+        window_labels = cluster_windows(windows, self.config, options)
         num_speakers = int(window_labels.max()) + 1
         if num_speakers == 0:
             return Diarization([], duration)
@@ -296,46 +296,49 @@ class Diarizer:
             embeddings[tuple(np.array(found).T)] = embedder.from_stats(np.stack(stats))
         return WindowResults(np.asarray(starts), probs, embeddings, seconds, trunk)
 
-    def _distinct_seconds(self, windows: WindowResults) -> np.ndarray:
-        """(windows, local) speech behind each print, divided by how many windows cover each moment."""
-        if len(windows.starts) < 2:
-            return windows.seconds
-        hop = float(np.median(np.diff(windows.starts))) / SAMPLE_RATE
-        return windows.seconds * min(1.0, hop * SAMPLE_RATE / WINDOW_SAMPLES)
 
-    def _cluster(self, windows: WindowResults, options: DiarizationOptions) -> np.ndarray:
-        """(windows, local) global speaker of every local speaker, -1 where it has no voice print."""
-        labels = np.full(windows.seconds.shape, -1, dtype=int)
-        valid = ~np.isnan(windows.embeddings[..., 0])
-        if not valid.any():
-            return labels
-        strong = valid & (windows.seconds >= self.config.min_cluster_seconds)
-        # Voices the segmentation model heard side by side in one window are different people:
-        # the busiest window is a lower bound on the speaker count (cannot-link evidence).
-        heard_together = 1
-        if self.config.window_bound:
-            heard_together = most_voices_heard_together(windows.embeddings, strong, self.config.clustering.same_voice)
-        if not strong.any():
-            strong = valid
-        fixed = options.speakers if options.speakers > 0 else None
-        min_speakers = max(options.min_speakers or 1, heard_together)
-        if options.max_speakers:
-            min_speakers = min(min_speakers, options.max_speakers)
-        strong_labels = cluster(
-            windows.embeddings[strong],
-            self.config.clustering,
-            num_speakers=fixed,
-            min_speakers=min_speakers,
-            max_speakers=options.max_speakers,
-            groups=np.nonzero(strong)[0],
-            seconds=self._distinct_seconds(windows)[strong] if self.config.speech_floor else None,
-        )
-        centroids = centroids_of(windows.embeddings[strong], strong_labels)
-        window_of = np.nonzero(valid)[0]
-        labels[valid] = assign_per_window(
-            windows.embeddings[valid], centroids, window_of, self.config.clustering.same_voice
-        )
+def distinct_seconds(windows: WindowResults) -> np.ndarray:
+    """(windows, local) speech behind each print, divided by how many windows cover each moment."""
+    if len(windows.starts) < 2:
+        return windows.seconds
+    hop = float(np.median(np.diff(windows.starts))) / SAMPLE_RATE
+    return windows.seconds * min(1.0, hop * SAMPLE_RATE / WINDOW_SAMPLES)
+
+
+def cluster_windows(windows: WindowResults, config: PipelineConfig, options: DiarizationOptions) -> np.ndarray:
+    """(windows, local) global speaker of every local speaker, -1 where it has no voice print.
+
+    A pure function of the analysis, so benchmarks can re-cluster cached analyses (bench/suite.py counts).
+    """
+    labels = np.full(windows.seconds.shape, -1, dtype=int)
+    valid = ~np.isnan(windows.embeddings[..., 0])
+    if not valid.any():
         return labels
+    strong = valid & (windows.seconds >= config.min_cluster_seconds)
+    # Voices the segmentation model heard side by side in one window are different people:
+    # the busiest window is a lower bound on the speaker count (cannot-link evidence).
+    heard_together = 1
+    if config.window_bound:
+        heard_together = most_voices_heard_together(windows.embeddings, strong, config.clustering.same_voice)
+    if not strong.any():
+        strong = valid
+    fixed = options.speakers if options.speakers > 0 else None
+    min_speakers = max(options.min_speakers or 1, heard_together)
+    if options.max_speakers:
+        min_speakers = min(min_speakers, options.max_speakers)
+    strong_labels = cluster(
+        windows.embeddings[strong],
+        config.clustering,
+        num_speakers=fixed,
+        min_speakers=min_speakers,
+        max_speakers=options.max_speakers,
+        groups=np.nonzero(strong)[0],
+        seconds=distinct_seconds(windows)[strong] if config.speech_floor else None,
+    )
+    centroids = centroids_of(windows.embeddings[strong], strong_labels)
+    window_of = np.nonzero(valid)[0]
+    labels[valid] = assign_per_window(windows.embeddings[valid], centroids, window_of, config.clustering.same_voice)
+    return labels
 
 
 def _speech_frames(starts: list[int], probs: np.ndarray) -> np.ndarray:
