@@ -131,13 +131,18 @@ def count_errors(files: dict) -> tuple[int, int, int]:
     return exact, by_one, len(files) - exact - by_one
 
 
+def condition_names(part: str, chosen: list[str]) -> list[str]:
+    """The conditions asked for, else every condition this part has (AMI first)."""
+    return chosen or ["ami"] + [c.name for c in CONDITIONS if c.count.get(part)]
+
+
 def run(root: Path, part: str, conditions: list[str], params: list[str], cache: Path | None, speakers: str) -> dict:
     from diarizer import DiarizationOptions
     from diarizer.pipeline import Diarizer, PipelineConfig
 
     config = with_overrides(PipelineConfig(), params)
     engine = Diarizer(config=config)
-    names = conditions or ["ami"] + [c.name for c in CONDITIONS if c.count.get(part)]
+    names = condition_names(part, conditions)
     report = {}
     for name in names:
         folder = root / part / name
@@ -234,7 +239,7 @@ def counts(args) -> int:
 
     if not args.cache:
         raise SystemExit("counts re-clusters cached analyses: give --cache (filled by `run --cache`)")
-    names = args.condition or ["ami"] + [c.name for c in CONDITIONS if c.count.get(args.part)]
+    names = condition_names(args.part, args.condition)
     base = with_overrides(PipelineConfig(), args.param)
     files = []  # (condition, true count, cached analysis)
     for name in names:
