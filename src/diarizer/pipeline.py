@@ -64,9 +64,9 @@ class PipelineConfig:
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     # Run CAM++'s trunk once per chunk of the recording and pool each voice print from its frames
     # (embedding.py) instead of running the whole network per window speaker and per turn. Much less
-    # embedding work (CPU 0.62x), but off until measured on the whole held-out suite: the trunk hears
-    # the neighbouring speakers, prints move (median cosine 0.92 to whole-clip ones); AMI 29.4 -> 34.3 %
-    # and dev 14.1 -> 14.9 % with one count lost, held-out conditions so far unchanged (BENCHMARKS.md).
+    # embedding work (CPU 0.52x on a quiet machine), but off: the trunk hears the neighbouring speakers
+    # and the prints move (median cosine 0.92 to whole-clip ones); on the whole held-out suite they lose
+    # 4 of 56 exact counts and add > 0.3 DER points in 7 of 9 conditions (BENCHMARKS.md).
     pooled_embeddings: bool = False
     embed_chunk_seconds: float = 30.0  # trunk input per call (longer: less edge effect, more memory)
     embed_chunk_margin: float = 1.0  # context on each side of a chunk, run but not kept
@@ -244,8 +244,8 @@ class Diarizer:
 
     def _segment_and_embed(self, samples: np.ndarray, progress: Progress | None) -> WindowResults:
         starts = window_starts(len(samples), self.config.step_seconds)
-        frames = frames_in(min(len(samples), WINDOW_SAMPLES))
         length = min(len(samples), WINDOW_SAMPLES)
+        frames = frames_in(length)
         probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
         embeddings = np.full((len(starts), LOCAL_SPEAKERS, EMBEDDING_DIM), np.nan, np.float32)
         seconds = np.zeros((len(starts), LOCAL_SPEAKERS), np.float32)
