@@ -57,10 +57,9 @@
     return known;
   }
 
-  /** The name a speaker has before any rename: its enrolled name, else its id. */
-  function defaultName(diarized, id) {
-    const known = enrolled(diarized)[id];
-    return known ? known.name : id;
+  /** The name a speaker has before any rename: its enrolled name (`known` = enrolled(diarized)), else its id. */
+  function defaultName(known, id) {
+    return known[id] ? known[id].name : id;
   }
 
   function speakersInOrder(segments) {
@@ -83,8 +82,9 @@
     /** The API's answer as it came (enrolled names, matches, confidence), plus `speaker_names` for the
      *  speakers the user renamed: a reader's rule is speaker_names, else the enrolled name, else the id. */
     json(diarized, names) {
+      const known = enrolled(diarized);
       const renamed = Object.fromEntries(Object.entries(names).filter(([id, name]) =>
-        name && name !== defaultName(diarized, id)));
+        name && name !== defaultName(known, id)));
       const doc = Object.assign({}, diarized);
       delete doc.speaker_names;
       if (Object.keys(renamed).length) doc.speaker_names = renamed;
@@ -109,7 +109,7 @@
     const segments = diarized.segments.slice().sort((a, b) => a.start - b.start);
     const speakers = speakersInOrder(segments);
     const known = enrolled(diarized);
-    const defaults = Object.fromEntries(speakers.map((id) => [id, defaultName(diarized, id)]));
+    const defaults = Object.fromEntries(speakers.map((id) => [id, defaultName(known, id)]));
     const names = Object.assign({}, defaults, options.names || {});
     const withConfidence = segments.some(hasConfidence);
     const fileId = options.fileId || "audio";
