@@ -78,6 +78,12 @@ class PipelineConfig:
     refine_turns: bool = True  # second look at each turn's speaker (see refinement.py)
     min_turn_seconds: float = 0.5  # shorter turns keep their speaker
     turn_embed_seconds: float = 3.0  # a turn's voice print uses at most this much of its middle
+    # Runs of one speaker closer than this are re-checked as one turn. 0: every run on its own. When the
+    # segmentation model gives two alternating voices one local speaker, joining their runs across the
+    # short pauses between them mixes the two voices in one print; alone, each run can move (tuning
+    # part: DER lower in 7 of 9 conditions, short turns 51.0 -> 49.5 %, none higher; 0.1 s the same;
+    # about 2.5 % more turn-print audio).
+    turn_join_gap: float = 0.0
     merge_gap: float = 0.3  # the `vad` option joins same-speaker turns closer than this (NIST's 0.3 s)
     min_segment: float = 0.0  # shorter output turns are dropped
 
@@ -166,7 +172,7 @@ class Diarizer:
         turns = to_segments(active, duration)
         if self.config.refine_turns:
             turns = reassign_turns(
-                turns, self._turn_embedder(windows, samples), self.config.merge_gap,
+                turns, self._turn_embedder(windows, samples), self.config.turn_join_gap,
                 self.config.min_turn_seconds, self.config.turn_embed_seconds,
             )
         # Joining closer turns is the `vad` option; joining overlapping runs of one speaker is not optional.
