@@ -1,4 +1,4 @@
-"""Turn re-assignment (refinement.py): which turns move, and what counts as one turn."""
+"""Turn re-assignment (refinement.py): which turns and pieces of turns move, and what counts as one turn."""
 import numpy as np
 import pytest
 
@@ -28,24 +28,41 @@ TURNS = [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 12.0), (0, 12.2, 14.0), (1, 15.0
 
 
 def test_a_run_of_another_voice_moves_when_runs_are_checked_alone():
-    out = reassign_turns(TURNS, truth_embedder(TRUTH), join_gap=0.0, min_seconds=0.5, max_seconds=3.0)
+    out = reassign_turns(TURNS, truth_embedder(TRUTH), 0.0, 0.5, piece_seconds=1.5, piece_margin=0.1)
     assert out == [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 12.0), (1, 12.2, 14.0), (1, 15.0, 19.0)]
 
 
 def test_joined_across_the_pause_the_mixed_turn_stays_wrong():
-    # The reason `turn_join_gap` is 0: joined, 8.5-14.0 is one turn whose print is mostly voice 0.
-    out = reassign_turns(TURNS, truth_embedder(TRUTH), join_gap=0.3, min_seconds=0.5, max_seconds=3.0)
+    # The reason `turn_join_gap` is 0: joined, 8.5-14.0 is one turn whose print is mostly voice 0
+    # (pieces off here: they would rescue part of it, see below).
+    out = reassign_turns(TURNS, truth_embedder(TRUTH), 0.3, 0.5, piece_seconds=100.0, piece_margin=0.1)
     assert out[3] == (0, 12.2, 14.0)
+
+
+def test_a_voice_change_without_a_pause_moves_as_pieces():
+    # Speaker 0's turn 8.5-14.5 runs voice 0 into voice 1 with no pause: no whole-turn print can
+    # split it, its 1.5 s pieces can.
+    truth = [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 11.5), (1, 11.5, 14.5)]
+    turns = [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 14.5)]
+    out = reassign_turns(turns, truth_embedder(truth), 0.0, 0.5, piece_seconds=1.5, piece_margin=0.1)
+    assert out == [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 11.5), (1, 11.5, 13.0), (1, 13.0, 14.5)]
+
+
+def test_pieces_move_only_by_the_margin():
+    truth = [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 11.5), (1, 11.5, 14.5)]
+    turns = [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 14.5)]
+    out = reassign_turns(turns, truth_embedder(truth), 0.0, 0.5, piece_seconds=1.5, piece_margin=1.0)
+    assert out == turns
 
 
 def test_turns_overlapped_by_others_and_short_turns_keep_their_speaker():
     truth = [(0, 0.0, 4.0), (1, 4.0, 8.0), (1, 8.0, 8.3), (1, 9.0, 12.0)]
     turns = [(0, 0.0, 4.0), (1, 4.0, 8.0), (0, 8.0, 8.3), (0, 9.0, 12.0), (1, 9.5, 12.0)]
-    out = reassign_turns(turns, truth_embedder(truth), join_gap=0.0, min_seconds=0.5, max_seconds=3.0)
+    out = reassign_turns(turns, truth_embedder(truth), 0.0, 0.5, piece_seconds=1.5, piece_margin=0.1)
     assert out[2] == (0, 8.0, 8.3)  # 0.3 s: too short to judge
     assert out[3] == (0, 9.0, 12.0)  # overlapped by speaker 1 for 2.5 of its 3 s: a mixed print
 
 
 @pytest.mark.parametrize("turns", [[], [(0, 0.0, 5.0), (0, 6.0, 9.0)]])
 def test_nothing_to_compare_leaves_turns_alone(turns):
-    assert reassign_turns(turns, truth_embedder([]), 0.0, 0.5, 3.0) == turns
+    assert reassign_turns(turns, truth_embedder([]), 0.0, 0.5, 1.5, 0.1) == turns
