@@ -88,8 +88,8 @@ class PipelineConfig:
     # Runs of one speaker closer than this are re-checked as one turn. 0: every run on its own. When the
     # segmentation model gives two alternating voices one local speaker, joining their runs across the
     # short pauses between them mixes the two voices in one print; alone, each run can move (tuning
-    # part: DER lower in 7 of 9 conditions, short turns 51.0 -> 49.5 %, none higher; 0.1 s the same;
-    # about 2.5 % more turn-print audio).
+    # part, cached prints re-scored: DER lower in 7 of 9 conditions, none higher, short turns 51.0 ->
+    # 49.5 %; 0.1 s the same; about 2.5 % more turn-print audio).
     turn_join_gap: float = 0.0
     merge_gap: float = 0.3  # the `vad` option joins same-speaker turns closer than this (NIST's 0.3 s)
     min_segment: float = 0.0  # shorter output turns are dropped
