@@ -76,10 +76,7 @@ class PipelineConfig:
     onset: float = 0.6  # speech where P(anyone talks) reaches this
     overlap: float = 0.4  # two speakers where P(two talk) reaches this
     refine_turns: bool = True  # second look at each turn's speaker (see refinement.py)
-    # Shorter turns keep their speaker (too little voice for a print). Tuning part, with pieces, 0.3 s
-    # against 0.5 s: DER lower in 4 of 9 conditions (short turns 48.4 -> 46.8 %), mp3 +0.1, the rest
-    # equal; in a re-scoring of cached prints 0.4 s gave about half the gain and 0.6 s was worse.
-    min_turn_seconds: float = 0.3
+    min_turn_seconds: float = 0.5  # shorter turns keep their speaker
     # A turn at least twice this long is re-checked in pieces (refinement.py) ...
     turn_piece_seconds: float = 1.5
     # ... and a piece moves alone when another speaker's centroid is this much more alike than its
