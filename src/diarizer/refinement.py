@@ -38,8 +38,7 @@ def reassign_turns(
     piece_seconds: float,
     piece_margin: float,
 ) -> list[Turn]:
-    """`turns` with every run of a re-assigned turn moved to its new speaker, and every moved piece
-    cut out of its turn and given to its own."""
+    """`turns` with every re-assigned turn, and every piece that moves alone, given to its new speaker."""
     speakers = sorted({t[0] for t in turns})
     if len(speakers) < 2:
         return turns
@@ -59,15 +58,17 @@ def reassign_turns(
                   for k in range(len(speakers))])
     )
     best = (prints @ centroids.T).argmax(axis=1)
-    out = _move_turns(turns, {g: speakers[b] for g, b in zip(groups, best) if speakers[b] != g[0]})
+    # Each piece goes where its turn goes, unless it alone is clearly nearer another speaker (a turn of
+    # one piece is its own piece). Its turn's whole span is tiled by its pieces, so moving every piece
+    # whose speaker changes also moves whole turns.
     piece_scores = piece_prints @ centroids.T
-    counts = np.bincount(owner, minlength=len(groups))
-    cuts = []
-    for j, ((a, b), i) in enumerate(zip(spans, owner)):
-        nearest = int(piece_scores[j].argmax())
-        if counts[i] > 1 and nearest != best[i] and piece_scores[j, nearest] - piece_scores[j, best[i]] >= piece_margin:
-            cuts.append((speakers[best[i]], a, b, speakers[nearest]))
-    return _cut_pieces(out, cuts)
+    target = best[owner].copy()
+    nearest = piece_scores.argmax(axis=1)
+    rows = np.arange(len(spans))
+    alone = (np.bincount(owner)[owner] > 1) & (piece_scores[rows, nearest] - piece_scores[rows, target] >= piece_margin)
+    target[alone] = nearest[alone]
+    moves = [(groups[i][0], a, b, speakers[t]) for (a, b), i, t in zip(spans, owner, target) if speakers[t] != groups[i][0]]
+    return _move_spans(turns, moves)
 
 
 def _pieces(groups: list[Turn], piece_seconds: float) -> tuple[list[tuple[float, float]], np.ndarray]:
@@ -82,28 +83,14 @@ def _pieces(groups: list[Turn], piece_seconds: float) -> tuple[list[tuple[float,
     return spans, np.array(owner)
 
 
-def _move_turns(turns: list[Turn], moves: dict[Turn, int]) -> list[Turn]:
-    """Every turn inside a moved group (old speaker, start, end) goes to the group's new speaker."""
+def _move_spans(turns: list[Turn], moves: list[tuple[int, float, float, int]]) -> list[Turn]:
+    """Each move (speaker, start, end, new speaker) takes that span out of the speaker's turns and gives
+    it to the new one (neighbouring spans of one speaker stay separate: the caller joins them)."""
     if not moves:
         return turns
     out = []
     for speaker, start, end in turns:
-        target = next(
-            (new for (old, a, b), new in moves.items() if old == speaker and a - 1e-6 <= start and end <= b + 1e-6),
-            speaker,
-        )
-        out.append((target, start, end))
-    return out
-
-
-def _cut_pieces(turns: list[Turn], cuts: list[tuple[int, float, float, int]]) -> list[Turn]:
-    """Each cut (speaker, start, end, new speaker) takes that span out of the speaker's turns and gives
-    it to the new one."""
-    if not cuts:
-        return turns
-    out = []
-    for speaker, start, end in turns:
-        mine = sorted((a, b, new) for old, a, b, new in cuts if old == speaker and a < end and b > start)
+        mine = sorted((a, b, new) for old, a, b, new in moves if old == speaker and a < end and b > start)
         at = start
         for a, b, new in mine:
             a, b = max(a, start), min(b, end)
