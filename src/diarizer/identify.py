@@ -15,6 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from diarizer.clustering import l2_normalise
+from diarizer.embedding import EMBEDDING_DIM
 from diarizer.segmentation import SAMPLE_RATE
 from diarizer.types import Diarization, DiarizationOptions, Segment, SpeakerMatch, Voiceprint
 
@@ -71,7 +72,7 @@ def clips_of(samples: np.ndarray, spans: Sequence[tuple[float, float]], budget: 
 def mean_print(clips: list[np.ndarray], embed_many: EmbedMany) -> np.ndarray:
     """Length-weighted mean of the clips' unit-length prints, itself unit length (zeros: no clips)."""
     if not clips:
-        return np.zeros(192)
+        return np.zeros(EMBEDDING_DIM)
     prints = l2_normalise(embed_many(clips).astype(np.float64))
     weights = np.array([len(c) for c in clips], np.float64)
     return l2_normalise((prints * weights[:, None]).sum(axis=0, keepdims=True))[0]
@@ -87,7 +88,8 @@ def speaker_prints(samples: np.ndarray, segments: Sequence[Segment], embed_many:
         seconds.append(solo)
         clips = clips_of(samples, mine, MAX_SPEAKER_SECONDS) if solo >= MIN_SPEAKER_SECONDS else []
         prints.append(mean_print(clips, embed_many))
-    return SpeakerPrints(ids, np.array(prints).reshape(len(ids), -1), np.array(seconds))
+    # (0, D) when nobody talks: a silent recording still gets an answer (no names, no speakers).
+    return SpeakerPrints(ids, np.array(prints).reshape(len(ids), EMBEDDING_DIM), np.array(seconds))
 
 
 def voiceprint_matrix(voiceprints: Sequence[Voiceprint]) -> np.ndarray:

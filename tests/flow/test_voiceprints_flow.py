@@ -6,6 +6,7 @@ in the webhook, and leaves the third, never-enrolled voice unnamed.
 import base64
 import io
 
+import numpy as np
 import pytest
 
 import audio_factory as af
@@ -106,6 +107,9 @@ def test_enrolment_errors(engine_stack, api_handler, monkeypatch):
     status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(af.demo_voice("A", until=4))},
                                    handler=api_handler)
     assert status == 400 and error["error"]["code"] == "too_little_speech" and "5 s" in error["error"]["message"]
+    silence = np.zeros(8 * 16000, np.float32)  # nobody talks at all: the same answer, never a 500
+    status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(silence)}, handler=api_handler)
+    assert status == 400 and error["error"]["code"] == "too_little_speech"
     samples, _ = af.demo_recording("two-speakers")
     status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(samples[: 16 * 16000])},
                                    handler=api_handler)

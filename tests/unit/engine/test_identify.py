@@ -100,6 +100,16 @@ def test_without_the_new_options_the_output_is_the_contract_exactly(engine):
     assert plain.to_rttm("x") == explicit.to_rttm("x")
 
 
+def test_a_recording_with_nobody_in_it_gets_an_empty_answer_and_no_voiceprint(engine, enrolled):
+    silence = np.zeros(5 * 16000, np.float32)
+    asked = engine.diarize_samples(silence, DiarizationOptions(identify=True, confidence=True,
+                                                                voiceprints=tuple(enrolled.values())))
+    assert asked.to_dict() == {"num_speakers": 0, "segments": [], "speakers": []}
+    with pytest.raises(EnrollmentError) as nobody:
+        engine.enroll("alice", [af.encode(silence, format="FLAC")])
+    assert nobody.value.code == "too_little_speech"
+
+
 def test_identify_with_no_voiceprints_names_nobody(engine):
     result = engine.diarize(TWO, DiarizationOptions(identify=True))
     assert [m.name for m in result.speakers] == [None, None]
