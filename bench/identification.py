@@ -21,7 +21,6 @@ whose speaker is right (hypothesis speakers mapped one-to-one to reference speak
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import subprocess
 import sys
@@ -94,6 +93,25 @@ def frames(turns, n: int) -> dict[str, np.ndarray]:
     return active
 
 
+def diarized(engine: Diarizer, path: Path, ref: list, voiceprints: list, confidence: bool = False) -> dict:
+    """One test recording diarized, with its speakers' match scores against `voiceprints` (and the
+    confidence model's evidence per segment when asked): what the threshold and calibration sweeps need."""
+    from diarizer import audio as audio_io
+
+    samples = audio_io.decode(path)
+    result = engine.diarize_samples(samples)
+    evidence = speaker_prints(samples, result.segments, engine._embed_many)
+    out = {
+        "uri": path.stem, "duration": len(samples) / 16000, "reference": ref,
+        "segments": [(s.speaker_id, s.start, s.end) for s in result.segments],
+        "speaker_ids": evidence.speaker_ids, "usable": evidence.seconds >= MIN_SPEAKER_SECONDS,
+        "scores": evidence.prints @ voiceprint_matrix(voiceprints).T,
+    }
+    if confidence:
+        out["features"] = segment_features(samples, result.segments, evidence, engine._embed_many)
+    return out
+
+
 def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
     """Everything the threshold and calibration sweeps need, computed once per half."""
     if cache.is_file():
@@ -106,24 +124,11 @@ def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
         except EnrollmentError as exc:
             refused.append((speaker, exc.code))
     voiceprints = list(enrolled.values())
-    matrix = voiceprint_matrix(voiceprints)
     refs = reference(folder / "conversations" / "reference.rttm")
     files = []
     for uri, ref in sorted(refs.items()):
-        path = folder / "conversations" / f"{uri}.flac"
-        from diarizer import audio as audio_io
-
-        samples = audio_io.decode(path)
-        result = engine.diarize_samples(samples)
-        evidence = speaker_prints(samples, result.segments, engine._embed_many)
-        files.append({
-            "uri": uri, "duration": len(samples) / 16000, "reference": ref,
-            "segments": [(s.speaker_id, s.start, s.end) for s in result.segments],
-            "speaker_ids": evidence.speaker_ids, "usable": evidence.seconds >= MIN_SPEAKER_SECONDS,
-            "scores": evidence.prints @ matrix.T,
-            "features": segment_features(samples, result.segments, evidence, engine._embed_many),
-        })
-        print(f"  {uri}: {len(ref and set(r[0] for r in ref))} speakers, {len(evidence.speaker_ids)} found",
+        files.append(diarized(engine, folder / "conversations" / f"{uri}.flac", ref, voiceprints, confidence=True))
+        print(f"  {uri}: {len(ref and set(r[0] for r in ref))} speakers, {len(files[-1]['speaker_ids'])} found",
               file=sys.stderr)
     data = {"enrolled": [v.name for v in voiceprints], "all": speakers, "refused": refused, "files": files}
     cache.write_bytes(pickle.dumps(data))
@@ -179,15 +184,7 @@ def ami_across_excerpts(engine: Diarizer, work: Path) -> dict:
     files = []
     for uri, ref in sorted(refs.items()):
         compared = [v for v in voiceprints if sources[v.name][0] != uri]
-        samples = audio_io.decode(folder / f"{uri}.flac")
-        result = engine.diarize_samples(samples)
-        evidence = speaker_prints(samples, result.segments, engine._embed_many)
-        files.append({
-            "uri": uri, "duration": len(samples) / 16000, "reference": ref,
-            "segments": [(s.speaker_id, s.start, s.end) for s in result.segments],
-            "speaker_ids": evidence.speaker_ids, "usable": evidence.seconds >= MIN_SPEAKER_SECONDS,
-            "scores": evidence.prints @ voiceprint_matrix(compared).T, "voiceprints": [v.name for v in compared],
-        })
+        files.append({**diarized(engine, folder / f"{uri}.flac", ref, compared), "voiceprints": [v.name for v in compared]})
     data = {"enrolled": [v.name for v in voiceprints], "sources": sources, "refused": refused, "files": files}
     cache.write_bytes(pickle.dumps(data))
     return data
