@@ -102,6 +102,16 @@ def test_sync_identify_with_chosen_voiceprints(engine_stack, api_handler):
     assert "confidence" not in body["segments"][0]
 
 
+def test_a_silent_recording_with_identify_and_confidence_is_an_empty_answer(engine_stack, api_handler):
+    stack = engine_stack
+    enroll(stack, api_handler, "alice", "A")
+    silence = np.zeros(6 * 16000, np.float32)
+    status, body = stack.call_api("POST", SYNC, body={"content": b64(silence), "identify": True, "confidence": True},
+                                  handler=api_handler)
+    assert status == 200, body
+    assert body["num_speakers"] == 0 and body["segments"] == [] and body["speakers"] == []
+
+
 def test_enrolment_errors(engine_stack, api_handler, monkeypatch):
     stack = engine_stack
     status, error = stack.call_api("POST", VOICEPRINTS, body={"name": "alice", "content": b64(af.demo_voice("A", until=4))},
