@@ -93,7 +93,7 @@ def speaker_prints(samples: np.ndarray, segments: Sequence[Segment], embed_many:
 
 
 def voiceprint_matrix(voiceprints: Sequence[Voiceprint]) -> np.ndarray:
-    return l2_normalise(np.array([v.embedding for v in voiceprints], np.float64).reshape(len(voiceprints), -1))
+    return l2_normalise(np.array([v.embedding for v in voiceprints], np.float64).reshape(len(voiceprints), EMBEDDING_DIM))
 
 
 def match(scores: np.ndarray, usable: np.ndarray, threshold: float) -> list[int | None]:
