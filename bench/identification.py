@@ -34,10 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = REPO.parent / "shared" / "eval"
 sys.path.insert(0, str(REPO / "src"))
 
+from diarizer import audio as audio_io  # noqa: E402
 from diarizer.confidence import COEFFICIENTS, FEATURES, ISOTONIC, probabilities, scores, segment_features  # noqa: E402
-from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, speaker_prints, voiceprint_matrix  # noqa: E402
+from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, solo_spans, speaker_prints, voiceprint_matrix  # noqa: E402
 from diarizer.pipeline import Diarizer  # noqa: E402
-from diarizer.types import EnrollmentError  # noqa: E402
+from diarizer.types import EnrollmentError, Segment  # noqa: E402
 
 ENROL_SECONDS = 8.0
 MIN_UTTERANCE_SECONDS = 12.0
@@ -96,8 +97,6 @@ def frames(turns, n: int) -> dict[str, np.ndarray]:
 def diarized(engine: Diarizer, path: Path, ref: list, voiceprints: list, confidence: bool = False) -> dict:
     """One test recording diarized, with its speakers' match scores against `voiceprints` (and the
     confidence model's evidence per segment when asked): what the threshold and calibration sweeps need."""
-    from diarizer import audio as audio_io
-
     samples = audio_io.decode(path)
     result = engine.diarize_samples(samples)
     evidence = speaker_prints(samples, result.segments, engine._embed_many)
@@ -136,14 +135,10 @@ def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
 
 
 def solo_stretches(turns) -> dict[str, list[tuple[float, float]]]:
-    """Per speaker, the stretches of a reference where that speaker talks alone."""
+    """Per speaker, the stretches of a reference (who, start, end) where that speaker talks alone."""
     out: dict[str, list] = {}
-    for who, a, b in turns:
-        pieces = [(a, b)]
-        for other, x, y in turns:
-            if other != who and x < b and y > a:
-                pieces = [p for lo, hi in pieces for p in ((lo, min(hi, x)), (max(lo, y), hi)) if p[1] - p[0] > 1e-3]
-        out.setdefault(who, []).extend(pieces)
+    for who, start, end in solo_spans([Segment(who, a, b) for who, a, b in turns]):
+        out.setdefault(who, []).append((start, end))
     return out
 
 
@@ -158,8 +153,6 @@ def ami_across_excerpts(engine: Diarizer, work: Path) -> dict:
     cache = work / "ami" / "analysis.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
-    from diarizer import audio as audio_io
-
     folder = SHARED_EVAL / "ami"
     refs = reference(folder / "reference.rttm")
     best: dict[str, tuple[str, list]] = {}
