@@ -308,11 +308,25 @@ class Diarizer:
 
 
 def distinct_seconds(windows: WindowResults) -> np.ndarray:
-    """(windows, local) speech behind each print, divided by how many windows cover each moment."""
+    """(windows, local) speech behind each print, each moment divided by how many windows cover it.
+
+    A moment heard by two overlapping windows is in two prints and counts half in each; a moment only
+    one window hears (the start and end of a recording) counts whole, so a voice heard only there is
+    not taken for half as much speech as it is."""
     if len(windows.starts) < 2:
         return windows.seconds
-    hop = float(np.median(np.diff(windows.starts))) / SAMPLE_RATE
-    return windows.seconds * min(1.0, hop * SAMPLE_RATE / WINDOW_SAMPLES)
+    frames = windows.probs.shape[1]
+    offsets = frame_offsets(windows.starts)
+    coverage = np.zeros(offsets[-1] + frames, np.float32)
+    for first in offsets:
+        coverage[first : first + frames] += 1
+    active = hard_activity(windows.probs)  # (windows, frames, local)
+    share = np.zeros(windows.seconds.shape, np.float32)
+    for w, first in enumerate(offsets):
+        frames_of = active[w].sum(axis=0)
+        weighted = (active[w] / coverage[first : first + frames, None]).sum(axis=0)
+        share[w] = np.where(frames_of > 0, weighted / np.maximum(frames_of, 1), 0.0)
+    return windows.seconds * share
 
 
 def cluster_windows(windows: WindowResults, config: PipelineConfig, options: DiarizationOptions) -> np.ndarray:

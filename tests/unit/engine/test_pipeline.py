@@ -135,3 +135,28 @@ def test_progress_is_reported(engine):
     seen = []
     engine.diarize_samples(samples, progress=seen.append)
     assert seen and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+
+
+def test_distinct_seconds_counts_a_moment_once_however_many_windows_hear_it():
+    from diarizer.pipeline import WindowResults, distinct_seconds
+    from diarizer.segmentation import POWERSET, SAMPLE_RATE, frames_in, window_starts
+
+    # 20 s of audio, 10 s windows every 5 s: 0-10, 5-15, 10-20. Local speaker 0 of the first window talks
+    # in 0-5 s, which no other window hears; local speaker 0 of the middle window talks in 7-13 s,
+    # which two windows hear.
+    starts = np.array(window_starts(20 * SAMPLE_RATE, 5.0))
+    frames = frames_in(10 * SAMPLE_RATE)
+    silent, speaker0 = POWERSET.tolist().index([0, 0, 0]), POWERSET.tolist().index([1, 0, 0])
+    probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
+    probs[..., silent] = 1.0
+    times = np.arange(frames) * 10.0 / frames
+    for w, (a, b) in [(0, (0.0, 5.0)), (1, (2.0, 8.0))]:
+        talking = (times >= a) & (times < b)
+        probs[w, talking, silent], probs[w, talking, speaker0] = 0.0, 1.0
+    seconds = np.zeros((len(starts), 3), np.float32)
+    seconds[0, 0], seconds[1, 0] = 5.0, 6.0
+    windows = WindowResults(starts, probs, np.zeros((len(starts), 3, 192), np.float32), seconds)
+    distinct = distinct_seconds(windows)
+    assert distinct[0, 0] == pytest.approx(5.0, abs=0.1)  # heard by one window only: all of it counts
+    assert distinct[1, 0] == pytest.approx(3.0, abs=0.1)  # heard by two windows: half in each
+    assert not distinct[2].any()
