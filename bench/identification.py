@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Open-set speaker identification and confidence calibration, on speakers never used for tuning.
+"""Open-set speaker identification, on speakers never used for tuning.
 
     python bench/identification.py            # builds .bench/identification/ once, then scores
 
@@ -8,15 +8,14 @@ disjoint parts of it: the first ENROL_SECONDS are the enrolment recording, the r
 pool from which make_conversations.py builds conversations (1-4 speakers, noise, overlap). Speakers whose
 utterance is shorter than MIN_UTTERANCE_SECONDS are left out. Speakers are split by sorted ID, alternating,
 into a tuning half and a held-out half; within each half, alternate speakers are enrolled, the others are
-never enrolled (open set). The match threshold and the confidence model are chosen on the tuning half only;
+never enrolled (open set). The match threshold is chosen on the tuning half only;
 the held-out half is reported first. Nothing from ../shared is written into the repository (.bench/ is
 ignored by git).
 
 Scoring (10 ms frames, reference RTTM): for enrolled speakers, the share of their solo speech time where an
 output segment carrying their name is active (strict: diarization misses count against it); for
 non-enrolled speakers, the share of their solo speech time where any named output segment is active.
-Confidence: reliability table over all output segments in bins of 0.1, the share of the segments' frames
-whose speaker is right (hypothesis speakers mapped one-to-one to reference speakers by overlap).
+Confidence is calibrated on the evaluation suite instead: bench/confidence.py.
 """
 from __future__ import annotations
 
@@ -28,21 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.optimize import linear_sum_assignment
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = REPO.parent / "shared" / "eval"
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from confidence import FRAME, frames, reference  # noqa: E402  (the same frame scoring as the calibration)
 from diarizer import audio as audio_io  # noqa: E402
-from diarizer.confidence import COEFFICIENTS, FEATURES, ISOTONIC, probabilities, scores, segment_features  # noqa: E402
 from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, solo_spans, speaker_prints, voiceprint_matrix  # noqa: E402
 from diarizer.pipeline import Diarizer  # noqa: E402
 from diarizer.types import EnrollmentError, Segment  # noqa: E402
 
 ENROL_SECONDS = 8.0
 MIN_UTTERANCE_SECONDS = 12.0
-FRAME = 0.01
 HALVES = {"tuning": 11, "held-out": 12}  # make_conversations seed per half
 AMI_MIN_ENROL_SECONDS = 10.0  # the issue's enrolment: 10-30 s from other utterances
 AMI_MAX_ENROL_SECONDS = 30.0
@@ -78,25 +76,9 @@ def prepare(half: str, utterances: list[Path], root: Path, count: int) -> Path:
     return folder
 
 
-def reference(rttm: Path) -> dict[str, list[tuple[str, float, float]]]:
-    out: dict[str, list] = {}
-    for line in rttm.read_text().splitlines():
-        f = line.split()
-        if f and f[0] == "SPEAKER":
-            out.setdefault(f[1], []).append((f[7], float(f[3]), float(f[3]) + float(f[4])))
-    return out
-
-
-def frames(turns, n: int) -> dict[str, np.ndarray]:
-    active: dict[str, np.ndarray] = {}
-    for who, a, b in turns:
-        active.setdefault(who, np.zeros(n, bool))[int(round(a / FRAME)) : int(round(b / FRAME))] = True
-    return active
-
-
-def diarized(engine: Diarizer, path: Path, ref: list, voiceprints: list, confidence: bool = False) -> dict:
-    """One test recording diarized, with its speakers' match scores against `voiceprints` (and the
-    confidence model's evidence per segment when asked): what the threshold and calibration sweeps need."""
+def diarized(engine: Diarizer, path: Path, ref: list, voiceprints: list) -> dict:
+    """One test recording diarized, with its speakers' match scores against `voiceprints`: what the
+    threshold sweep needs."""
     samples = audio_io.decode(path)
     result = engine.diarize_samples(samples)
     evidence = speaker_prints(samples, result.segments, engine._embed_many)
@@ -106,13 +88,11 @@ def diarized(engine: Diarizer, path: Path, ref: list, voiceprints: list, confide
         "speaker_ids": evidence.speaker_ids, "usable": evidence.seconds >= MIN_SPEAKER_SECONDS,
         "scores": evidence.prints @ voiceprint_matrix(voiceprints).T,
     }
-    if confidence:
-        out["features"] = segment_features(samples, result.segments, evidence, engine._embed_many)
     return out
 
 
 def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
-    """Everything the threshold and calibration sweeps need, computed once per half."""
+    """Everything the threshold sweep needs, computed once per half."""
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     enrolled, refused = {}, []
@@ -126,7 +106,7 @@ def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
     refs = reference(folder / "conversations" / "reference.rttm")
     files = []
     for uri, ref in sorted(refs.items()):
-        files.append(diarized(engine, folder / "conversations" / f"{uri}.flac", ref, voiceprints, confidence=True))
+        files.append(diarized(engine, folder / "conversations" / f"{uri}.flac", ref, voiceprints))
         print(f"  {uri}: {len(ref and set(r[0] for r in ref))} speakers, {len(files[-1]['speaker_ids'])} found",
               file=sys.stderr)
     data = {"enrolled": [v.name for v in voiceprints], "all": speakers, "refused": refused, "files": files}
@@ -240,77 +220,6 @@ def naming(data: dict, threshold: float) -> dict:
     return totals
 
 
-def segment_truth(data: dict, speech_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output segment: features, share of its frames whose speaker is right, number of frames.
-
-    speech_only: count only the frames where someone speaks (confidence is about who, not whether: a pause
-    inside a turn is nobody's); a segment with no speech at all is all wrong. Otherwise every frame counts."""
-    feats, right, weight = [], [], []
-    for f in data["files"]:
-        n = int(np.ceil(f["duration"] / FRAME)) + 1
-        ref = frames(f["reference"], n)
-        hyp = frames(f["segments"], n)
-        ref_ids, hyp_ids = sorted(ref), sorted(hyp)
-        overlap = np.array([[float((hyp[h] & ref[r]).sum()) for r in ref_ids] for h in hyp_ids]).reshape(len(hyp_ids), -1)
-        mapped = {}
-        if overlap.size:
-            for h, r in zip(*linear_sum_assignment(overlap, maximize=True)):
-                mapped[hyp_ids[h]] = ref_ids[r]
-        anyone = np.zeros(n, bool)
-        for active in ref.values():
-            anyone |= active
-        for (sid, a, b), x in zip(f["segments"], f["features"]):
-            sl = slice(int(round(a / FRAME)), int(round(b / FRAME)))
-            length = max(sl.stop - sl.start, 1)
-            good = ref[mapped[sid]][sl].sum() if sid in mapped else 0
-            counted = anyone[sl].sum() if speech_only else length
-            feats.append(x)
-            right.append(good / counted if counted else 0.0)
-            weight.append(counted if counted else length)
-    return np.array(feats), np.array(right), np.array(weight, float)
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3, steps: int = 50) -> np.ndarray:
-    """Frame-weighted logistic regression on soft targets (Newton's method)."""
-    beta = np.zeros(x.shape[1])
-    w = w / w.sum()
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(x @ beta)))
-        grad = x.T @ (w * (p - y)) + l2 * beta
-        hess = (x * (w * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(beta))
-        beta -= np.linalg.solve(hess, grad)
-    return beta
-
-
-def isotonic_knots(p: np.ndarray, y: np.ndarray, w: np.ndarray, max_knots: int = 24) -> list[tuple[float, float]]:
-    """Pool-adjacent-violators on (score, share right, frames): a monotone map, as (mean score, value) knots."""
-    order = np.argsort(p, kind="stable")
-    blocks: list[list[float]] = []  # [weight, weighted value sum, weighted score sum]
-    for i in order:
-        blocks.append([w[i], w[i] * y[i], w[i] * p[i]])
-        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][0] >= blocks[-1][1] / blocks[-1][0]:
-            last = blocks.pop()
-            blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
-    # Too many tiny blocks would copy the tuning data: merge the lightest neighbours (still monotone).
-    while len(blocks) > max_knots:
-        k = min(range(len(blocks) - 1), key=lambda j: blocks[j][0] + blocks[j + 1][0])
-        blocks[k] = [a + b for a, b in zip(blocks[k], blocks.pop(k + 1))]
-    knots = [(b[2] / b[0], b[1] / b[0]) for b in blocks]
-    return [(0.0, knots[0][1])] + knots + [(1.0, knots[-1][1])]
-
-
-def reliability(p: np.ndarray, right: np.ndarray, weight: np.ndarray) -> list[tuple]:
-    rows = []
-    for lo in np.arange(0.0, 1.0, 0.1):
-        hi = lo + 0.1
-        inside = (p >= lo) & ((p < hi) if hi < 1.0 - 1e-9 else (p <= 1.0))
-        if inside.any():
-            frames_right = (right[inside] * weight[inside]).sum() / weight[inside].sum()
-            rows.append((f"{lo:.1f}-{hi:.1f}", int(inside.sum()), weight[inside].sum() * FRAME, frames_right,
-                         float(p[inside].mean())))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / ".bench" / "identification")
@@ -342,36 +251,12 @@ def main() -> None:
         if round(t * 100) % 5 == 0 or t == threshold:
             print(f"| {t:.2f} | {100 * r['correct']:.2f} % | {100 * r['false_naming']:.2f} % |")
 
-    x, y, w = segment_truth(data["tuning"])
-    beta = fit_logistic(x, y, w)
-    knots = isotonic_knots(scores(x, beta), y, w)
-    print(f"\nconfidence model fitted on tuning ({', '.join(FEATURES)}):")
-    print("COEFFICIENTS = (" + ", ".join(f"{b:.4f}" for b in beta) + ")")
-    print("ISOTONIC = (" + ", ".join(f"({a:.4f}, {b:.4f})" for a, b in knots) + ")")
-    shipped = np.allclose(beta, COEFFICIENTS, atol=1e-3) and np.allclose(knots, ISOTONIC, atol=1e-3)
-    print("the shipped model is this one" if shipped else "NOTE: the shipped model differs (paste the lines above "
-          "into src/diarizer/confidence.py)")
-
     for half in ("held-out", "tuning"):
         r = naming(data[half], MATCH_THRESHOLD)
         print(f"\n## {half} (threshold {MATCH_THRESHOLD})")
         print(f"enrolled speakers' solo speech named correctly: {100 * r['correct']:.2f} % of {r['enrolled']:.0f} s "
               f"({100 * r['correct_where_found']:.2f} % where the diarization found speech)")
         print(f"non-enrolled speakers' solo speech named as someone: {100 * r['false_naming']:.2f} % of {r['others']:.0f} s")
-        x, y, w = segment_truth(data[half])
-        _, y_all, w_all = segment_truth(data[half], speech_only=False)
-        p = probabilities(x, COEFFICIENTS)
-        strict = {row[0]: row[3] for row in reliability(p, y_all, w_all)}
-        print("\n| confidence | segments | speech seconds | speech frames right | all frames right (pauses count as wrong) "
-              "| mean confidence |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for label, n, seconds, share, mean in reliability(p, y, w):
-            print(f"| {label} | {n} | {seconds:.0f} | {100 * share:.1f} % | {100 * strict[label]:.1f} % | {mean:.3f} |")
-        high = p >= 0.9
-        if high.any():
-            print(f"segments >= 0.9: {int(high.sum())}, {100 * (y[high] * w[high]).sum() / w[high].sum():.1f} % of "
-                  f"their speech frames right ({100 * (y_all[high] * w_all[high]).sum() / w_all[high].sum():.1f} % "
-                  "of all their frames)")
     ami_report(ami_across_excerpts(engine, args.work))
 
 

@@ -3,9 +3,12 @@
 Evidence per segment: its length, how much of it others overlap, how its own voice print compares with
 its speaker's print and with the nearest other speaker's (the margin), and how much of the recording its
 speaker holds (small speakers are more often a split or a mix of voices). A logistic model maps the evidence
-to a score, and an isotonic (monotone) map turns the score into a probability; both were fitted on tuning
-speakers only, frame-weighted, so that "0.8" means about 80 % of such segments' speech belongs to the speaker
-they name (bench/identification.py, reliability table in BENCHMARKS.md).
+to a score, and an isotonic (monotone) staircase turns the score into a probability; both were fitted,
+frame-weighted, on the tuning part of the evaluation suite (every condition: clean, noisy, 8 kHz, MP3, many
+speakers, one dominant voice, short turns, monologues, long files, AMI), so that "0.8" means about 80 % of such
+segments' speech belongs to the speaker they name (bench/confidence.py; the held-out reliability table is in
+BENCHMARKS.md). A staircase of a few steps, not a smooth curve: the evidence separates only a few levels of
+trust, and each step's value is what the tuning data measured for its segments.
 """
 from __future__ import annotations
 
@@ -23,13 +26,12 @@ SEGMENT_PRINT_SECONDS = 3.0  # a segment's print uses at most this much of its m
 MIN_PRINT_SECONDS = 0.4  # shorter segments get no print: their evidence is length and overlap only
 FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print",
             "log_speaker_share")
-# Fitted by bench/identification.py on the tuning speakers (see BENCHMARKS.md); order as FEATURES.
-COEFFICIENTS = (-0.1665, -0.2813, -0.0516, 3.0396, 2.9851, -2.2277, 0.3200, 0.6345)
-# (logistic score, probability) knots of the isotonic map, same origin; empty: the score is the probability.
-ISOTONIC: tuple[tuple[float, float], ...] = (
-    (0.0000, 0.3322), (0.5777, 0.3322), (0.7583, 0.4468), (0.8158, 0.4724), (0.8195, 0.6537), (0.8936, 0.8361),
-    (0.9242, 0.9114), (0.9293, 0.9359), (0.9382, 0.9596), (0.9443, 0.9620), (0.9497, 0.9699), (0.9562, 0.9745),
-    (0.9616, 0.9900), (0.9713, 0.9948), (0.9832, 1.0000), (1.0000, 1.0000),
+# Fitted by bench/confidence.py on the evaluation suite's tuning part (see BENCHMARKS.md); order as FEATURES.
+COEFFICIENTS = (0.9443, 0.3192, -0.4537, 1.9137, 3.7922, 0.1908, 0.1886, 0.6574)
+# The isotonic map, same origin: (lowest logistic score of the step, probability), ascending. Empty: the score
+# is the probability.
+STEPS: tuple[tuple[float, float], ...] = (
+    (0.0000, 0.3090), (0.6403, 0.5613), (0.7756, 0.7270), (0.8551, 0.8945), (0.9086, 0.9671), (0.9708, 0.9887),
 )
 # Never 0 or 1: the tuning data were finite, a probability of certainty would claim more than they show.
 FLOOR, CEILING = 0.01, 0.99
@@ -89,12 +91,12 @@ def scores(features: np.ndarray, coefficients: Sequence[float] = COEFFICIENTS) -
 
 
 def probabilities(features: np.ndarray, coefficients: Sequence[float] = COEFFICIENTS,
-                  isotonic: Sequence[tuple[float, float]] = ISOTONIC) -> np.ndarray:
+                  steps: Sequence[tuple[float, float]] = STEPS) -> np.ndarray:
     raw = scores(features, coefficients)
-    if not isotonic:
+    if not steps:
         return raw
-    knots = np.asarray(isotonic, np.float64)
-    return np.clip(np.interp(raw, knots[:, 0], knots[:, 1]), FLOOR, CEILING)
+    starts, values = np.asarray(steps, np.float64).T
+    return np.clip(values[np.maximum(np.searchsorted(starts, raw, side="right") - 1, 0)], FLOOR, CEILING)
 
 
 def with_confidence(samples: np.ndarray, result: Diarization, evidence: SpeakerPrints,

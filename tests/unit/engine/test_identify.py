@@ -86,9 +86,11 @@ def test_confidence_is_high_on_right_turns_and_low_on_a_turn_given_to_the_wrong_
                if i == longest else s for i, s in enumerate(plain.segments)]
     broken = dataclasses.replace(plain, segments=swapped)
     rescored = with_confidence(samples, broken, speaker_prints(samples, swapped, engine._embed_many), engine._embed_many)
-    assert rescored.segments[longest].confidence < 0.5
+    # Calibrated on the suite's real mistakes (mostly turns that mix two voices, about half right), a turn
+    # wholly given to the wrong voice reads "unsure" (under 0.6, the timeline page's band), not near 0.
+    assert rescored.segments[longest].confidence < 0.6
     others = [s.confidence for i, s in enumerate(rescored.segments) if i != longest]
-    assert min(others) > rescored.segments[longest].confidence
+    assert min(others) >= 0.9
 
 
 def test_without_the_new_options_the_output_is_the_contract_exactly(engine):
