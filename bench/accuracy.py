@@ -127,6 +127,18 @@ ANALYSIS_FIELDS = {
 }
 
 
+def cached_analysis(engine, samples, path: Path, cache_dir: Path | None):
+    """The engine's segmentation and window prints of `path`, kept in `cache_dir` (named by set, file and
+    analysis settings) so that re-clustering or re-scoring never repeats them."""
+    cached = cache_dir / f"{path.parent.name}-{path.stem}-{analysis_tag(engine.config)}.pkl" if cache_dir else None
+    if cached and cached.is_file():
+        return pickle.loads(cached.read_bytes())
+    windows = engine.analyse(samples)
+    if cached:
+        cached.write_bytes(pickle.dumps(windows))
+    return windows
+
+
 def run_set(engine, folder: Path, options, cache_dir: Path | None, oracle: bool = False) -> tuple[dict, float, float]:
     from diarizer import audio as audio_io
 
@@ -139,14 +151,7 @@ def run_set(engine, folder: Path, options, cache_dir: Path | None, oracle: bool 
         duration = len(samples) / 16000
         if oracle:
             options = dataclasses.replace(options, speakers=max(1, truth.get(path.stem, 1)))
-        cached = cache_dir / f"{folder.name}-{path.stem}-{analysis_tag(engine.config)}.pkl" if cache_dir else None
-        if cached and cached.is_file():
-            windows = pickle.loads(cached.read_bytes())
-        else:
-            windows = engine.analyse(samples)
-            if cached:
-                cached.write_bytes(pickle.dumps(windows))
-        result = engine.resolve(windows, samples, options)
+        result = engine.resolve(cached_analysis(engine, samples, path, cache_dir), samples, options)
         compute_seconds += time.perf_counter() - began
         audio_seconds += duration
         hypothesis[path.stem] = {**result.to_dict(), "duration": duration}

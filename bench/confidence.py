@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import AUDIO_SUFFIXES, REPO, analysis_tag  # noqa: E402
+from accuracy import AUDIO_SUFFIXES, REPO, cached_analysis  # noqa: E402
 from suite import SUITE, condition_names  # noqa: E402
 
 from diarizer import DiarizationOptions  # noqa: E402
@@ -60,14 +60,7 @@ def evidence_for(engine: Diarizer, folder: Path, cache: Path | None) -> list[dic
     files = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
         samples = audio_io.decode(path)
-        cached = cache / f"{folder.name}-{path.stem}-{analysis_tag(engine.config)}.pkl" if cache else None
-        if cached and cached.is_file():
-            windows = pickle.loads(cached.read_bytes())
-        else:
-            windows = engine.analyse(samples)
-            if cached:
-                cached.write_bytes(pickle.dumps(windows))
-        result = engine.resolve(windows, samples, DiarizationOptions())
+        result = engine.resolve(cached_analysis(engine, samples, path, cache), samples, DiarizationOptions())
         evidence = speaker_prints(samples, result.segments, engine._embed_many)
         files.append({
             "uri": path.stem, "duration": len(samples) / 16000, "reference": refs.get(path.stem, []),
