@@ -1,7 +1,7 @@
 """Voiceprint routes and storage: enrol, list, delete, and load them for a diarization.
 
 A voiceprint belongs to the API key that enrolled it; another key's voiceprint is "not found" (404, no leak).
-Stored items: key_id, voiceprint_id, name, seconds, created_at and the embedding (192 float32, base64). The
+Stored items: key_id, voiceprint_id, name, seconds, created_at (and created_ns, for the order) and the embedding (192 float32, base64). The
 embedding never leaves the store except into the engine: no route returns it and nothing logs it (biometric
 data, see docs/security.md).
 """
@@ -83,8 +83,9 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
         if exc.code == "several_voices":
             raise ApiError(400, "several_voices", str(exc), field="content") from exc
         raise ApiError(400, "too_little_speech", str(exc), field="content") from exc
+    created_ns = time.time_ns()  # orders voiceprints enrolled within one second; clients see created_at
     item = {"key_id": key.key_id, "voiceprint_id": "vp_" + secrets.token_hex(8), "name": name,
-            "seconds": float(voiceprint.seconds), "created_at": int(time.time()),
+            "seconds": float(voiceprint.seconds), "created_at": created_ns // 10**9, "created_ns": created_ns,
             "embedding": base64.b64encode(np.asarray(voiceprint.embedding, "<f4").tobytes()).decode()}
     try:
         store.put(item)
@@ -100,7 +101,12 @@ def list_voiceprints(runtime: Runtime, key: ApiKey) -> dict:
         items = _store(runtime.backends).list(key.key_id)
     except BackendError as exc:
         raise service_unavailable() from exc
-    return {"voiceprints": [_public(item) for item in sorted(items, key=lambda i: (i["created_at"], i["voiceprint_id"]))]}
+    return {"voiceprints": [_public(item) for item in sorted(items, key=_enrolment_order)]}
+
+
+def _enrolment_order(item: Mapping[str, Any]) -> tuple[int, str]:
+    """Oldest first. Items stored before created_ns existed have whole seconds only."""
+    return int(item.get("created_ns", int(item["created_at"]) * 10**9)), item["voiceprint_id"]
 
 
 def delete(runtime: Runtime, key: ApiKey, voiceprint_id: str) -> dict:

@@ -90,6 +90,20 @@ def test_enrol_then_async_identify_names_the_speakers_in_the_signed_webhook(engi
     assert all(item["embedding"][:40] not in logged for item in stored_items(stack))
 
 
+def test_voiceprints_enrolled_within_one_second_are_listed_in_enrolment_order(engine_stack, api_handler, monkeypatch):
+    from diarizer_service import voiceprints
+
+    clock = iter(range(1_700_000_000_000_000_000, 1_700_000_000_900_000_000, 100_000_000))  # all in one second
+    monkeypatch.setattr(voiceprints.time, "time_ns", lambda: next(clock))
+    ids = iter(["ff" * 8, "00" * 8])  # the second id sorts first: the order must not come from it
+    monkeypatch.setattr(voiceprints.secrets, "token_hex", lambda n: next(ids))
+    enroll(engine_stack, api_handler, "zoe", "A")
+    enroll(engine_stack, api_handler, "adam", "B")
+    status, listed = engine_stack.call_api("GET", VOICEPRINTS, handler=api_handler)
+    assert status == 200 and [v["name"] for v in listed["voiceprints"]] == ["zoe", "adam"]
+    assert {v["created_at"] for v in listed["voiceprints"]} == {1_700_000_000}
+
+
 def test_sync_identify_with_chosen_voiceprints(engine_stack, api_handler):
     stack = engine_stack
     _, alice = enroll(stack, api_handler, "alice", "A")
