@@ -66,21 +66,37 @@ def with_overrides(config, overrides: list[str]):
     return config
 
 
+def reference_turns(rttm: Path) -> dict[str, list[tuple[str, float, float]]]:
+    """(speaker, start, end) per file of an RTTM file's SPEAKER lines."""
+    turns: dict[str, list[tuple[str, float, float]]] = {}
+    for line in rttm.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] == "SPEAKER":
+            turns.setdefault(parts[1], []).append((parts[7], float(parts[3]), float(parts[3]) + float(parts[4])))
+    return turns
+
+
+def scored_regions(uem: Path | None) -> dict[str, list[tuple[float, float]]]:
+    """(start, end) spans per file of a UEM file; no file: everything is scored."""
+    regions: dict[str, list[tuple[float, float]]] = {}
+    if uem and uem.is_file():
+        for line in uem.read_text().splitlines():
+            if line.split():
+                uri, _, start, end = line.split()
+                regions.setdefault(uri, []).append((float(start), float(end)))
+    return regions
+
+
 def score(reference_rttm: Path, hypothesis: dict, uem_path: Path | None) -> dict:
     from pyannote.core import Annotation, Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     refs: dict[str, Annotation] = {}
-    for line in reference_rttm.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == "SPEAKER":
-            uri, start, dur, spk = parts[1], float(parts[3]), float(parts[4]), parts[7]
-            refs.setdefault(uri, Annotation(uri=uri))[Segment(start, start + dur)] = spk
-    uems: dict[str, Timeline] = {}
-    if uem_path and uem_path.is_file():
-        for line in uem_path.read_text().splitlines():
-            uri, _, start, end = line.split()
-            uems.setdefault(uri, Timeline(uri=uri)).add(Segment(float(start), float(end)))
+    for uri, turns in reference_turns(reference_rttm).items():
+        refs[uri] = Annotation(uri=uri)
+        for speaker, start, end in turns:
+            refs[uri][Segment(start, end)] = speaker
+    uems = {uri: Timeline([Segment(a, b) for a, b in spans], uri=uri) for uri, spans in scored_regions(uem_path).items()}
     report = {"files": {}, "collars": {}}
     for label, collar in COLLARS.items():
         metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
@@ -105,12 +121,7 @@ def score(reference_rttm: Path, hypothesis: dict, uem_path: Path | None) -> dict
 
 
 def reference_counts(reference_rttm: Path) -> dict[str, int]:
-    speakers: dict[str, set] = {}
-    for line in reference_rttm.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == "SPEAKER":
-            speakers.setdefault(parts[1], set()).add(parts[7])
-    return {uri: len(s) for uri, s in speakers.items()}
+    return {uri: len({speaker for speaker, _, _ in turns}) for uri, turns in reference_turns(reference_rttm).items()}
 
 
 def analysis_tag(config) -> str:

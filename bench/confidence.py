@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import AUDIO_SUFFIXES, REPO, cached_analysis  # noqa: E402
+from accuracy import AUDIO_SUFFIXES, REPO, cached_analysis, reference_turns, scored_regions  # noqa: E402
 from suite import SUITE, condition_names  # noqa: E402
 
 from diarizer import DiarizationOptions  # noqa: E402
@@ -38,25 +38,9 @@ FRAME = 0.01
 STEP_CHOICES = (3, 4, 5, 6, 8, 10, 12, 16)
 
 
-def reference(rttm: Path) -> dict[str, list[tuple[str, float, float]]]:
-    turns: dict[str, list[tuple[str, float, float]]] = {}
-    for line in rttm.read_text().splitlines():
-        p = line.split()
-        if p and p[0] == "SPEAKER":
-            turns.setdefault(p[1], []).append((p[7], float(p[3]), float(p[3]) + float(p[4])))
-    return turns
-
-
-def uem(path: Path) -> dict[str, tuple[float, float]]:
-    """Scored region per file (AMI excerpts are scored inside their UEM only)."""
-    if not path.is_file():
-        return {}
-    return {p[0]: (float(p[2]), float(p[3])) for p in (line.split() for line in path.read_text().splitlines()) if p}
-
-
 def evidence_for(engine: Diarizer, folder: Path, cache: Path | None) -> list[dict]:
     """Per file of `folder`: reference, output segments and each segment's evidence."""
-    refs, scored = reference(folder / "reference.rttm"), uem(folder / "reference.uem")
+    refs, scored = reference_turns(folder / "reference.rttm"), scored_regions(folder / "reference.uem")
     files = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
         samples = audio_io.decode(path)
@@ -90,7 +74,8 @@ def segment_truth(files: list[dict], speech_only: bool = True) -> tuple[np.ndarr
         inside = np.ones(n, bool)
         if f.get("uem"):
             inside[:] = False
-            inside[int(round(f["uem"][0] / FRAME)) : int(round(f["uem"][1] / FRAME))] = True
+            for start, end in f["uem"]:
+                inside[int(round(start / FRAME)) : int(round(end / FRAME))] = True
         ref_ids, hyp_ids = sorted(ref), sorted(hyp)
         overlap = np.array([[float((hyp[h] & ref[r] & inside).sum()) for r in ref_ids] for h in hyp_ids])
         mapped = {}

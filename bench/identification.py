@@ -33,7 +33,8 @@ SHARED_EVAL = REPO.parent / "shared" / "eval"
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from confidence import FRAME, frames, reference  # noqa: E402  (the same frame scoring as the calibration)
+from accuracy import reference_turns  # noqa: E402
+from confidence import FRAME, frames  # noqa: E402  (the same frame scoring as the calibration)
 from diarizer import audio as audio_io  # noqa: E402
 from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, solo_spans, speaker_prints, voiceprint_matrix  # noqa: E402
 from diarizer.pipeline import Diarizer  # noqa: E402
@@ -103,7 +104,7 @@ def analyse(engine: Diarizer, folder: Path, cache: Path) -> dict:
         except EnrollmentError as exc:
             refused.append((speaker, exc.code))
     voiceprints = list(enrolled.values())
-    refs = reference(folder / "conversations" / "reference.rttm")
+    refs = reference_turns(folder / "conversations" / "reference.rttm")
     files = []
     for uri, ref in sorted(refs.items()):
         files.append(diarized(engine, folder / "conversations" / f"{uri}.flac", ref, voiceprints))
@@ -134,7 +135,7 @@ def ami_across_excerpts(engine: Diarizer, work: Path) -> dict:
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     folder = SHARED_EVAL / "ami"
-    refs = reference(folder / "reference.rttm")
+    refs = reference_turns(folder / "reference.rttm")
     best: dict[str, tuple[str, list]] = {}
     for uri, turns in sorted(refs.items()):
         for who, pieces in solo_stretches(turns).items():

@@ -60,6 +60,6 @@ def test_a_segment_is_right_where_its_mapped_speaker_talks():
     assert right.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
     assert weight.tolist() == [400, 400, 100, 100]
 
-    scored = [{**files[0], "uem": (0.0, 6.0)}]  # outside the UEM nothing is scored
+    scored = [{**files[0], "uem": [(0.0, 3.0), (4.0, 6.0)]}]  # outside the UEM nothing is scored
     _, right, weight = fit.segment_truth(scored)
-    assert right.tolist() == [1.0, 1.0] and weight.tolist() == [400, 200]
+    assert right.tolist() == [1.0, 1.0] and weight.tolist() == [300, 200]
