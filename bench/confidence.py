@@ -171,26 +171,23 @@ def expected_calibration_error(p: np.ndarray, right: np.ndarray, weight: np.ndar
     return total / weight.sum()
 
 
-def fit(files: list[dict], max_steps: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    x, y, w = segment_truth(files)
-    beta = fit_logistic(x, y, w)
-    return beta, isotonic_steps(scores(x, beta), y, w, max_steps)
-
-
 def choose_steps(files: list[dict]) -> tuple[int, list[str]]:
     """The number of steps with the lowest calibration error (then worst-bin miss), fitting on alternate files
     of the tuning part and scoring on the others, both ways round. Calibration error first: a bin that holds a
     segment or two decides the worst-bin miss on its own."""
-    folds = (files[0::2], files[1::2])
+    halves = [segment_truth(files[0::2]), segment_truth(files[1::2])]
+    # The logistic model does not depend on the number of steps: one fit per training half.
+    rounds = []
+    for (x, y, w), test in ((halves[0], halves[1]), (halves[1], halves[0])):
+        beta = fit_logistic(x, y, w)
+        rounds.append((beta, scores(x, beta), y, w, test))
     results, lines = [], []
     for steps in STEP_CHOICES:
         gaps, errors = [], []
-        for train, test in (folds, folds[::-1]):
-            beta, staircase = fit(train, steps)
-            x, y, w = segment_truth(test)
-            p = probabilities(x, beta, staircase)
-            gaps.append(worst_bin_gap(p, y, w))
-            errors.append(expected_calibration_error(p, y, w))
+        for beta, raw, y, w, (x_test, y_test, w_test) in rounds:
+            p = probabilities(x_test, beta, isotonic_steps(raw, y, w, steps))
+            gaps.append(worst_bin_gap(p, y_test, w_test))
+            errors.append(expected_calibration_error(p, y_test, w_test))
         results.append((round(float(np.mean(errors)), 4), float(np.mean(gaps)), steps))
         lines.append(f"| {steps} | {100 * np.mean(errors):.2f} % | {gaps[0]:.1f} / {gaps[1]:.1f} |")
     return min(results)[2], lines
@@ -236,8 +233,9 @@ def main() -> int:
     print("number of steps chosen by 2-fold cross-validation inside the tuning part (alternate files):\n")
     print("| steps at most | calibration error | worst bin off by (points), each fold |\n| --- | --- | --- |")
     print("\n".join(lines))
-    beta, staircase = fit(tuning, steps)
     x, y, w = segment_truth(tuning)
+    beta = fit_logistic(x, y, w)
+    staircase = isotonic_steps(scores(x, beta), y, w, steps)
     print(f"\nconfidence model fitted on the tuning part ({len(y)} segments, {w.sum() * FRAME / 3600:.1f} h of speech; "
           f"{steps} steps; {', '.join(FEATURES)}):")
     print("COEFFICIENTS = (" + ", ".join(f"{b:.4f}" for b in beta) + ")")
