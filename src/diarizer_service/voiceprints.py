@@ -1,9 +1,9 @@
 """Voiceprint routes and storage: enrol, list, delete, and load them for a diarization.
 
 A voiceprint belongs to the API key that enrolled it; another key's voiceprint is "not found" (404, no leak).
-Stored items: key_id, voiceprint_id, name, seconds, created_at (and created_ns, for the order) and the embedding (192 float32, base64). The
-embedding never leaves the store except into the engine: no route returns it and nothing logs it (biometric
-data, see docs/security.md).
+Stored items: key_id, voiceprint_id, name, seconds, created_at (and created_ns, for the order) and the
+embedding (192 float32, base64). The embedding never leaves the store except into the engine: no route returns
+it and nothing logs it (biometric data, see docs/security.md).
 """
 from __future__ import annotations
 
