@@ -134,7 +134,7 @@ def analysis_tag(config) -> str:
 
 ANALYSIS_FIELDS = {
     "step_seconds", "min_embed_seconds", "max_embed_seconds",
-    "pooled_embeddings", "embed_chunk_seconds", "embed_chunk_margin", "pool_guard_seconds",
+    "pooled_embeddings", "embed_chunk_seconds", "embed_chunk_margin", "pool_guard_seconds", "shared_trunk",
 }
 
 

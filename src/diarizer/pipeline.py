@@ -36,6 +36,7 @@ from diarizer.reconstruction import (
     speaker_count,
     to_segments,
 )
+from diarizer import shared_trunk
 from diarizer.refinement import reassign_turns
 from diarizer.segmentation import (
     FRAME_STEP,
@@ -68,6 +69,8 @@ class PipelineConfig:
     # and the prints move (median cosine 0.92 to whole-clip ones); on the whole held-out suite they lose
     # 4 of 56 exact counts and add > 0.3 DER points in 7 of 9 conditions (BENCHMARKS.md).
     pooled_embeddings: bool = False
+    shared_trunk: bool = False  # CAM++'s trunk once per interval and voice (shared_trunk.py)
+    shared_turn_prints: bool = True  # with shared_trunk: turn pieces pooled from it too
     embed_chunk_seconds: float = 30.0  # trunk input per call (longer: less edge effect, more memory)
     embed_chunk_margin: float = 1.0  # context on each side of a chunk, run but not kept
     pool_guard_seconds: float = 0.0  # pooled window prints skip frames this close to another speaker
@@ -98,7 +101,7 @@ class WindowResults:
     probs: np.ndarray  # (windows, frames, 7) powerset class probabilities
     embeddings: np.ndarray  # (windows, local, 192), NaN where none
     seconds: np.ndarray  # (windows, local) speech behind each embedding
-    trunk: np.ndarray | None = None  # (20 ms frames, 512) float16 CAM++ trunk features (pooled path)
+    trunk: np.ndarray | shared_trunk.SharedTrunk | None = None  # CAM++ trunk features (pooled, shared paths)
 
 
 class Diarizer:
@@ -199,10 +202,24 @@ class Diarizer:
     def _turn_embedder(self, windows: WindowResults, samples: np.ndarray) -> Callable:
         """Voice prints of time spans (seconds): pooled from the trunk frames when the analysis kept
         them, else whole clips through the network."""
-        if windows.trunk is None:
-            return lambda spans: self._embed_many(
-                [samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in spans]
-            )
+        def whole(spans: list[tuple[float, float]]) -> np.ndarray:
+            return self._embed_many([samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in spans])
+
+        if windows.trunk is None or (isinstance(windows.trunk, shared_trunk.SharedTrunk) and not self.config.shared_turn_prints):
+            return whole
+        if isinstance(windows.trunk, shared_trunk.SharedTrunk):
+            def from_shared(spans: list[tuple[float, float]]) -> np.ndarray:
+                stats = [windows.trunk.span_stats(a, b) for a, b in spans]
+                found = [i for i, st in enumerate(stats) if st is not None]
+                missing = [i for i, st in enumerate(stats) if st is None]
+                out = np.zeros((len(spans), EMBEDDING_DIM), np.float32)
+                if found:
+                    out[found] = self._workers[0][1].from_stats(np.stack([stats[i] for i in found]))
+                if missing:
+                    out[missing] = whole([spans[i] for i in missing])
+                return out
+
+            return from_shared
 
         def pooled(spans: list[tuple[float, float]]) -> np.ndarray:
             stats = [span_stats(windows.trunk, a, b) for a, b in spans]
@@ -260,9 +277,11 @@ class Diarizer:
         embeddings = np.full((len(starts), LOCAL_SPEAKERS, EMBEDDING_DIM), np.nan, np.float32)
         seconds = np.zeros((len(starts), LOCAL_SPEAKERS), np.float32)
         pooled = self.config.pooled_embeddings
+        shared = self.config.shared_trunk
         chunks = trunk_chunks(len(samples), self.config.embed_chunk_seconds, self.config.embed_chunk_margin) if pooled else []
         batches = range(0, len(starts), WINDOW_BATCH)
-        report = _Progress(progress, len(batches) + len(chunks))
+        intervals = len(shared_trunk.interval_bounds(np.asarray(starts), length, len(samples))) - 1 if shared else 0
+        report = _Progress(progress, len(batches) + len(chunks) + intervals)
 
         def segment(pair: tuple[Segmenter, Embedder], b: int) -> None:
             segmenter, embedder = pair
@@ -270,12 +289,14 @@ class Diarizer:
             batch = list(segmenter.windows(samples, starts[first : first + WINDOW_BATCH]))
             p = segmenter.probabilities(np.stack([a for _, a in batch]))[:, :frames]
             probs[first : first + len(batch)] = p
-            if not pooled:  # whole-clip voice prints of this batch's windows
+            if not pooled and not shared:  # whole-clip voice prints of this batch's windows
                 for i, (_, audio) in enumerate(batch):
                     embeddings[first + i], seconds[first + i] = embedder.embed_window(audio, hard_activity(p[i]))
             report.step()
 
         self._for_each(len(batches), segment)
+        if shared:
+            return self._shared_prints(samples, np.asarray(starts), probs, embeddings, seconds, report)
         if not pooled:
             return WindowResults(np.asarray(starts), probs, embeddings, seconds)
 
@@ -305,6 +326,22 @@ class Diarizer:
         if stats:
             embeddings[tuple(np.array(found).T)] = embedder.from_stats(np.stack(stats))
         return WindowResults(np.asarray(starts), probs, embeddings, seconds, trunk)
+
+    def _shared_prints(self, samples, starts, probs, embeddings, seconds, report) -> WindowResults:
+        length = min(len(samples), WINDOW_SAMPLES)
+        trunk = shared_trunk.plan(starts, probs, length, len(samples))
+
+        def run(pair: tuple[Segmenter, Embedder], j: int) -> None:
+            shared_trunk.run_interval(trunk, j, samples, pair[1])
+            report.step()
+
+        self._for_each(len(trunk.voices), run)
+        embedder = self._workers[0][1]
+        found, stats, secs = shared_trunk.window_prints(trunk, starts, probs, length, len(samples), embedder)
+        if found:
+            where = tuple(np.array(found).T)
+            embeddings[where], seconds[where] = embedder.from_stats(stats), secs
+        return WindowResults(starts, probs, embeddings, seconds, trunk)
 
 
 def distinct_seconds(windows: WindowResults) -> np.ndarray:
