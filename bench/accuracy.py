@@ -132,10 +132,7 @@ def analysis_tag(config) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
-ANALYSIS_FIELDS = {
-    "step_seconds", "min_embed_seconds", "max_embed_seconds",
-    "pooled_embeddings", "embed_chunk_seconds", "embed_chunk_margin", "pool_guard_seconds", "shared_trunk",
-}
+ANALYSIS_FIELDS = {"step_seconds", "min_embed_seconds", "max_embed_seconds", "shared_trunk"}
 
 
 def cached_analysis(engine, samples, path: Path, cache_dir: Path | None):

@@ -24,7 +24,7 @@ from diarizer.clustering import (
     cluster,
     most_voices_heard_together,
 )
-from diarizer.embedding import EMBEDDING_DIM, TRUNK_CHANNELS, TRUNK_HOP, Embedder, num_trunk_frames, span_stats, trunk_chunks
+from diarizer.embedding import EMBEDDING_DIM, Embedder
 from diarizer.models import default_threads, locate_models, open_session
 from diarizer.reconstruction import (
     aggregate,
@@ -39,7 +39,6 @@ from diarizer.reconstruction import (
 from diarizer import shared_trunk
 from diarizer.refinement import reassign_turns
 from diarizer.segmentation import (
-    FRAME_STEP,
     LOCAL_SPEAKERS,
     MIN_WINDOW_SAMPLES,
     POWERSET,
@@ -63,17 +62,11 @@ class PipelineConfig:
     min_cluster_seconds: float = 1.0  # less speech than this: assigned to a speaker, never founds one
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
-    # Run CAM++'s trunk once per chunk of the recording and pool each voice print from its frames
-    # (embedding.py) instead of running the whole network per window speaker and per turn. Much less
-    # embedding work (CPU 0.52x on a quiet machine), but off: the trunk hears the neighbouring speakers
-    # and the prints move (median cosine 0.92 to whole-clip ones); on the whole held-out suite they lose
-    # 4 of 56 exact counts and add > 0.3 DER points in 7 of 9 conditions (BENCHMARKS.md).
-    pooled_embeddings: bool = False
-    shared_trunk: bool = False  # CAM++'s trunk once per interval and voice (shared_trunk.py)
-    shared_turn_prints: bool = True  # with shared_trunk: turn pieces pooled from it too
-    embed_chunk_seconds: float = 30.0  # trunk input per call (longer: less edge effect, more memory)
-    embed_chunk_margin: float = 1.0  # context on each side of a chunk, run but not kept
-    pool_guard_seconds: float = 0.0  # pooled window prints skip frames this close to another speaker
+    # Run CAM++'s trunk once per 5 s interval and voice, and pool window and turn prints from it
+    # (shared_trunk.py) instead of running the whole network per window speaker and per turn piece.
+    # About 0.45x the CPU, but off: a window print made of two 5 s runs is not the print of one 10 s
+    # run, and the tuning part loses counts and DER with it (BENCHMARKS.md, "Shared voice prints").
+    shared_trunk: bool = False
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     window_bound: bool = True  # at least as many speakers as the busiest window holds
     onset: float = 0.6  # speech where P(anyone talks) reaches this
@@ -101,7 +94,7 @@ class WindowResults:
     probs: np.ndarray  # (windows, frames, 7) powerset class probabilities
     embeddings: np.ndarray  # (windows, local, 192), NaN where none
     seconds: np.ndarray  # (windows, local) speech behind each embedding
-    trunk: np.ndarray | shared_trunk.SharedTrunk | None = None  # CAM++ trunk features (pooled, shared paths)
+    trunk: shared_trunk.SharedTrunk | None = None  # CAM++ trunk features (shared_trunk only)
 
 
 class Diarizer:
@@ -200,33 +193,23 @@ class Diarizer:
         return out
 
     def _turn_embedder(self, windows: WindowResults, samples: np.ndarray) -> Callable:
-        """Voice prints of time spans (seconds): pooled from the trunk frames when the analysis kept
-        them, else whole clips through the network."""
+        """Voice prints of time spans (seconds): whole clips through the network, or pooled from the
+        shared trunk when the analysis kept one (spans without any of its frames: whole clips)."""
         def whole(spans: list[tuple[float, float]]) -> np.ndarray:
             return self._embed_many([samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in spans])
 
-        if windows.trunk is None or (isinstance(windows.trunk, shared_trunk.SharedTrunk) and not self.config.shared_turn_prints):
+        if windows.trunk is None:
             return whole
-        if isinstance(windows.trunk, shared_trunk.SharedTrunk):
-            def from_shared(spans: list[tuple[float, float]]) -> np.ndarray:
-                stats = [windows.trunk.span_stats(a, b) for a, b in spans]
-                found = [i for i, st in enumerate(stats) if st is not None]
-                missing = [i for i, st in enumerate(stats) if st is None]
-                out = np.zeros((len(spans), EMBEDDING_DIM), np.float32)
-                if found:
-                    out[found] = self._workers[0][1].from_stats(np.stack([stats[i] for i in found]))
-                if missing:
-                    out[missing] = whole([spans[i] for i in missing])
-                return out
-
-            return from_shared
 
         def pooled(spans: list[tuple[float, float]]) -> np.ndarray:
-            stats = [span_stats(windows.trunk, a, b) for a, b in spans]
+            stats = [windows.trunk.span_stats(a, b) for a, b in spans]
             found = [i for i, st in enumerate(stats) if st is not None]
+            missing = [i for i, st in enumerate(stats) if st is None]
             out = np.zeros((len(spans), EMBEDDING_DIM), np.float32)
             if found:
                 out[found] = self._workers[0][1].from_stats(np.stack([stats[i] for i in found]))
+            if missing:
+                out[missing] = whole([spans[i] for i in missing])
             return out
 
         return pooled
@@ -276,12 +259,10 @@ class Diarizer:
         probs = np.zeros((len(starts), frames, len(POWERSET)), np.float32)
         embeddings = np.full((len(starts), LOCAL_SPEAKERS, EMBEDDING_DIM), np.nan, np.float32)
         seconds = np.zeros((len(starts), LOCAL_SPEAKERS), np.float32)
-        pooled = self.config.pooled_embeddings
         shared = self.config.shared_trunk
-        chunks = trunk_chunks(len(samples), self.config.embed_chunk_seconds, self.config.embed_chunk_margin) if pooled else []
         batches = range(0, len(starts), WINDOW_BATCH)
-        intervals = len(shared_trunk.interval_bounds(np.asarray(starts), length, len(samples))) - 1 if shared else 0
-        report = _Progress(progress, len(batches) + len(chunks) + intervals)
+        # With a shared trunk, segmentation is about 40 % of the work and the trunk the rest.
+        report = _Progress(progress, len(batches), share=0.4 if shared else 1.0)
 
         def segment(pair: tuple[Segmenter, Embedder], b: int) -> None:
             segmenter, embedder = pair
@@ -289,47 +270,20 @@ class Diarizer:
             batch = list(segmenter.windows(samples, starts[first : first + WINDOW_BATCH]))
             p = segmenter.probabilities(np.stack([a for _, a in batch]))[:, :frames]
             probs[first : first + len(batch)] = p
-            if not pooled and not shared:  # whole-clip voice prints of this batch's windows
+            if not shared:  # whole-clip voice prints of this batch's windows
                 for i, (_, audio) in enumerate(batch):
                     embeddings[first + i], seconds[first + i] = embedder.embed_window(audio, hard_activity(p[i]))
             report.step()
 
         self._for_each(len(batches), segment)
         if shared:
-            return self._shared_prints(samples, np.asarray(starts), probs, embeddings, seconds, report)
-        if not pooled:
-            return WindowResults(np.asarray(starts), probs, embeddings, seconds)
+            return self._shared_prints(samples, np.asarray(starts), probs, embeddings, seconds, progress)
+        return WindowResults(np.asarray(starts), probs, embeddings, seconds)
 
-        # float16 halves the memory of the kept frames (184 MB per audio hour); pooling is in float32.
-        trunk = np.zeros((num_trunk_frames(len(samples)), TRUNK_CHANNELS), np.float16)
-        speech = _speech_frames(starts, probs)
-
-        def run_trunk(pair: tuple[Segmenter, Embedder], c: int) -> None:
-            begin, end, first, count = chunks[c]
-            grid = FRAME_STEP * SAMPLE_RATE
-            if speech[int(first * TRUNK_HOP / grid) : int((first + count) * TRUNK_HOP / grid) + 1].any():
-                out = pair[1].frames(features.fbank(samples[begin:end]))  # silence needs no prints
-                offset = first - begin // TRUNK_HOP
-                trunk[first : first + count] = out[offset : offset + count]
-            report.step()
-
-        self._for_each(len(chunks), run_trunk)
-        found, stats = [], []
-        embedder = self._workers[0][1]
-        for w, start in enumerate(starts):
-            for k, st, secs in embedder.window_stats(
-                trunk, start, length, hard_activity(probs[w]), int(self.config.pool_guard_seconds * SAMPLE_RATE / TRUNK_HOP)
-            ):
-                found.append((w, k))
-                stats.append(st)
-                seconds[w, k] = secs
-        if stats:
-            embeddings[tuple(np.array(found).T)] = embedder.from_stats(np.stack(stats))
-        return WindowResults(np.asarray(starts), probs, embeddings, seconds, trunk)
-
-    def _shared_prints(self, samples, starts, probs, embeddings, seconds, report) -> WindowResults:
+    def _shared_prints(self, samples, starts, probs, embeddings, seconds, progress: Progress | None) -> WindowResults:
         length = min(len(samples), WINDOW_SAMPLES)
         trunk = shared_trunk.plan(starts, probs, length, len(samples))
+        report = _Progress(progress, len(trunk.voices), first=0.4, share=0.6)
 
         def run(pair: tuple[Segmenter, Embedder], j: int) -> None:
             shared_trunk.run_interval(trunk, j, samples, pair[1])
@@ -402,25 +356,17 @@ def cluster_windows(windows: WindowResults, config: PipelineConfig, options: Dia
     return labels
 
 
-def _speech_frames(starts: list[int], probs: np.ndarray) -> np.ndarray:
-    """Bool per frame of the recording's segmentation grid: someone talks there in some window."""
-    active = hard_activity(probs).any(axis=-1)  # (windows, frames)
-    offsets = frame_offsets(np.asarray(starts))
-    out = np.zeros(offsets[-1] + probs.shape[1] + 1, bool)
-    for w in range(len(starts)):
-        out[offsets[w] : offsets[w] + probs.shape[1]] |= active[w]
-    return out
-
-
 class _Progress:
-    """Thread-safe fraction-done reporting over a known number of steps."""
+    """Thread-safe fraction-done reporting over a known number of steps, which cover the fractions
+    `first` to `first + share` of the whole job."""
 
-    def __init__(self, callback: Progress | None, total: int):
+    def __init__(self, callback: Progress | None, total: int, first: float = 0.0, share: float = 1.0):
         self.callback, self.total, self.done = callback, max(total, 1), 0
+        self.first, self.share = first, share
         self.lock = threading.Lock()
 
     def step(self) -> None:
         with self.lock:
             self.done += 1
             if self.callback:
-                self.callback(self.done / self.total)
+                self.callback(self.first + self.share * self.done / self.total)

@@ -1,21 +1,21 @@
-"""CAM++ trunk work done once per stretch of one voice, shared by every voice print that uses it.
+"""Shared voice prints (opt-in, `PipelineConfig(shared_trunk=True)`): CAM++'s trunk runs once per
+stretch of one voice, and every window print and turn print that covers it pools from that run.
 
-Windows overlap by half and turns are re-checked after clustering, so running the whole network per
-(window, local speaker) and again per turn piece embeds most speech two to three times. Here:
+Windows overlap by half and turns are re-checked after clustering, so whole-clip prints (the default)
+run most speech through CAM++ two to three times. Here:
 
 - the recording is cut at every window edge into intervals (5 s with the default step), each heard by
   the same windows from start to end;
-- inside an interval, local speakers of different windows active at mostly the same frames
+- inside an interval, local speakers of different windows active at nearly the same frames
   (intersection over union > LINK_IOU) are one *voice*; the trunk runs once over the frames where that
-  voice talks (selected, never zero-padded, mean-normalised as one clip, exactly as a whole-clip print
-  feeds the network);
-- a window's print pools, in each of its intervals, the trunk frames of its own chosen frames from the
-  voice it belongs to; a turn piece's print pools, per interval, the frames of the voice that covers
-  most of the piece. Pooling and the head are the rest of CAM++ (embedding.stats_pool, Embedder.from_stats).
+  voice talks (selected, never zero-padded, mean-normalised as one clip, as a whole-clip print is fed);
+- a window's print pools, in each of its intervals, the trunk frames of its own chosen frames from its
+  voice there; a turn piece's print pools, per interval, the frames of the voice that covers most of it.
+  Pooling and the head are the rest of CAM++ (embedding.stats_pool, Embedder.from_stats).
 
-Each trunk input holds one voice, as a whole-clip one does, so the prints stay close to whole-clip
-prints (BENCHMARKS.md gives the cosine and the DER). Pooling over long chunks of the recording instead
-(measured before) let the trunk hear the neighbouring speakers: median cosine 0.92 and lost counts.
+About 0.45x the CPU of whole-clip prints, and prints at median cosine 0.98-0.99 to them. But a window
+print is then made of two 5 s runs instead of one 10 s run, and on the evaluation suite that loses
+speaker counts (BENCHMARKS.md, "Shared voice prints"), so whole-clip prints stay the default.
 """
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from diarizer import features
-from diarizer.embedding import Embedder, choose_frames, fbank_to_segmentation_frames, stats_pool
+from diarizer.embedding import TRUNK_CHANNELS, Embedder, choose_frames, fbank_to_segmentation_frames, stats_pool
 from diarizer.segmentation import SAMPLE_RATE, hard_activity
 
-LINK_IOU = 0.5  # local speakers of two windows sharing more of their frames than this are one voice
+# Local speakers of two windows sharing more of their frames than this are one voice. Tuning part, five
+# conditions: 0.8 the same as or better than 0.5 in each (noisy 12.3 against 14.9 % DER: a loose link lets
+# a window that runs two voices together put both into its neighbour's clean run); no linking at all is
+# within 0.4 points either way and runs more audio.
+LINK_IOU = 0.8
 
 
 @dataclass
@@ -45,13 +49,14 @@ class Voice:
 @dataclass
 class SharedTrunk:
     bounds: np.ndarray  # (intervals + 1,) fbank-frame edges of the intervals
-    voices: list[list[Voice]]  # per interval
+    voices: list[list[Voice]] = field(default_factory=list)  # per interval
     member: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (interval, window, local) -> voice
 
     def interval_range(self, first: int, end: int) -> range:
         """Intervals overlapping fbank frames [first, end)."""
         last = len(self.bounds) - 1
-        return range(max(0, np.searchsorted(self.bounds, first, "right") - 1), min(last, np.searchsorted(self.bounds, end, "left")))
+        return range(max(0, int(np.searchsorted(self.bounds, first, "right")) - 1),
+                     min(last, int(np.searchsorted(self.bounds, end, "left"))))
 
     def pooled(self, window: int, local: int, chosen: np.ndarray) -> np.ndarray:
         """(1024,) statistics of one window speaker's chosen frames (global fbank indices, sorted)."""
@@ -70,7 +75,7 @@ class SharedTrunk:
         for j in self.interval_range(first, end):
             best = None
             for voice in self.voices[j]:
-                inside = voice.frames[(voice.frames >= first) & (voice.frames < end)]
+                inside = voice.frames[np.searchsorted(voice.frames, first) : np.searchsorted(voice.frames, end)]
                 if len(inside) and (best is None or len(inside) > len(best[1])):
                     best = (voice, inside)
             if best is not None:
@@ -79,26 +84,21 @@ class SharedTrunk:
 
 
 def window_frames(starts: np.ndarray, window_samples: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Global fbank frame of each window's first frame, and how many fbank frames each window has."""
+    """Global fbank frame of each window's first frame, and how many 10 ms frames each window spans
+    (its last 25 ms frames, cut by snip_edges, go with it, so that windows every 5 s meet exactly)."""
     total = features.num_frames(num_samples)
     offsets = np.round(np.asarray(starts) / features.FRAME_SHIFT).astype(int)
-    return offsets, np.minimum(features.num_frames(window_samples), total - offsets)
-
-
-def interval_bounds(starts: np.ndarray, window_samples: int, num_samples: int) -> np.ndarray:
-    """Fbank-frame edges of the intervals: every window's first and last frame cuts the recording."""
-    offsets, lengths = window_frames(starts, window_samples, num_samples)
-    return np.unique(np.concatenate([[0, features.num_frames(num_samples)], offsets, offsets + lengths]))
+    return offsets, np.minimum(int(np.ceil(window_samples / features.FRAME_SHIFT)), total - offsets)
 
 
 def plan(starts: np.ndarray, probs: np.ndarray, window_samples: int, num_samples: int) -> SharedTrunk:
     """Intervals and voices (no trunk rows yet) from the windows' local segmentation."""
     offsets, lengths = window_frames(starts, window_samples, num_samples)
-    bounds = interval_bounds(starts, window_samples, num_samples)
+    bounds = np.unique(np.concatenate([[0, features.num_frames(num_samples)], offsets, offsets + lengths]))
     activity = [hard_activity(p)[fbank_to_segmentation_frames(n, len(p))] > 0 for p, n in zip(probs, lengths)]
-    trunk = SharedTrunk(bounds, [])
+    trunk = SharedTrunk(bounds)
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        nodes, masks = [], []
+        nodes, masks = [], []  # (interval, window, local), its active frames in the interval
         for w in np.flatnonzero((offsets <= a) & (offsets + lengths >= b)):
             for k in np.flatnonzero(activity[w][a - offsets[w] : b - offsets[w]].any(axis=0)):
                 nodes.append((j, int(w), int(k)))
@@ -107,8 +107,8 @@ def plan(starts: np.ndarray, probs: np.ndarray, window_samples: int, num_samples
         voices = []
         for g in sorted(set(group)):
             union = np.logical_or.reduce([m for m, h in zip(masks, group) if h == g])
+            trunk.member.update({n: len(voices) for n, h in zip(nodes, group) if h == g})
             voices.append(Voice(a + np.flatnonzero(union)))
-            trunk.member.update({n: len(voices) - 1 for n, h in zip(nodes, group) if h == g})
         trunk.voices.append(voices)
     return trunk
 
@@ -134,9 +134,9 @@ def _link(nodes: list[tuple[int, int, int]], masks: list[np.ndarray]) -> list[in
 
 def run_interval(trunk: SharedTrunk, j: int, samples: np.ndarray, embedder: Embedder) -> None:
     """Fill the trunk rows of interval j's voices (one fbank of the interval, one trunk call per voice)."""
-    a, b = trunk.bounds[j], trunk.bounds[j + 1]
     if not trunk.voices[j]:
         return
+    a, b = trunk.bounds[j], trunk.bounds[j + 1]
     feats = features.fbank(samples[a * features.FRAME_SHIFT : (b - 1) * features.FRAME_SHIFT + features.FRAME_LENGTH])
     for voice in trunk.voices[j]:
         voice.rows = embedder.frames(feats[voice.frames - a]).astype(np.float16)
@@ -156,4 +156,4 @@ def window_prints(
                 found.append((w, k))
                 stats.append(trunk.pooled(w, k, first + np.flatnonzero(chosen)))
                 seconds.append(chosen.sum() * features.FRAME_SHIFT / SAMPLE_RATE)
-    return found, np.array(stats, np.float32).reshape(-1, 2 * 512), np.array(seconds, np.float32)
+    return found, np.array(stats, np.float32).reshape(-1, 2 * TRUNK_CHANNELS), np.array(seconds, np.float32)

@@ -20,7 +20,8 @@ def one_hot(classes: np.ndarray) -> np.ndarray:
 def test_intervals_cut_at_every_window_edge_and_lie_inside_windows():
     n = int(23.4 * SAMPLE_RATE)
     starts = np.asarray(window_starts(n, 5.0))
-    bounds = shared_trunk.interval_bounds(starts, WINDOW_SAMPLES, n)
+    probs = one_hot(np.zeros((len(starts), 589), int))
+    bounds = shared_trunk.plan(starts, probs, WINDOW_SAMPLES, n).bounds
     offsets, lengths = shared_trunk.window_frames(starts, WINDOW_SAMPLES, n)
     assert bounds[0] == 0 and bounds[-1] == features.num_frames(n)
     assert set(offsets) | set(offsets + lengths) <= set(bounds)
@@ -31,24 +32,24 @@ def test_intervals_cut_at_every_window_edge_and_lie_inside_windows():
 
 
 def test_local_speakers_that_share_their_frames_are_one_voice():
-    """Two windows overlapping by half: window 0's speaker 1 is window 1's speaker 2 (same frames in the
-    shared half); window 0's speaker 2 talks only in the first half; window 1's speaker 3 only in the second."""
-    n = 15 * SAMPLE_RATE
-    starts = np.array([0, 5 * SAMPLE_RATE])
-    frames = 589
-    half = frames // 2
-    first, second = np.zeros((2, frames), int), np.zeros((2, frames), int)
-    first[0, :100] = 2  # window 0, speaker 2, first half only
-    first[0, half + 20 : half + 200] = 1  # window 0, speaker 1, in the shared half
-    second[1, 20:200] = 2  # window 1, speaker 2, the same stretch seen from window 1
-    second[1, half + 50 : half + 150] = 3  # window 1, speaker 3, its second half only
-    probs = one_hot(np.stack([first[0], second[1]]))
-    trunk = shared_trunk.plan(starts, probs, WINDOW_SAMPLES, n)
-    assert len(trunk.voices) == 3  # [0, 5 s), [5, 10 s), [10, 15 s)
+    """Two windows overlapping by half (intervals [0, 5 s), [5, 10 s), [10, 15 s)): window 0's speaker 1
+    is window 1's speaker 2 in the shared half (same frames); window 0's speaker 2 talks only in its first
+    half, window 1's speaker 3 only in its second half, and window 1's speaker 1 in the shared half at
+    frames that only partly overlap window 0's speaker 1 (not linked)."""
+    frames, half = 589, 589 // 2
+    first, second = np.zeros(frames, int), np.zeros(frames, int)
+    first[:100] = 2
+    first[half + 20 : half + 200] = 1
+    second[20:200] = 2
+    second[220:280] = 1
+    second[half + 50 : half + 150] = 3
+    trunk = shared_trunk.plan(np.array([0, 5 * SAMPLE_RATE]), one_hot(np.stack([first, second])), WINDOW_SAMPLES, 15 * SAMPLE_RATE)
+    assert list(trunk.bounds) == [0, 500, 1000, features.num_frames(15 * SAMPLE_RATE)]
+    assert trunk.member.keys() == {(0, 0, 1), (1, 0, 0), (1, 1, 1), (1, 1, 0), (2, 1, 2)}
     assert trunk.member[(1, 0, 0)] == trunk.member[(1, 1, 1)]  # one voice in the shared half
-    assert [len(v) for v in trunk.voices] == [1, 1, 1]
-    assert trunk.member.keys() == {(0, 0, 1), (1, 0, 0), (1, 1, 1), (2, 1, 2)}
-    shared = trunk.voices[1][0].frames / 100  # seconds
+    assert trunk.member[(1, 1, 0)] != trunk.member[(1, 0, 0)]
+    assert [len(v) for v in trunk.voices] == [1, 2, 1]
+    shared = trunk.voices[1][trunk.member[(1, 0, 0)]].frames / 100  # seconds
     assert 5.3 < shared.min() < 5.5 and 8.2 < shared.max() < 8.5
 
 
@@ -76,7 +77,7 @@ def test_shared_window_prints_stay_close_to_whole_clip_prints(engine, shared_eng
     whole, shared = engine.analyse(samples), shared_engine.analyse(samples)
     valid = ~np.isnan(whole.embeddings[..., 0])
     np.testing.assert_array_equal(valid, ~np.isnan(shared.embeddings[..., 0]))
-    np.testing.assert_allclose(whole.seconds, shared.seconds, atol=0.02)
+    np.testing.assert_allclose(whole.seconds, shared.seconds, atol=0.03)
     cos = [cosine(x, y) for x, y in zip(whole.embeddings[valid], shared.embeddings[valid])]
     assert np.median(cos) > 0.94 and min(cos) > 0.85
     assert isinstance(shared.trunk, shared_trunk.SharedTrunk)
