@@ -1,6 +1,6 @@
 """One measurement in a fresh process, for bench/speed.py (prints one JSON line on stdout).
 
-    python bench/_speed_runner.py rtf AUDIO [--threads N]   # import, model load, diarize(path) incl. decoding
+    python bench/_speed_runner.py rtf AUDIO [--threads N] [--param shared_trunk=true]   # import, model load, diarize(path) incl. decoding
     python bench/_speed_runner.py worker CLIP               # worker handler import, model load, first diarization
     python bench/_speed_runner.py api                       # API handler import only (+ heavy modules loaded)
     python bench/_speed_runner.py profile AUDIO [--threads 1] [--top 25]   # cProfile of one diarize(path)
@@ -31,6 +31,7 @@ STAGES = {
     "segmentation + window embeddings (analyse)": ("pipeline.py", "analyse"),
     "  segmentation model (Segmenter.probabilities)": ("segmentation.py", "probabilities"),
     "  window embeddings (Embedder.embed_window)": ("embedding.py", "embed_window"),
+    "  shared trunk runs, opt-in (shared_trunk.run_interval)": ("shared_trunk.py", "run_interval"),
     "clustering + reconstruction + refinement (resolve)": ("pipeline.py", "resolve"),
     "  clustering (pipeline.cluster_windows)": ("pipeline.py", "cluster_windows"),
     "  turn re-assignment (refinement.reassign_turns)": ("refinement.py", "reassign_turns"),
@@ -63,13 +64,19 @@ def import_handler(which: str):
     return module
 
 
-def run_rtf(audio: str, threads: int | None) -> dict:
+def run_rtf(audio: str, threads: int | None, params: list[str]) -> dict:
     t0 = time.perf_counter()
     from diarizer import Diarizer  # noqa: F401  (lazy attribute: loads the pipeline modules)
     import diarizer.pipeline  # noqa: F401
     t1 = time.perf_counter()
     rss_import = peak_mb()
-    engine = Diarizer(threads=threads)
+    config = None
+    if params:  # PipelineConfig overrides, as the accuracy benches take them
+        sys.path.insert(0, str(REPO / "bench"))
+        from accuracy import with_overrides
+
+        config = with_overrides(diarizer.pipeline.PipelineConfig(), params)
+    engine = Diarizer(threads=threads, config=config)
     t2 = time.perf_counter()
     rss_load = peak_mb()
     c0 = cpu_s()
@@ -164,9 +171,10 @@ def main() -> None:
     ap.add_argument("audio", nargs="?")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--param", action="append", default=[], help="rtf: PipelineConfig override NAME=VALUE")
     args = ap.parse_args()
     if args.mode == "rtf":
-        out = run_rtf(args.audio, args.threads)
+        out = run_rtf(args.audio, args.threads, args.param)
     elif args.mode == "worker":
         out = run_worker(args.audio)
     elif args.mode == "api":

@@ -4,6 +4,8 @@
     python bench/speed.py                                   # 5 and 60 minutes, everything
     python bench/speed.py --minutes 5,60 --json .bench/speed.json
     python bench/speed.py --minutes 5 --runs 5 --skip cold,size,openblas,profile
+    python bench/speed.py --minutes 20,60 --runs 3 --vs ../before --skip rtf,threads,openblas,cold,size,profile
+    python bench/speed.py --minutes 20,60 --runs 3 --vs-param shared_trunk=true --skip rtf,threads,openblas,cold,size,profile
 
 Every measurement runs in a FRESH interpreter (`bench/_speed_runner.py`), which times
 `Diarizer().diarize(path)` (decoding included; model load timed separately) with `time.perf_counter`
@@ -25,6 +27,13 @@ threads vs `threads=1`, the OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE variant, and OPEN
 (numpy's own BLAS thread pool next to the engine's workers). CPU seconds per audio second and
 "cores busy" (CPU / wall) are printed too: under other users' load they are steadier than wall time.
 The Lambda `MemorySize` recommendation is derived from the rtf + threads sections.
+
+`--vs TREE` adds a side-by-side section: this checkout and another one (e.g. the commit before, from
+`git worktree add ../before HEAD~1`), fresh processes in turn (this, other, this, other, ...) on every
+length, the other's engine loaded with PYTHONPATH=TREE/src; it reports each one's median RTF, CPU and
+peak RSS and the ratio this/other pair by pair, so a change is measured against its predecessor in one run.
+`--vs-param NAME=VALUE` (repeatable) does the same with this checkout under those PipelineConfig overrides
+as "this" and the defaults as "other".
 """
 from __future__ import annotations
 
@@ -50,7 +59,7 @@ OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # Used only when this environment sets neither variable: the variant then sets these.
 OPENBLAS_DEFAULT_VARIANT = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "524288"}
 TIME_V = Path("/usr/bin/time")
-SECTIONS = ("rtf", "threads", "openblas", "cold", "size", "profile")
+SECTIONS = ("rtf", "threads", "openblas", "cold", "size", "profile", "vs")
 
 # AWS Lambda: CPU share grows with memory, 1,769 MB = 1 vCPU, 10,240 MB max = 6 vCPUs; 900 s timeout.
 MB_PER_VCPU = 1769
@@ -177,8 +186,9 @@ def med(rows: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def rtf_run(path: Path, threads: int | None = None, env: dict | None = None, label: str = "", tag: str = "") -> dict:
-    args = ["rtf", str(path)] + (["--threads", str(threads)] if threads else [])
+def rtf_run(path: Path, threads: int | None = None, env: dict | None = None, label: str = "", tag: str = "",
+            params: list[str] = ()) -> dict:
+    args = ["rtf", str(path)] + (["--threads", str(threads)] if threads else []) + [f"--param={p}" for p in params]
     r = run_fresh(args, env=env)
     log(f"{label} {tag}: RTF {r['rtf']:.4f} ({r['diarize_s']:.1f} s for {r['audio_s'] / 60:.1f} min), "
         f"{r['cores_busy']:.2f} cores busy, load {r['load_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
@@ -223,6 +233,21 @@ def interleaved(path: Path, runs: int, variants: list[tuple[str, int | None, dic
         for label, threads, env in variants:
             rows[label].append(rtf_run(path, threads, env, label, f"round {i + 1}/{runs}"))
     return [summarize(path, rows[label], label) for label, _, _ in variants]
+
+
+def side_by_side(path: Path, runs: int, other: Path | None, params: list[str]) -> dict:
+    """This checkout (under `params`) against `other` (a checkout of another commit; None: this checkout's
+    defaults), pairs of fresh processes in turn."""
+    env = dict(os.environ, PYTHONPATH=str(other.resolve() / "src")) if other else None
+    this_label = "this checkout" + (f" ({', '.join(params)})" if params else "")
+    other_label = str(other) if other else "this checkout (defaults)"
+    this_rows, other_rows = [], []
+    for i in range(runs):
+        this_rows.append(rtf_run(path, label=this_label, tag=f"pair {i + 1}/{runs}", params=params))
+        other_rows.append(rtf_run(path, env=env, label=other_label, tag=f"pair {i + 1}/{runs}"))
+    ratios = {key: [a[key] / b[key] for a, b in zip(this_rows, other_rows)] for key in ("rtf", "cpu_s", "peak_rss_mb")}
+    return {"this": summarize(path, this_rows, this_label), "other": summarize(path, other_rows, other_label),
+            "ratios": ratios, "ratio_medians": {k: statistics.median(v) for k, v in ratios.items()}}
 
 
 def cold_series(clip: Path, runs: int) -> dict:
@@ -391,6 +416,28 @@ def render(res: dict) -> str:
         out.append(f"- memory model: {mem['base_mb']:.0f} MB + {mem['per_audio_hour_mb']:.0f} MB per audio hour "
                    f"({mem['how']}); RSS after model load {mem['rss_after_load_mb']:.0f} MB")
         out.append("")
+    if res.get("vs"):
+        what = f" with {', '.join(res['vs']['params'])}" if res["vs"]["params"] else ""
+        out.append(f"### This checkout{what}, side by side with {res['vs']['other']} (fresh processes in turn, "
+                   f"default threads)\n")
+        out.append("| audio | checkout | runs | median RTF | RTF all runs | CPU s (median) | peak RSS MB | speakers | "
+                   "load avg (runs) |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for pair in res["vs"]["lengths"]:
+            for s in (pair["this"], pair["other"]):
+                out.append(f"| {s['audio_min']:.1f} min | {s['label']} | {s['runs']} | {s['rtf_median']:.4f} | "
+                           f"{', '.join(f'{x:.4f}' for x in s['rtf_all'])} | "
+                           f"{statistics.median(r['cpu_s'] for r in s['raw']):.1f} | {s['peak_rss_mb_max']:.0f} | "
+                           f"{s['speakers']} | {', '.join(str(x) for x in s['load1'])} |")
+        out.append("")
+        out.append("| audio | ratio this / other: RTF per pair (median) | CPU s per pair (median) | peak RSS (median) |")
+        out.append("| --- | --- | --- | --- |")
+        for pair in res["vs"]["lengths"]:
+            r, m = pair["ratios"], pair["ratio_medians"]
+            out.append(f"| {pair['this']['audio_min']:.1f} min | {', '.join(f'{x:.3f}' for x in r['rtf'])} "
+                       f"(**{m['rtf']:.3f}**) | {', '.join(f'{x:.3f}' for x in r['cpu_s'])} ({m['cpu_s']:.3f}) | "
+                       f"{m['peak_rss_mb']:.3f} |")
+        out.append("")
     if res.get("threads"):
         t = res["threads"]
         out.append(f"### Threads and OpenBLAS environment ({t['series'][0]['audio_min']:.1f}-minute file, variants "
@@ -522,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="variant env for the openblas section: 'auto' (unset the OPENBLAS_* vars if set, else set "
                          f"{OPENBLAS_DEFAULT_VARIANT}) or NAME=VALUE,... ('NAME=' unsets)")
     ap.add_argument("--json", type=Path, help="also write every number (and raw runs) as JSON here")
+    ap.add_argument("--vs", type=Path, help="another checkout (e.g. the commit before) to run side by side")
+    ap.add_argument("--vs-param", action="append", default=[],
+                    help="side by side: this checkout with this PipelineConfig override against its defaults")
     args = ap.parse_args(argv)
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -561,8 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     log(f"audio source: {source}")
+    if args.vs is None and not args.vs_param:
+        skip.add("vs")
     files = {m: prepare_audio(m, cache, source) for m in minutes} if {"rtf", "threads", "openblas",
-                                                                       "profile"} - skip else {}
+                                                                       "profile", "vs"} - skip else {}
     short = min(minutes, key=lambda m: abs(m - 5)) if minutes else None
 
     by_minutes: dict[float, dict] = {}
@@ -614,6 +666,13 @@ def main(argv: list[str] | None = None) -> int:
         res["threads"] = {"file": str(files[short]), "default_threads": default["threads"], "series": series,
                           "interleaved": True,
                           "speedup": (one["rtf_median"] / default["rtf_median"]) if one else None}
+
+    if "vs" not in skip:
+        other = str(args.vs) if args.vs else "this checkout's defaults"
+        res["vs"] = {"other": other, "params": args.vs_param, "lengths": []}
+        for m in minutes:
+            log(f"side by side with {other} on the {m:g}-minute file")
+            res["vs"]["lengths"].append(side_by_side(files[m], args.runs or 3, args.vs, args.vs_param))
 
     if "cold" not in skip:
         res["cold"] = cold_series(prepare_clip(cache), args.cold_runs)
