@@ -105,3 +105,10 @@ def test_shared_turn_prints_stay_close_to_whole_clip_prints(engine, shared_engin
 def test_the_shared_pipeline_counts_the_demo_speakers(shared_engine):
     for name, speakers in (("two-speakers", 2), ("three-speakers", 3)):
         assert shared_engine.diarize_samples(demo_recording(name)[0]).num_speakers == speakers
+
+
+def test_shared_progress_runs_from_segmentation_to_the_trunk_without_going_back(shared_engine):
+    seen = []
+    shared_engine.diarize_samples(demo_recording("three-speakers")[0], progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    assert any(f == pytest.approx(0.4) for f in seen) and any(0.4 < f < 1.0 for f in seen)  # both stages report
