@@ -64,8 +64,8 @@ class PipelineConfig:
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     # Run CAM++'s trunk once per 5 s interval and voice, and pool window and turn prints from it
     # (shared_trunk.py) instead of running the whole network per window speaker and per turn piece.
-    # About 0.45x the CPU, but off: a window print made of two 5 s runs is not the print of one 10 s
-    # run, and the tuning part loses counts and DER with it (BENCHMARKS.md, "Shared voice prints").
+    # About half the CPU, but off: a window print made of two 5 s runs is not the print of one 10 s
+    # run, and both parts of the suite lose counts with it (BENCHMARKS.md, "Shared voice prints").
     shared_trunk: bool = False
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     window_bound: bool = True  # at least as many speakers as the busiest window holds
@@ -277,11 +277,10 @@ class Diarizer:
 
         self._for_each(len(batches), segment)
         if shared:
-            return self._shared_prints(samples, np.asarray(starts), probs, embeddings, seconds, progress)
+            return self._shared_prints(samples, np.asarray(starts), length, probs, embeddings, seconds, progress)
         return WindowResults(np.asarray(starts), probs, embeddings, seconds)
 
-    def _shared_prints(self, samples, starts, probs, embeddings, seconds, progress: Progress | None) -> WindowResults:
-        length = min(len(samples), WINDOW_SAMPLES)
+    def _shared_prints(self, samples, starts, length, probs, embeddings, seconds, progress: Progress | None) -> WindowResults:
         trunk = shared_trunk.plan(starts, probs, length, len(samples))
         report = _Progress(progress, len(trunk.voices), first=0.4, share=0.6)
 
