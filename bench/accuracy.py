@@ -129,7 +129,15 @@ def analysis_tag(config) -> str:
     import hashlib
 
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k in ANALYSIS_FIELDS}
+    fields["models"] = model_hashes()
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def model_hashes() -> list[str]:
+    """The shipped models' hashes (models/manifest.json): a new export of a model is a new analysis,
+    so caches made with the previous one are never reused for it."""
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    return sorted(entry["sha256"] for entry in manifest)
 
 
 ANALYSIS_FIELDS = {"step_seconds", "min_embed_seconds", "max_embed_seconds", "shared_trunk"}

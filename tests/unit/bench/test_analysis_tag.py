@@ -1,0 +1,19 @@
+"""The cache key of an analysis (bench/accuracy.py): settings that change `analyse`, and the models."""
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "bench"))
+
+import accuracy  # noqa: E402
+from diarizer.pipeline import PipelineConfig  # noqa: E402
+
+
+def test_a_new_export_of_a_model_is_a_new_analysis(monkeypatch):
+    before = accuracy.analysis_tag(PipelineConfig())
+    assert before == accuracy.analysis_tag(PipelineConfig(onset=0.7))  # acts after the analysis
+    assert before != accuracy.analysis_tag(PipelineConfig(step_seconds=2.5))
+    shipped = accuracy.model_hashes()
+    assert len(shipped) == 3 and all(len(h) == 64 for h in shipped)
+    monkeypatch.setattr(accuracy, "model_hashes", lambda: sorted(shipped[:2] + ["0" * 64]))
+    assert accuracy.analysis_tag(PipelineConfig()) != before
