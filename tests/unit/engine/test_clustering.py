@@ -136,3 +136,56 @@ def test_the_busiest_window_counts_a_split_voice_once():
     use = ~np.isnan(embeddings[..., 0])
     assert most_voices_heard_together(embeddings, use, same_voice=0.75) == 2
     assert most_voices_heard_together(embeddings, use, same_voice=np.inf) == 3
+
+
+def mixed_prints(a, b, share, n, rng, spread=0.01):
+    """n prints of speech that is `share` voice a and the rest voice b (unit vectors a, b)."""
+    return np.stack([share * a + (1 - share) * b + spread * rng.standard_normal(len(a)) for _ in range(n)])
+
+
+def test_a_cluster_of_prints_mixing_two_voices_is_not_a_third_speaker():
+    from diarizer.clustering import l2_normalise
+
+    rng = np.random.default_rng(21)
+    a, b = l2_normalise(rng.standard_normal((2, 192)))
+    pure_a = a + 0.01 * rng.standard_normal((10, 192))
+    pure_b = b + 0.01 * rng.standard_normal((10, 192))
+    mixed = mixed_prints(a, b, 0.5, 4, rng)
+    x = np.concatenate([pure_a, pure_b, mixed])
+    config = ClusteringConfig(min_speaker_seconds=0.0, min_speaker_fraction=0.0, min_similarity=0.8)
+    assert cluster(x, ClusteringConfig(**{**config.__dict__, "mixture_fit": 0.0})).max() + 1 == 3
+    labels = cluster(x, config)
+    assert labels.max() + 1 == 2
+    assert same_partition(labels[:20], np.repeat([0, 1], 10))
+
+
+def test_a_third_voice_is_not_taken_for_a_mixture():
+    from diarizer.clustering import l2_normalise
+
+    # Voice prints share a common direction (different people's are about 0.5 alike, as CAM++'s are);
+    # the third voice talks least, so it is the one that could be taken for a mix of the other two.
+    rng = np.random.default_rng(22)
+    common, *own = l2_normalise(rng.standard_normal((4, 192)))
+    centres = l2_normalise(common + np.stack(own))
+    counts = [10, 10, 4]
+    x = np.concatenate([c + 0.01 * rng.standard_normal((k, 192)) for c, k in zip(centres, counts)])
+    truth = np.repeat(np.arange(3), counts)
+    labels = cluster(x, ClusteringConfig(min_speaker_seconds=0.0, min_speaker_fraction=0.0))
+    assert same_partition(labels, truth)
+
+
+def test_mixture_fit_measures_the_distance_to_the_plane_of_two_heavier_clusters():
+    from diarizer.clustering import l2_normalise, mixture_fits
+
+    rng = np.random.default_rng(23)
+    a, b, c = l2_normalise(rng.standard_normal((3, 192)))
+    mix = l2_normalise(0.6 * a + 0.4 * b)
+    centroids = np.stack([a, b, mix, c])
+    fit, pair = mixture_fits(centroids, np.array([10.0, 9.0, 2.0, 1.0]))
+    assert fit[2] == pytest.approx(1.0) and sorted(pair[2]) == [0, 1]
+    assert fit[3] < 0.3  # a voice of its own is far from every plane of the others
+    assert fit[0] == 0.0 and fit[1] == 0.0  # nothing heavier to be a mix of
+    # A difference of two voices (negative weight) is not a mix.
+    diff = l2_normalise(a - 0.8 * b)
+    fit, _ = mixture_fits(np.stack([a, b, diff]), np.array([10.0, 9.0, 2.0]))
+    assert fit[2] == 0.0
