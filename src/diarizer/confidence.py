@@ -27,11 +27,11 @@ MIN_PRINT_SECONDS = 0.4  # shorter segments get no print: their evidence is leng
 FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print",
             "log_speaker_share")
 # Fitted by bench/confidence.py on the evaluation suite's tuning part (see BENCHMARKS.md); order as FEATURES.
-COEFFICIENTS = (0.9443, 0.3192, -0.4537, 1.9137, 3.7922, 0.1908, 0.1886, 0.6574)
+COEFFICIENTS = (0.0875, 0.2180, -0.5545, 1.8396, 3.7221, 0.2769, -0.0210, -0.0697)
 # The isotonic map, same origin: (lowest logistic score of the step, probability), ascending. Empty: the score
 # is the probability.
 STEPS: tuple[tuple[float, float], ...] = (
-    (0.0000, 0.3090), (0.6403, 0.5613), (0.7756, 0.7270), (0.8551, 0.8945), (0.9086, 0.9671), (0.9708, 0.9887),
+    (0.0000, 0.2426), (0.4469, 0.4275), (0.7105, 0.6921), (0.8796, 0.9017), (0.9487, 0.9872),
 )
 # Never 0 or 1: the tuning data were finite, a probability of certainty would claim more than they show.
 FLOOR, CEILING = 0.01, 0.99
