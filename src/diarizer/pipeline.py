@@ -64,8 +64,9 @@ class PipelineConfig:
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     # Run CAM++'s trunk once per 5 s interval and voice, and pool window and turn prints from it
     # (shared_trunk.py) instead of running the whole network per window speaker and per turn piece.
-    # About half the CPU, but off: a window print made of two 5 s runs is not the print of one 10 s
-    # run, and both parts of the suite lose counts with it (BENCHMARKS.md, "Shared voice prints").
+    # About 0.55x the time, but off: a window print made of two 5 s runs is not the print of one 10 s
+    # run; on fast exchanges that costs DER (held-out short turns +0.6 points) and one held-out count
+    # (BENCHMARKS.md, "Shared voice prints").
     shared_trunk: bool = False
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     window_bound: bool = True  # at least as many speakers as the busiest window holds
