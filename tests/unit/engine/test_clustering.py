@@ -1,4 +1,6 @@
 """Clustering on synthetic voice prints with a known answer."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -153,7 +155,7 @@ def test_a_cluster_of_prints_mixing_two_voices_is_not_a_third_speaker():
     mixed = mixed_prints(a, b, 0.5, 4, rng)
     x = np.concatenate([pure_a, pure_b, mixed])
     config = ClusteringConfig(min_speaker_seconds=0.0, min_speaker_fraction=0.0, min_similarity=0.8)
-    assert cluster(x, ClusteringConfig(**{**config.__dict__, "mixture_fit": 0.0})).max() + 1 == 3
+    assert cluster(x, dataclasses.replace(config, mixture_fit=0.0)).max() + 1 == 3
     labels = cluster(x, config)
     assert labels.max() + 1 == 2
     assert same_partition(labels[:20], np.repeat([0, 1], 10))
