@@ -211,6 +211,53 @@ def wav_header_claiming(n_samples: int = 10**9, actual_samples: int = 1600, sr: 
             + b"data" + struct.pack("<I", data_bytes) + pcm)
 
 
+def _mp3_frames_only(data: bytes) -> bytes:
+    """An MP3 as a bare stream of audio frames: no ID3v2 tag, no Xing/Info frame (what many streaming
+    encoders and concatenating tools write)."""
+    if data[:3] == b"ID3":
+        data = data[10 + ((data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]):]
+    tag = max(data.find(b"Xing", 0, 200), data.find(b"Info", 0, 200))
+    if tag >= 0:  # the tag lives inside the first frame: the audio starts at the next frame sync
+        sync = tag
+        while not (data[sync] == 0xFF and data[sync + 1] & 0xE0 == 0xE0):
+            sync += 1
+        data = data[sync:]
+    return data
+
+
+def mp3_without_length_header(first: np.ndarray, rest: np.ndarray, sr: int = RATE) -> bytes:
+    """A variable-bitrate MP3 with no Xing/Info header: `first` at the highest bitrate, then `rest` at the
+    lowest. A decoder that sizes the file from its first frame's bitrate (libsndfile) under-states it."""
+    def cbr(samples: np.ndarray, level: float) -> bytes:
+        buf = io.BytesIO()
+        with sf.SoundFile(buf, "w", sr, 1, format="MP3", subtype="MPEG_LAYER_III",
+                          compression_level=level, bitrate_mode="CONSTANT") as out:
+            out.write(samples)
+        return _mp3_frames_only(buf.getvalue())
+
+    return cbr(first, 0.0) + cbr(rest, 0.99)
+
+
+def mp3_behind_large_tag(samples: np.ndarray, tag_bytes: int = 300_000, sr: int = RATE) -> bytes:
+    """A constant-bitrate MP3 with no Xing/Info header behind an ID3v2 tag of `tag_bytes` (cover art):
+    a decoder that sizes the file from its byte count over-states it."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", sr, 1, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT") as out:
+        out.write(samples)
+    size = bytes([(tag_bytes >> 21) & 0x7F, (tag_bytes >> 14) & 0x7F, (tag_bytes >> 7) & 0x7F, tag_bytes & 0x7F])
+    return b"ID3\x04\x00\x00" + size + b"\x00" * tag_bytes + _mp3_frames_only(buf.getvalue())
+
+
+def flac_without_length(samples: np.ndarray, sr: int = RATE) -> bytes:
+    """A FLAC whose STREAMINFO gives no length (total samples 0, "unknown", as FFmpeg leaves it when writing
+    to a pipe). libsndfile cannot read such a file."""
+    data = bytearray(encode(samples, sr, "FLAC"))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    data[21] &= 0xF0  # the 36-bit total sample count: the low nibble of byte 21 and bytes 22-25
+    data[22:26] = b"\x00\x00\x00\x00"
+    return bytes(data)
+
+
 def nan_float_wav(seconds: float = 1.0, sr: int = RATE, nan_fraction: float = 0.1, inf: bool = False) -> bytes:
     """A 32-bit float WAV: a tone with a run of NaN samples in the middle (`nan_fraction` of the
     file; 1.0 makes it all NaN), plus +inf and -inf samples if `inf`."""

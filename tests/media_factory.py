@@ -57,3 +57,15 @@ def make_media(source: Path, kind: str, out_dir: Path) -> Path:
             for packet in video.encode(None):
                 container.mux(packet)
     return out_path
+
+
+def webm_claiming(source: Path, out_dir: Path, claimed_ms: float) -> bytes:
+    """A WebM of `source` whose Segment Info Duration element is rewritten to claim `claimed_ms` (anyone can
+    write any length into a container's metadata)."""
+    import struct
+
+    data = bytearray(make_media(source, "webm", out_dir).read_bytes())
+    at = data.find(b"\x44\x89")  # the Duration element, in TimecodeScale units (1 ms by default)
+    size = data[at + 2] & 0x0F
+    data[at + 3 : at + 3 + size] = struct.pack(">f" if size == 4 else ">d", claimed_ms)
+    return bytes(data)

@@ -9,6 +9,7 @@ AWS-free. Audio in, segments out::
 """
 from diarizer.types import (
     AudioDecodeError,
+    AudioTooLongError,
     Diarization,
     DiarizationError,
     DiarizationOptions,
@@ -21,6 +22,7 @@ from diarizer.types import (
 
 __all__ = [
     "AudioDecodeError",
+    "AudioTooLongError",
     "Diarization",
     "DiarizationError",
     "DiarizationOptions",

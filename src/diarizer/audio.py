@@ -20,7 +20,8 @@ from typing import BinaryIO, Union
 import numpy as np
 import soundfile as sf
 
-from diarizer.types import AudioDecodeError
+from diarizer import mpeg
+from diarizer.types import AudioDecodeError, AudioTooLongError
 
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 30  # decode granularity
@@ -69,13 +70,22 @@ _UNSUPPORTED_MAGIC = (
 SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/MOV or WebM"
 
 
+# What libsndfile reports as the length of a stream whose header gives none (a FLAC written to a pipe has
+# total_samples = 0, chained Ogg): "unknown", not 213 million years.
+_UNKNOWN_FRAMES = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     format: str  # "WAV", "FLAC", "OGG", "MP3", ...
     sample_rate: int
     channels: int
-    frames: int  # as the header says; a lying header is caught when decoding
+    frames: int  # as the header says (0 when it says nothing); a lying header is caught when decoding
     duration: float  # seconds, from the header
+    # False when the header's length is only a claim nobody checked: none at all (streamed FLAC, chained
+    # Ogg) or a container's metadata (M4A, WebM: anyone can write 5 s on three hours). Limits must then
+    # be enforced on the decoded length (`check_decodes`, `decode(max_seconds=...)`).
+    length_known: bool = True
 
 
 def detect_format(head: bytes) -> str:
@@ -119,22 +129,73 @@ def open_source(source: AudioSource) -> tuple[BinaryIO, str]:
     return _stream(source)
 
 
-def _open(source: AudioSource) -> tuple[sf.SoundFile, str]:
+def _open(source: AudioSource, max_seconds: float = MAX_SECONDS) -> tuple[sf.SoundFile, str, int | None]:
+    """An open SoundFile, the format, and the true length in frames where it is known before decoding (None:
+    only decoding can tell). What libsndfile cannot decode whole goes through the transcoder first, which
+    stops past `max_seconds`."""
     stream, fmt = _stream(source)
-    if fmt in TRANSCODED_FORMATS:
-        from diarizer import transcode
+    why = None
+    if fmt not in TRANSCODED_FORMATS:
+        handle, frames, why = _sndfile(stream, fmt)
+        if why is None:
+            return handle, fmt, frames
+        handle.close()
+    handle = sf.SoundFile(_transcoded(stream, fmt, max_seconds, why))
+    return handle, fmt, handle.frames
 
-        stream = transcode.transcode_to_tempfile(stream, fmt)
+
+def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str | None]:
+    """libsndfile's handle on the stream, the true length in frames where known, and why libsndfile would
+    not decode it whole (None when it will)."""
+    mpeg_frames = mpeg.count_frames(stream) if fmt == "MP3" else None
     try:
         handle = sf.SoundFile(stream)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioDecodeError(f"cannot decode the {fmt} audio: {_reason(err)}") from err
+    why = None
+    if fmt == "MP3":
+        # An MP3's length is its walked frames. libsndfile sizes one without a Xing/Info header from the first
+        # frame's bitrate and stops reading there: a variable bitrate would silently lose the rest.
+        frames = mpeg_frames
+        if mpeg_frames is not None and mpeg_frames > handle.frames + handle.samplerate:
+            why = "changes bitrate and has no length header (Xing/Info), so the decoder here would stop early"
+    else:
+        frames = _header_frames(handle)
+        if frames is None:  # libsndfile seeks for the length and fails (a FLAC written to a pipe)
+            why = "has no length in its header (written to a pipe?), which the decoder here cannot read"
     try:
-        check_header(fmt, handle.samplerate, handle.channels, handle.frames)
+        check_header(fmt, handle.samplerate, handle.channels, frames or 0)
     except AudioDecodeError:
         handle.close()
         raise
-    return handle, fmt
+    return handle, frames, why
+
+
+def _transcoded(stream: BinaryIO, fmt: str, max_seconds: float, why: str | None = None) -> BinaryIO:
+    """The audio as 16 kHz mono WAV from the transcoder (PyAV); without it, TranscoderUnavailable (a 4xx,
+    and the service's cue to send the job to its TranscodeFunction)."""
+    from diarizer import transcode
+
+    if why and not transcode.available():
+        raise transcode.TranscoderUnavailable(f"this {fmt} {why}: re-encode it, send WAV/FLAC, or "
+                                              f"decode it with the transcoder ({transcode.INSTALL_HINT})")
+    return transcode.transcode_to_tempfile(stream, fmt, max_seconds=min(max_seconds, transcode.MAX_SECONDS))
+
+
+def needs_transcoder(source: AudioSource) -> bool:
+    """True where only the transcoder decodes this audio whole: M4A/MP4/WebM, and the FLAC and MP3 files
+    libsndfile would fail on or cut short (see `_sndfile`). Raises AudioDecodeError for non-audio."""
+    stream, fmt = _stream(source)
+    if fmt in TRANSCODED_FORMATS:
+        return True
+    handle, _, why = _sndfile(stream, fmt)
+    handle.close()
+    return why is not None
+
+
+def _header_frames(handle: sf.SoundFile) -> int | None:
+    """The length libsndfile read from the header, or None where the header gives none."""
+    return None if handle.frames >= _UNKNOWN_FRAMES or handle.frames < 0 else handle.frames
 
 
 def check_header(fmt: str, sample_rate: int, channels: int, frames: int) -> None:
@@ -155,41 +216,52 @@ def _reason(err: Exception) -> str:
 
 
 def probe_audio(source: AudioSource) -> AudioInfo:
-    """Read only the header: format, rate, channels, duration. Raises AudioDecodeError."""
+    """Read only the header (an MP3's frame headers): format, rate, channels, duration. Where the length is
+    not known without decoding, `length_known` is False. Raises AudioDecodeError."""
     stream, fmt = _stream(source)
     if fmt in TRANSCODED_FORMATS:
         from diarizer import transcode
 
         rate, channels, duration = transcode.probe(stream, fmt)
         check_header(fmt, rate, channels or 1, int(duration * rate))
-        return AudioInfo(fmt, rate, channels, int(duration * rate), duration)
-    handle, fmt = _open(stream)
+        return AudioInfo(fmt, rate, channels, int(duration * rate), duration, length_known=False)
+    handle, frames, why = _sndfile(stream, fmt)  # never transcodes: the caller's limit is not known here
     with handle:
-        frames = max(handle.frames, 0)
-        return AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate)
+        known = why is None and frames is not None
+        frames = frames or 0
+        return AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate, known)
 
 
-def check_decodes(source: AudioSource) -> AudioInfo:
+def _too_long(fmt: str, max_seconds: float) -> AudioTooLongError:
+    return AudioTooLongError(f"the {fmt} audio is longer than {max_seconds:g} s", max_seconds)
+
+
+def check_decodes(source: AudioSource, max_seconds: float = MAX_SECONDS) -> AudioInfo:
     """Decode the whole stream at its own rate (no resampling, one block in memory) and discard the samples:
-    catches a truncated or corrupt body that a header-only probe accepts. Returns the probe's AudioInfo."""
-    handle, fmt = _open(source)
+    catches a truncated or corrupt body that a header-only probe accepts, and measures the real length.
+    Returns the AudioInfo of what decodes (`length_known`); AudioTooLongError past `max_seconds`."""
+    handle, fmt, frames = _open(source, max_seconds)
     with handle:
-        frames = max(handle.frames, 0)
-        info = AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate)
         block_frames = max(1, BLOCK_SAMPLES // handle.channels)
+        limit = int(min(max_seconds, MAX_SECONDS) * handle.samplerate)
         decoded = 0
         try:
             while True:
                 count = len(handle.read(block_frames, dtype="float32", always_2d=True))
                 decoded += count
-                if count < block_frames or decoded > MAX_SECONDS * handle.samplerate:
+                if decoded > limit:
+                    raise _too_long(fmt, min(max_seconds, MAX_SECONDS))
+                if count < block_frames:
                     break
         except (sf.LibsndfileError, RuntimeError) as err:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(err)}") from err
-    if frames and decoded < frames:
+        rate, channels = handle.samplerate, handle.channels
+    # A header's exact length that the body does not fill is a cut file. An MP3 has no such header: its walked
+    # frames include a Xing/Info frame and the encoder's padding, which decode to nothing.
+    if frames and fmt != "MP3" and decoded < frames:
         raise AudioDecodeError(f"the {fmt} audio is truncated: {decoded} of the {frames} frames its header "
                                "announces")
-    return info
+    return AudioInfo(fmt, rate, channels, decoded, decoded / rate)
 
 
 class _BlockResampler:
@@ -262,13 +334,15 @@ class _SampleSink:
         return np.memmap(self._file, dtype=np.float32, mode="r", shape=(self._count,))
 
 
-def decode(source: AudioSource) -> np.ndarray:
-    """Decode to 16 kHz mono float32 in [-1, 1]. Raises AudioDecodeError with the reason."""
-    handle, fmt = _open(source)
+def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """Decode to 16 kHz mono float32 in [-1, 1]. Raises AudioDecodeError with the reason, AudioTooLongError
+    as soon as more than `max_seconds` have been decoded (whatever the header said)."""
+    max_seconds = min(max_seconds, MAX_SECONDS)
+    handle, fmt, _ = _open(source, max_seconds)
     resampler = _BlockResampler(handle.samplerate)
     sink = _SampleSink()
     block_frames = max(1, min(BLOCK_SECONDS * handle.samplerate, BLOCK_SAMPLES // handle.channels))
-    max_frames = MAX_SECONDS * handle.samplerate  # a header that under-states the length cannot make us read on
+    max_frames = int(max_seconds * handle.samplerate)  # a header that under-states the length cannot make us read on
     read = 0
     with handle:
         try:
@@ -276,7 +350,7 @@ def decode(source: AudioSource) -> np.ndarray:
                 block = handle.read(block_frames, dtype="float32", always_2d=True)
                 read += len(block)
                 if read > max_frames:
-                    raise AudioDecodeError(f"the {fmt} audio is longer than {MAX_SECONDS // 3600} hours")
+                    raise _too_long(fmt, max_seconds)
                 final = len(block) < block_frames
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 # NaN/inf samples (broken float WAVs) become silence rather than poisoning the models.

@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import BinaryIO
 
-from diarizer.types import AudioDecodeError
+from diarizer.types import AudioDecodeError, AudioTooLongError
 
 TARGET_RATE = 16000
 MAX_SECONDS = 4 * 3600  # above the service's 3-hour limit; a bound for the CLI too (4 h = 230 MB of WAV)
@@ -56,6 +56,9 @@ def _open_container(av, source: BinaryIO, fmt: str):
     if not container.streams.audio:
         container.close()
         raise AudioDecodeError(f"the {fmt} file has no audio track")
+    if container.streams.audio[0].codec_context is None:  # FFmpeg has no decoder for the track's codec
+        container.close()
+        raise AudioDecodeError(f"the {fmt} audio track uses a codec that cannot be decoded")
     return container
 
 
@@ -109,7 +112,7 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
                     samples = chunk.to_ndarray().reshape(-1)
                     written += len(samples)
                     if written > limit:
-                        raise AudioDecodeError(f"the {fmt} audio is longer than {max_seconds:g} s")
+                        raise AudioTooLongError(f"the {fmt} audio is longer than {max_seconds:g} s", max_seconds)
                     sink.write(samples)
         except av.FFmpegError as exc:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(exc)}") from exc

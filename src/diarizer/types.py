@@ -12,6 +12,15 @@ class AudioDecodeError(DiarizationError, ValueError):
     """The bytes are not audio we can decode (corrupt, truncated, unknown format)."""
 
 
+class AudioTooLongError(AudioDecodeError):
+    """More audio than the caller allows (`limit_seconds`), counted as decoded: a header's length is only a
+    claim (an MP3's is an estimate, a streamed FLAC's unknown, a WebM's writable by anyone)."""
+
+    def __init__(self, message: str, limit_seconds: float):
+        super().__init__(message)
+        self.limit_seconds = limit_seconds
+
+
 class InvalidOptionsError(DiarizationError, ValueError):
     """Speaker-count options that contradict each other."""
 
@@ -123,6 +132,7 @@ class Diarization:
         return out
 
     def to_rttm(self, file_id: str) -> str:
+        file_id = "_".join(file_id.split()) or "audio"  # RTTM fields are space separated: one token
         lines = [
             f"SPEAKER {file_id} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {s.speaker_id} <NA> <NA>\n"
             for s in self.segments

@@ -15,7 +15,7 @@ import uuid
 from typing import Mapping
 
 from diarizer.transcode import TranscoderUnavailable
-from diarizer.types import AudioDecodeError, InvalidOptionsError
+from diarizer.types import AudioDecodeError, AudioTooLongError, InvalidOptionsError
 
 from diarizer_service import voiceprints
 from diarizer_service.auth import ApiKey
@@ -47,13 +47,17 @@ def probe_or_reject(runtime: Runtime, audio: bytes, max_seconds: float, too_long
     """Detect the real format from the bytes: non-audio (or absurd header claims) -> 400, longer than
     `max_seconds` -> `too_long`. `whole`: then decode every frame too, so a truncated or corrupt body is refused
     now rather than failing in the worker (the async route: nobody would see the error until the webhook).
+    Where the header's length is only a claim (an M4A/WebM's metadata, a FLAC written to a pipe), the audio is
+    decoded up to `max_seconds` either way: the limit holds for what decodes, not for what a header says.
 
-    None: a container format (M4A, MP4, WebM) this function cannot read without PyAV, accepted because the
-    deployment transcodes it (TranscodeFunction checks it and its length)."""
+    None: audio this function cannot decode without PyAV (M4A, MP4, WebM; a FLAC or MP3 libsndfile would cut
+    short), accepted because the deployment transcodes it (TranscodeFunction checks it and its length)."""
     try:
         info = runtime.probe(audio)
-        if info.duration and 0 < info.duration <= max_seconds and whole:
-            runtime.verify(audio)
+        if not info.length_known or (whole and 0 < info.duration <= max_seconds):
+            info = runtime.verify(audio, max_seconds)
+    except AudioTooLongError as exc:
+        raise too_long from exc
     except TranscoderUnavailable as exc:
         if runtime.backends.transcode_queue is not None:
             return None

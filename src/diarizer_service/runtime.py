@@ -14,6 +14,7 @@ from diarizer_service.settings import Settings, get_settings
 class AudioInfo(Protocol):
     format: str
     duration: float
+    length_known: bool  # False: the header's length is a claim; only decoding (`verify`) tells
 
 
 class DiarizationResult(Protocol):
@@ -36,10 +37,11 @@ def default_probe(data: bytes) -> AudioInfo:
     return probe_audio(data)
 
 
-def default_verify(data: bytes) -> AudioInfo:
+def default_verify(data: bytes, max_seconds: float) -> AudioInfo:
+    """The length as decoded; AudioTooLongError as soon as it passes `max_seconds` (never decodes further)."""
     from diarizer.audio import check_decodes  # decodes every frame at its own rate: light, no resampling
 
-    return check_decodes(data)
+    return check_decodes(data, max_seconds)
 
 
 def default_engine_factory() -> Engine:
@@ -53,7 +55,8 @@ class Runtime:
     settings: Settings
     backends: Backends
     probe: Callable[[bytes], AudioInfo] = default_probe  # header only: fast, for the sync route and the worker
-    verify: Callable[[bytes], AudioInfo] = default_verify  # the whole body: the async route's inline audio
+    # The whole body: the async route's inline audio, and any audio whose header does not give its length.
+    verify: Callable[[bytes, float], AudioInfo] = default_verify
     engine_factory: Callable[[], Engine] = default_engine_factory
     # Entered around the engine's load and run: `diarize serve` lets other requests through its one-at-a-time
     # gateway meanwhile (local_server/gateway.py); nothing on Lambda.

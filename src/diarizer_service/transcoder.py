@@ -14,7 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 
-from diarizer.audio import TRANSCODED_FORMATS, detect_format, open_source
+from diarizer.audio import needs_transcoder, open_source
 from diarizer.types import AudioDecodeError
 
 from diarizer_service.backends import BlobNotFound, BlobTooLarge
@@ -25,10 +25,11 @@ from diarizer_service.runtime import Runtime
 TRANSCODED_NAME = "audio.transcoded.flac"
 
 
-def needs_transcoding(audio_head: bytes) -> bool:
-    """True for the containers only PyAV reads (unknown bytes are left to the engine's own clear error)."""
+def needs_transcoding(audio: bytes) -> bool:
+    """True for audio only PyAV decodes whole: M4A/MP4/WebM, and FLAC or MP3 files libsndfile would fail on
+    or cut short (`diarizer.audio.needs_transcoder`). Unknown bytes are left to the engine's own clear error."""
     try:
-        return detect_format(audio_head[:16]) in TRANSCODED_FORMATS
+        return needs_transcoder(audio)
     except AudioDecodeError:
         return False
 

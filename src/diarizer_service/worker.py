@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import unquote_plus
 
-from diarizer.types import AudioDecodeError, InvalidOptionsError, Voiceprint
+from diarizer.types import AudioDecodeError, AudioTooLongError, InvalidOptionsError, Voiceprint
 
 from diarizer_service import voiceprints
 from diarizer_service.auth import ApiKey
@@ -162,7 +162,7 @@ class Worker:
                 raise PermanentJobError("audio_missing", "The job's audio is gone (expired upload?).") from exc
             except BlobTooLarge as exc:  # an upload URL used again after the submit, with a bigger file
                 raise PermanentJobError("audio_too_large", f"The job's audio is over {limit} bytes.") from exc
-            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio[:40]):
+            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio):
                 forward(self.runtime, job)  # M4A/MP4/WebM: TranscodeFunction brings it back as FLAC
                 return
             known = voiceprints.load(self.runtime.backends, job.key_id, job.options)
@@ -182,9 +182,13 @@ class Worker:
         max_seconds = self.runtime.settings.max_audio_seconds
         try:
             info = self.runtime.probe(audio)
+            if not info.length_known:  # a header's claim (M4A/WebM metadata, a FLAC written to a pipe): count
+                info = self.runtime.verify(audio, max_seconds)
             if info.duration > max_seconds:
                 raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
             return self.runtime.diarize(audio, engine_options(options, known))
+        except AudioTooLongError as exc:
+            raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.") from exc
         except AudioDecodeError as exc:
             raise PermanentJobError("unsupported_audio", f"The audio could not be decoded: {exc}") from exc
         except InvalidOptionsError as exc:
@@ -322,9 +326,10 @@ class Worker:
             except BlobTooLarge as exc:  # replaced by a bigger object since the head
                 raise PermanentJobError("audio_too_large",
                                         f"The object is over {settings.max_upload_bytes} bytes.") from exc
-            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio[:40]):
-                raise PermanentJobError("unsupported_audio", "M4A, MP4/MOV and WebM are transcoded for API jobs "
-                                        "only: send this file through the uploads and async routes.")
+            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio):
+                raise PermanentJobError("unsupported_audio", "This audio needs the transcoder (M4A, MP4/MOV, WebM, "
+                                        "or a FLAC/MP3 the engine's decoder cannot read whole), which only API jobs "
+                                        "go through: send this file through the uploads and async routes.")
             result = self._run_engine(audio, options)
         except PermanentJobError as exc:
             self._write_batch_error(key, results_base, exc.code, exc.message)

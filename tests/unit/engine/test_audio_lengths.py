@@ -1,0 +1,98 @@
+"""A header's length is a claim: limits hold for what decodes, and nothing is silently cut short.
+
+Real audio (the demo recording) in files whose headers under-state, over-state or omit their length: a
+variable-bitrate MP3 without a Xing/Info header (libsndfile sizes it from the first bitrate and stops
+there), an MP3 behind a large ID3 tag, a FLAC written with no length (as FFmpeg writes to a pipe), and a
+WebM whose Duration says 5 s. PyAV (the transcode extra) is installed for these tests; `no_transcoder`
+shows what a deployment without it answers.
+"""
+from __future__ import annotations
+
+import audio_factory as af
+import numpy as np
+import pytest
+from media_factory import make_media, webm_claiming
+
+from diarizer import audio, transcode
+from diarizer.types import AudioDecodeError, AudioTooLongError
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return af.demo_recording("two-speakers")[0]  # 29.2 s
+
+
+@pytest.fixture
+def no_transcoder(monkeypatch):
+    monkeypatch.setattr(transcode, "available", lambda: False)
+
+
+def seconds(samples: np.ndarray) -> float:
+    return len(samples) / audio.SAMPLE_RATE
+
+
+def test_a_variable_bitrate_mp3_without_length_header_is_decoded_whole(speech):
+    data = af.mp3_without_length_header(speech[:32000], np.tile(speech, 2))
+    true_seconds = 2 + 2 * seconds(speech)
+    assert af.decode(data)[0].shape[0] < 0.2 * true_seconds * audio.SAMPLE_RATE  # what libsndfile alone gives
+    assert audio.probe_audio(data).duration == pytest.approx(true_seconds, abs=0.3)
+    assert audio.check_decodes(data).duration == pytest.approx(true_seconds, abs=0.3)
+    assert seconds(audio.decode(data)) == pytest.approx(true_seconds, abs=0.3)
+
+
+def test_without_the_transcoder_such_an_mp3_is_refused_not_cut(speech, no_transcoder):
+    data = af.mp3_without_length_header(speech[:32000], np.tile(speech, 2))
+    with pytest.raises(transcode.TranscoderUnavailable, match="changes bitrate"):
+        audio.decode(data)
+    assert audio.needs_transcoder(data)
+
+
+def test_an_mp3_behind_a_large_tag_is_neither_truncated_nor_long(speech, no_transcoder):
+    data = af.mp3_behind_large_tag(speech)
+    info = audio.check_decodes(data)  # libsndfile's own estimate is twice the length: not "truncated"
+    assert info.duration == pytest.approx(seconds(speech), abs=0.3)
+    assert audio.probe_audio(data).duration == pytest.approx(seconds(speech), abs=0.3)
+    assert not audio.needs_transcoder(data)
+
+
+def test_a_flac_without_length_is_decoded_and_measured(speech):
+    data = af.flac_without_length(speech)
+    info = audio.probe_audio(data)
+    assert (info.format, info.length_known) == ("FLAC", False)
+    assert audio.check_decodes(data).frames == len(speech)
+    assert np.abs(audio.decode(data) - speech).max() < 1e-3
+
+
+def test_without_the_transcoder_a_flac_without_length_is_a_clear_error(speech, no_transcoder):
+    with pytest.raises(transcode.TranscoderUnavailable, match="no length in its header"):
+        audio.check_decodes(af.flac_without_length(speech))
+
+
+def test_a_webm_claiming_5_s_cannot_smuggle_two_minutes_past_a_limit(speech, tmp_path):
+    af.write(tmp_path / "long.wav", np.tile(speech, 5)[: 120 * audio.SAMPLE_RATE])
+    data = webm_claiming(tmp_path / "long.wav", tmp_path, 5000.0)
+    info = audio.probe_audio(data)
+    assert info.duration == pytest.approx(5.0) and not info.length_known
+    with pytest.raises(AudioTooLongError) as caught:
+        audio.check_decodes(data, max_seconds=60)
+    assert caught.value.limit_seconds == 60
+    with pytest.raises(AudioTooLongError):
+        audio.decode(data, max_seconds=60)
+    assert seconds(audio.decode(data)) == pytest.approx(120, abs=0.1)  # no limit given: all of it
+
+
+def test_decode_stops_at_the_limit_for_plain_files_too(speech):
+    data = af.encode(speech, 16000, "FLAC")
+    with pytest.raises(AudioTooLongError, match="longer than 10 s"):
+        audio.decode(data, max_seconds=10)
+    assert audio.check_decodes(data, max_seconds=30).frames == len(speech)
+
+
+def test_a_track_whose_codec_ffmpeg_cannot_decode_is_a_clear_error(speech, tmp_path):
+    af.write(tmp_path / "speech.wav", speech)
+    data = make_media(tmp_path / "speech.wav", "webm", tmp_path).read_bytes()
+    assert b"A_OPUS" in data
+    broken = data.replace(b"A_OPUS", b"A_ZZZZ")
+    for read in (audio.probe_audio, audio.decode):
+        with pytest.raises(AudioDecodeError, match="codec that cannot be decoded"):
+            read(broken)
