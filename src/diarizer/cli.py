@@ -8,8 +8,8 @@
     diarize serve [--host 127.0.0.1] [--port 3000] ...      (the local service; see `diarize serve -h`)
 
 With neither --rttm nor --json the result is printed as JSON on stdout. One file gives the API's
-Diarized object; several give an object keyed by file ID (the file name without extension), and
-the RTTM holds them all. Progress goes to stderr; a file that fails is named with the reason, the
+Diarized object; several give an object keyed by file ID (the file name without extension; "-2",
+"-3"... where two files share a name), and the RTTM holds them all. Progress goes to stderr; a file that fails is named with the reason, the
 others still run, and the exit code is 1.
 """
 from __future__ import annotations
@@ -115,12 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         engine = Diarizer(model_dir=args.model_dir)
-    except (FileNotFoundError, OSError) as err:
+    except (OSError, ValueError) as err:  # missing models; a bad DIARIZER_THREADS
         print(f"diarize: error: cannot load the models: {err}", file=sys.stderr)
         return 1
     results, rttm, failed = {}, [], 0
-    for path in args.audio:
-        file_id = path.stem
+    for path, file_id in zip(args.audio, _file_ids(args.audio)):
         began = time.perf_counter()
         try:
             result = engine.diarize(path, options, progress=_progress_printer(path.name, not args.quiet))
@@ -141,13 +140,30 @@ def run(args: argparse.Namespace) -> int:
         if args.html and not _write_html(args, path, result):
             failed += 1
     document = next(iter(results.values())) if len(args.audio) == 1 and results else results
-    if args.rttm:
-        args.rttm.write_text("".join(rttm))
-    if args.json:
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    for out, text in ((args.rttm, "".join(rttm)), (args.json, json.dumps(document, indent=2) + "\n")):
+        try:
+            if out:
+                out.write_text(text)
+        except OSError as err:
+            print(f"diarize: error: cannot write {out}: {err}", file=sys.stderr)
+            failed += 1
     if not args.rttm and not args.json and not args.html and results:
         print(json.dumps(document, indent=2))
     return 1 if failed else 0
+
+
+def _file_ids(paths: list[Path]) -> list[str]:
+    """One ID per file: its name without extension, whitespace made "_" (RTTM fields are space separated),
+    and "-2", "-3"... on repeats (a/clip.wav and b/clip.wav must not overwrite each other's result)."""
+    ids: list[str] = []
+    for path in paths:
+        base = "_".join(path.stem.split()) or "audio"
+        candidate, n = base, 1
+        while candidate in ids:
+            n += 1
+            candidate = f"{base}-{n}"
+        ids.append(candidate)
+    return ids
 
 
 def _write_html(args: argparse.Namespace, path: Path, result) -> bool:

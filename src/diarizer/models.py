@@ -59,7 +59,12 @@ def locate_models(model_dir: str | os.PathLike | None = None) -> ModelFiles:
 
 def default_threads() -> int:
     # One process owns the cores (oversubscription is 10x slower here); DIARIZER_THREADS overrides.
-    return int(os.environ.get("DIARIZER_THREADS") or os.cpu_count() or 1)
+    raw = os.environ.get("DIARIZER_THREADS", "").strip()
+    if not raw:
+        return os.cpu_count() or 1
+    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise ValueError(f"DIARIZER_THREADS must be a positive whole number, not {raw!r}")
+    return int(raw)
 
 
 def open_session(path: Path, threads: int | None = None):

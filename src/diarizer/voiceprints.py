@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from diarizer import audio as audio_io
+from diarizer.embedding import EMBEDDING_DIM
 from diarizer.types import DiarizationOptions, EnrollmentError, Voiceprint
 
 if TYPE_CHECKING:
@@ -100,25 +101,12 @@ class VoiceprintFile:
         self.path = Path(path) if path else default_store_path()
 
     def load(self) -> list[Voiceprint]:
-        try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return []
-        except ValueError as exc:
-            raise ValueError(f"{self.path} is not a voiceprint file: {exc}") from exc
-        if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
-            raise ValueError(f"{self.path} is not a voiceprint file")
-        return [Voiceprint(item["name"], tuple(item["embedding"]), item.get("seconds", 0.0))
-                for item in document.get("voiceprints", [])]
+        return [Voiceprint(item["name"], tuple(item["embedding"]), item.get("seconds", 0.0)) for item in self._items()]
 
     def entries(self) -> list[dict]:
         """What may be shown: names, seconds and dates, never the embeddings."""
-        try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return []
         return [{"name": item["name"], "seconds": item.get("seconds"), "created_at": item.get("created_at")}
-                for item in document.get("voiceprints", [])]
+                for item in self._items()]
 
     def save(self, voiceprint: Voiceprint) -> bool:
         """Add `voiceprint`; returns True when it replaced one of the same name."""
@@ -140,10 +128,24 @@ class VoiceprintFile:
         return True
 
     def _items(self) -> list[dict]:
-        self.load()  # refuses to overwrite a file that is not ours
-        if not self.path.exists():
+        """The file's voiceprints, checked item by item (ValueError naming the file when it is not ours or is
+        damaged: a hand-edited file must not crash a diarization half-way, nor be overwritten)."""
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return []
-        return json.loads(self.path.read_text(encoding="utf-8")).get("voiceprints", [])
+        except ValueError as exc:
+            raise ValueError(f"{self.path} is not a voiceprint file: {exc}") from exc
+        items = document.get("voiceprints", []) if isinstance(document, dict) else None
+        if not isinstance(document, dict) or document.get("format") != FILE_FORMAT or not isinstance(items, list):
+            raise ValueError(f"{self.path} is not a voiceprint file")
+        for number, item in enumerate(items, 1):
+            if not (isinstance(item, dict) and isinstance(item.get("name"), str) and _is_embedding(item.get("embedding"))
+                    and isinstance(item.get("seconds", 0.0), (int, float))):
+                raise ValueError(f"{self.path}: voiceprint {number} is damaged (it needs a name, seconds and "
+                                 f"{EMBEDDING_DIM} numbers)")
+        return items
+
 
     def _write(self, items: Sequence[dict]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -159,3 +161,8 @@ class VoiceprintFile:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _is_embedding(value) -> bool:
+    return (isinstance(value, list) and len(value) == EMBEDDING_DIM
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in value))

@@ -53,7 +53,7 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, toler
     """
     msg_id, timestamp = headers.get("webhook-id"), headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature") or ""
-    if not msg_id or not timestamp or not timestamp.isdigit():
+    if not msg_id or not timestamp or not (timestamp.isascii() and timestamp.isdigit()):
         return False
     if abs(time.time() - int(timestamp)) > tolerance_seconds:
         return False

@@ -155,6 +155,10 @@ def test_chunked_and_malformed_lengths_are_refused(server, handler):
     assert json.loads(chunked.partition(b"\r\n\r\n")[2])["error"]["code"] == "length_required"
     malformed = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
     assert malformed.startswith(b"HTTP/1.1 400")
+    # "\xb2" is "²" in Latin-1: a digit to str.isdigit(), not to int()
+    superscript = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n")
+    assert superscript.startswith(b"HTTP/1.1 400")
+    assert json.loads(superscript.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_content_length"
     assert handler.events == []
 
 

@@ -173,7 +173,7 @@ class FileBlobStore:
 
     def check_upload(self, key: str, expires: str, signature: str) -> bool:
         """True when (key, expires, signature) came from presign_put and has not expired."""
-        if not expires.isdigit() or int(expires) < time.time():
+        if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
             return False
         return hmac.compare_digest(self._sign(key, int(expires)), signature)
 

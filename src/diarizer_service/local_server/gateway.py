@@ -253,7 +253,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if raw is None:
             return None
-        if not raw.strip().isdigit():
+        if not (raw.strip().isascii() and raw.strip().isdigit()):  # isdigit() alone passes "²", which int() refuses
             return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
         if int(raw) > MAX_BODY_BYTES:
             return 413, error_body("body_too_large", "The request body is over 10 MB: use POST "
@@ -295,7 +295,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") or raw is None:
             return 411, error_body("length_required", "Send the file with a Content-Length.")
-        if not raw.strip().isdigit():
+        if not (raw.strip().isascii() and raw.strip().isdigit()):  # isdigit() alone passes "²", which int() refuses
             return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
         if int(raw) > self.server.gateway.max_upload_bytes:
             return 413, error_body("upload_too_large",

@@ -81,3 +81,45 @@ def test_enroll_refuses_two_voices_and_short_speech(tmp_path):
         done = run("enroll", "alice", tmp_path / audio, "--voiceprints", store)
         assert done.returncode == 1 and reason in done.stderr, done.stderr
     assert not store.exists()
+
+
+def test_files_sharing_a_name_keep_their_own_results(tmp_path):
+    """a/my clip.flac and b/my clip.flac: two results, IDs that are one RTTM token each."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "a" / "my clip.flac").write_bytes((af.DEMO_DIR / "two-speakers.flac").read_bytes())
+    (tmp_path / "b" / "my clip.flac").write_bytes((af.DEMO_DIR / "three-speakers.flac").read_bytes())
+    rttm, out = tmp_path / "all.rttm", tmp_path / "all.json"
+    done = run(tmp_path / "a" / "my clip.flac", tmp_path / "b" / "my clip.flac", "--rttm", rttm, "--json", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(out.read_text())
+    assert {k: v["num_speakers"] for k, v in body.items()} == {"my_clip": 2, "my_clip-2": 3}
+    lines = rttm.read_text().splitlines()
+    assert {line.split()[1] for line in lines} == {"my_clip", "my_clip-2"}
+    assert all(len(line.split()) == 10 for line in lines)
+
+
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path):
+    done = run(af.DEMO_DIR / "two-speakers.flac", "--quiet", "--json", tmp_path / "missing" / "out.json")
+    assert done.returncode == 1
+    assert "cannot write" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_damaged_voiceprint_file_is_named_before_any_work(tmp_path):
+    store = tmp_path / "voiceprints.json"
+    store.write_text(json.dumps({"format": "diarizer-voiceprints", "version": 1,
+                                 "voiceprints": [{"name": "alice", "seconds": 8.0, "embedding": [0.1] * 12}]}))
+    done = run(af.DEMO_DIR / "two-speakers.flac", "--identify", "--voiceprints", store, "--quiet")
+    assert done.returncode == 2 and "voiceprint 1 is damaged" in done.stderr and "Traceback" not in done.stderr
+    store.write_text("[]")
+    listed = run("voiceprints", "--voiceprints", store)
+    assert listed.returncode == 1 and "not a voiceprint file" in listed.stderr and "Traceback" not in listed.stderr
+
+
+def test_a_bad_thread_count_is_an_error_not_a_traceback():
+    import os
+
+    done = subprocess.run([*DIARIZE, str(af.DEMO_DIR / "two-speakers.flac"), "--quiet"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "DIARIZER_THREADS": "abc"})
+    assert done.returncode == 1
+    assert "DIARIZER_THREADS" in done.stderr and "Traceback" not in done.stderr
