@@ -84,10 +84,12 @@ class Runtime:
                 return engine.diarize(audio, options)
 
     def enroll(self, audio: bytes, name: str) -> Any:
-        """A voiceprint of the one voice in `audio` (the engine's Voiceprint); same one-at-a-time rule."""
-        engine = self.engine()
-        with self._diarize_lock:
-            return engine.enroll(name, [audio])
+        """A voiceprint of the one voice in `audio` (the engine's Voiceprint); same one-at-a-time rule, and
+        like `diarize` it lets `diarize serve` answer other requests while the engine runs."""
+        with self.around_engine():
+            engine = self.engine()
+            with self._diarize_lock:
+                return engine.enroll(name, [audio])
 
 
 _runtime: Runtime | None = None
