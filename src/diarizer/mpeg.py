@@ -16,7 +16,7 @@ _BITRATES = {
     2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
 }
 _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version bits
-MAX_BYTES = 512 * 1024 * 1024  # never read more than this (far above any upload limit)
+CHUNK_BYTES = 1 << 20  # read this much at a time: an hour of 128 kbit/s MP3 is 58 MB, never held whole
 
 
 def _frame(header: bytes) -> tuple[int, int, int] | None:
@@ -46,15 +46,25 @@ def count_frames(stream: BinaryIO) -> int | None:
     back at 0), or None when the first frame is not one. Stops at the first byte that is not a frame
     header (an ID3v1/APE tag, garbage, a cut frame)."""
     stream.seek(0)
-    data = stream.read(MAX_BYTES)
-    stream.seek(0)
-    pos = _id3v2_size(data[:10])
+    stream.seek(_id3v2_size(stream.read(10)))
+    data, pos = b"", 0
+
+    def available(count: int) -> bool:  # at least `count` bytes from pos, reading on as needed
+        nonlocal data, pos
+        while len(data) - pos < count:
+            more = stream.read(max(CHUNK_BYTES, count))
+            if not more:
+                return False
+            data, pos = data[pos:] + more, 0
+        return True
+
     samples, rate = 0, None
-    while pos + 4 <= len(data):
+    while available(4):
         frame = _frame(data[pos : pos + 4])
-        if frame is None or (rate is not None and frame[2] != rate) or pos + frame[0] > len(data):
+        if frame is None or (rate is not None and frame[2] != rate) or not available(frame[0]):
             break
         size, count, rate = frame
         samples += count
         pos += size
+    stream.seek(0)
     return samples if rate is not None else None

@@ -96,3 +96,17 @@ def test_a_track_whose_codec_ffmpeg_cannot_decode_is_a_clear_error(speech, tmp_p
     for read in (audio.probe_audio, audio.decode):
         with pytest.raises(AudioDecodeError, match="codec that cannot be decoded"):
             read(broken)
+
+
+def test_the_mp3_frame_walk_does_not_depend_on_how_the_file_is_read(speech, monkeypatch):
+    """Read in 1 MB chunks: a frame across two chunks counts once; a cut last frame does not count."""
+    import io
+
+    from diarizer import mpeg
+
+    data = af.mp3_without_length_header(speech[:32000], np.tile(speech, 2))
+    whole = mpeg.count_frames(io.BytesIO(data))
+    monkeypatch.setattr(mpeg, "CHUNK_BYTES", 37)  # smaller than any frame
+    assert mpeg.count_frames(io.BytesIO(data)) == whole
+    assert mpeg.count_frames(io.BytesIO(data[:-1])) == whole - 576  # the cut last frame: 576 samples (MPEG-2)
+    assert mpeg.count_frames(io.BytesIO(b"ID3" + bytes(200))) is None
