@@ -102,11 +102,32 @@ def test_the_mp3_frame_walk_does_not_depend_on_how_the_file_is_read(speech, monk
     """Read in 1 MB chunks: a frame across two chunks counts once; a cut last frame does not count."""
     import io
 
-    from diarizer import mpeg
+    from diarizer import scan
 
     data = af.mp3_without_length_header(speech[:32000], np.tile(speech, 2))
-    whole = mpeg.count_frames(io.BytesIO(data))
-    monkeypatch.setattr(mpeg, "CHUNK_BYTES", 37)  # smaller than any frame
-    assert mpeg.count_frames(io.BytesIO(data)) == whole
-    assert mpeg.count_frames(io.BytesIO(data[:-1])) == whole - 576  # the cut last frame: 576 samples (MPEG-2)
-    assert mpeg.count_frames(io.BytesIO(b"ID3" + bytes(200))) is None
+    whole = scan.mp3_frames(io.BytesIO(data))
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 37)  # smaller than any frame
+    assert scan.mp3_frames(io.BytesIO(data)) == whole
+    assert scan.mp3_frames(io.BytesIO(data[:-1])) == whole - 576  # the cut last frame: 576 samples (MPEG-2)
+    assert scan.mp3_frames(io.BytesIO(b"ID3" + bytes(200))) is None
+
+
+@pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])
+def test_chained_ogg_is_decoded_whole(subtype):
+    """`cat a.ogg b.ogg`: libsndfile reads the first stream only (and may say that is all there is)."""
+    import io
+
+    import soundfile as sf
+
+    from diarizer import scan
+
+    def ogg(samples):
+        out = io.BytesIO()
+        sf.write(out, samples, 16000, format="OGG", subtype=subtype)
+        return out.getvalue()
+
+    noise = af.noise(2.0, seed=3)
+    chained = ogg(noise) + ogg(af.noise(20.0, seed=4))  # Opus: libsndfile then claims 2 s and stops there
+    assert scan.ogg_streams(io.BytesIO(chained)) == 2 and scan.ogg_streams(io.BytesIO(ogg(noise))) == 1
+    assert audio.needs_transcoder(chained)
+    assert seconds(audio.decode(chained)) == pytest.approx(22.0, abs=0.1)

@@ -1,0 +1,101 @@
+"""What libsndfile cannot be trusted to tell about a stream, read from its own framing without decoding.
+
+- An MP3's length: libsndfile (through mpg123) sizes an MP3 without a Xing/Info header from the first
+  frame's bitrate and the file size, then stops reading at that estimate, so a variable-bitrate file loses
+  the rest silently and a large ID3 tag (cover art) inflates it. Each MPEG audio frame header says its own
+  size and holds a fixed number of samples: walking them gives the real count. Only layer III is walked
+  (what `audio.detect_format` accepts); anything else gives None and libsndfile's figure stands.
+- How many logical streams an Ogg file chains (`cat a.ogg b.ogg`, internet radio recordings): libsndfile
+  reads the first only, and may report its length as the whole file's.
+
+Both read in CHUNK_BYTES pieces and put the stream back at 0.
+"""
+from __future__ import annotations
+
+from typing import BinaryIO
+
+CHUNK_BYTES = 1 << 20  # an hour of 128 kbit/s MP3 is 58 MB: never held whole
+
+# Layer III bitrates in kbit/s by index, for MPEG-1 and for MPEG-2/2.5 (index 0 is "free format").
+_BITRATES = {
+    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version bits
+
+
+class _Reader:
+    """Bytes of a stream from a moving position, read on in chunks as they are asked for."""
+
+    def __init__(self, stream: BinaryIO, start: int):
+        stream.seek(start)
+        self.stream, self.data, self.pos = stream, b"", 0
+
+    def has(self, count: int) -> bool:
+        """At least `count` bytes from the current position (reading on as needed)."""
+        while len(self.data) - self.pos < count:
+            more = self.stream.read(max(CHUNK_BYTES, count))
+            if not more:
+                return False
+            self.data, self.pos = self.data[self.pos :] + more, 0
+        return True
+
+    def peek(self, count: int) -> bytes:
+        return self.data[self.pos : self.pos + count]
+
+
+def _mp3_frame(header: bytes) -> tuple[int, int, int] | None:
+    """(bytes, samples, sample rate) of the layer III frame starting with these 4 bytes, or None."""
+    if header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (header[1] >> 3) & 3, (header[1] >> 1) & 3
+    bitrate_index, rate_index, padding = header[2] >> 4, (header[2] >> 2) & 3, (header[2] >> 1) & 1
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    mpeg1 = version == 3
+    bitrate = _BITRATES[1 if mpeg1 else 2][bitrate_index] * 1000
+    rate = _RATES[version][rate_index]
+    size = (144 if mpeg1 else 72) * bitrate // rate + padding
+    return size, 1152 if mpeg1 else 576, rate
+
+
+def _id3v2_size(head: bytes) -> int:
+    if len(head) < 10 or head[:3] != b"ID3":
+        return 0
+    body = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    return 10 + body + (10 if head[5] & 0x10 else 0)  # footer flag
+
+
+def mp3_frames(stream: BinaryIO) -> int | None:
+    """Samples per channel in the layer III frames of `stream`, or None when the first frame is not one.
+    Stops at the first byte that is not a frame header (an ID3v1/APE tag, garbage, a cut frame)."""
+    stream.seek(0)
+    reader = _Reader(stream, _id3v2_size(stream.read(10)))
+    samples, rate = 0, None
+    while reader.has(4):
+        frame = _mp3_frame(reader.peek(4))
+        if frame is None or (rate is not None and frame[2] != rate) or not reader.has(frame[0]):
+            break
+        size, count, rate = frame
+        samples += count
+        reader.pos += size
+    stream.seek(0)
+    return samples if rate is not None else None
+
+
+def ogg_streams(stream: BinaryIO) -> int:
+    """How many logical streams begin in the Ogg pages of `stream` (pages flagged beginning-of-stream),
+    up to the first byte that is not a page."""
+    reader, streams = _Reader(stream, 0), 0
+    while reader.has(27) and reader.peek(4) == b"OggS":
+        header = reader.peek(27)
+        streams += bool(header[5] & 0x02)
+        segments = header[26]
+        if not reader.has(27 + segments):
+            break
+        size = 27 + segments + sum(reader.peek(27 + segments)[27:])
+        if not reader.has(size):
+            break
+        reader.pos += size
+    stream.seek(0)
+    return streams
