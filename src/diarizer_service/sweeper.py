@@ -10,6 +10,8 @@ Two kinds of records sit in the outbox index past their due time (see jobs.py):
 
 Deployed as the SweeperFunction (a schedule, no engine); `diarize serve` runs it at start-up and every
 minute. Each run is bounded by a time budget, so a backlog of slow receivers cannot outlive the invocation.
+A record whose handling raises something unexpected is logged and pushed back (its `outbox_at` moved later):
+it must not stay the oldest due record, in front of every other one, at every run.
 """
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ def sweep(worker: Worker, *, now: float | None = None, budget_seconds: float = 6
     started = time.monotonic()
     seen: set[str] = set()
     while time.monotonic() - started < budget_seconds:
-        due = [job for job in runtime.jobs.list_due(time.time() if now is None else now, BATCH)
-               if job.job_id not in seen]
+        clock = time.time() if now is None else now
+        due = [job for job in runtime.jobs.list_due(clock, BATCH) if job.job_id not in seen]
         if not due:
             break
         for job in due:
@@ -62,9 +64,25 @@ def sweep(worker: Worker, *, now: float | None = None, budget_seconds: float = 6
             except BackendError as exc:  # the next run tries again: the record is still due
                 report.errors += 1
                 logger.warning("sweeper: could not handle a due record", extra={"reason": str(exc)})
+            except Exception as exc:  # noqa: BLE001 (a bug or a corrupt record: the other records still run)
+                report.errors += 1
+                # The type only: a message could quote the webhook URL, whose query string may hold a token.
+                logger.warning("sweeper: a due record raised unexpectedly; pushed back",
+                               extra={"error_type": type(exc).__name__})
+                _push_back(runtime, job.job_id, clock)
     logger.remove_keys(["request_id", "key_id"])
     if report.resent:
         metrics.add_metric(name="SweptQueuedJobs", unit=MetricUnit.Count, value=len(report.resent))
     if report.redelivered:
         metrics.add_metric(name="SweptWebhooks", unit=MetricUnit.Count, value=len(report.redelivered))
     return report
+
+
+def _push_back(runtime, job_id: str, clock: float) -> None:
+    """Move the record's due time later (never off the outbox: a bug fixed later still finds it). Only
+    `outbox_at`: on a record that left the outbox meanwhile it is inert (the index needs `outbox`)."""
+    delay = max(runtime.settings.sweep_after_seconds, 1)
+    try:
+        runtime.jobs.table.update(job_id, {"outbox_at": int(clock) + delay})
+    except Exception:  # noqa: BLE001 (the record stays due; `seen` skips it for the rest of this run)
+        logger.warning("sweeper: could not push back a record that raised")

@@ -245,10 +245,11 @@ def validate_webhook(url: Any, *, allow_local: bool) -> str:
     if not isinstance(url, str):
         raise invalid_field("webhook", "`webhook` must be a URL string.")
     try:
-        resolve_safe_target(url, allow_local=allow_local)
+        target = resolve_safe_target(url, allow_local=allow_local)
     except UnsafeUrlError as exc:
         raise ApiError(400, "invalid_webhook", f"`webhook` refused: {exc}.", field="webhook") from exc
-    return url
+    # Stored as the ASCII URL it is sent to (IDNA host, UTF-8 percent-encoding); ASCII URLs as they came.
+    return url if url.isascii() else target.url
 
 
 def parse_job_request(body: Mapping[str, Any], query: Mapping[str, str] | None, *, require_webhook: bool,

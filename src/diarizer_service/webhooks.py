@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from diarizer_service.ssrf import UnsafeUrlError, WebhookTarget, resolve_safe_target
+from diarizer_service.observability import logger
+from diarizer_service.ssrf import UnresolvableHostError, UnsafeUrlError, WebhookTarget, resolve_safe_target
 
 SECRET_PREFIX = "whsec_"
 BACKOFF_SECONDS = 1.0  # first retry after 1 s, then 2 s, 4 s...
@@ -72,14 +73,16 @@ class DeliveryResult:
     attempts: int
     status: int | None = None  # last HTTP status, if any answer came
     error: str | None = None  # why the last attempt failed
+    refused: bool = False  # the URL is unsafe (the SSRF guard said no): never worth another round
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "refused"}  # `error` says it
 
     @property
     def retryable(self) -> bool:
-        """Worth another round later: no answer, a 5xx, 408 or 429. Not: an unsafe URL, another 4xx."""
-        if self.delivered or (self.error or "").startswith("refused"):
+        """Worth another round later: no answer (a DNS failure included), a 5xx, 408 or 429. Not: an unsafe
+        URL, another 4xx."""
+        if self.delivered or self.refused:
             return False
         return self.status is None or self.status >= 500 or self.status in (408, 429)
 
@@ -149,6 +152,14 @@ def _post_once(target: WebhookTarget, body: bytes, headers: dict, timeout: float
         conn.close()
 
 
+def _unexpected(exc: Exception, step: str) -> str:
+    """An exception no check foresaw (a URL http.client cannot send, a corrupt secret...): a failed attempt,
+    not a crash, or the worker's message is redelivered and the sweeper stops on this record. Only the type is
+    kept: messages can quote the URL (query strings carry tokens) or the secret."""
+    logger.warning("webhook attempt failed unexpectedly", extra={"step": step, "error_type": type(exc).__name__})
+    return f"unexpected error while {step}: {type(exc).__name__}"
+
+
 def deliver(
     url: str,
     payload: dict,
@@ -162,7 +173,8 @@ def deliver(
     sleep: Callable[[float], None] | None = None,
 ) -> DeliveryResult:
     """POST `payload` as signed JSON. Retries network errors and 5xx (and 429) with exponential backoff,
-    never other 4xx. Never raises: the caller records the result on the job."""
+    never other 4xx. Never raises: the caller records the result on the job (an unexpected exception counts
+    as a failed attempt)."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     backoff_seconds = BACKOFF_SECONDS if backoff_seconds is None else backoff_seconds
     sleep = sleep or time.sleep
@@ -173,20 +185,29 @@ def deliver(
             sleep(backoff_seconds * 2 ** (attempt - 2))
         try:
             target = resolve_safe_target(url, allow_local=allow_local)  # re-checked at every attempt
+        except UnresolvableHostError as exc:  # DNS down or flaky: like no answer, worth retrying
+            last_status, last_error = None, str(exc)
+            continue
         except UnsafeUrlError as exc:
-            return DeliveryResult(False, attempt, None, f"refused: {exc}")
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body),
-        }
+            return DeliveryResult(False, attempt, None, f"refused: {exc}", refused=True)
+        except Exception as exc:  # noqa: BLE001 (never raise: see _unexpected)
+            last_status, last_error = None, _unexpected(exc, "resolving")
+            continue
         try:
+            timestamp = int(time.time())
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(secret, msg_id, timestamp, body),
+            }
             last_status = _post_once(target, body, headers, timeout)
         except (OSError, http.client.HTTPException) as exc:
             last_status, last_error = None, f"{type(exc).__name__}: {exc}"
+            continue
+        except Exception as exc:  # noqa: BLE001
+            last_status, last_error = None, _unexpected(exc, "posting")
             continue
         if 200 <= last_status < 300:
             return DeliveryResult(True, attempt, last_status)
