@@ -147,7 +147,9 @@ def _open(source: AudioSource, max_seconds: float = MAX_SECONDS) -> tuple[sf.Sou
 def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str | None]:
     """libsndfile's handle on the stream, the true length in frames where known, and why libsndfile would
     not decode it whole (None when it will)."""
+    # Scanned before libsndfile opens the stream: it keeps its own idea of the stream's position.
     mpeg_frames = scan.mp3_frames(stream) if fmt == "MP3" else None
+    ogg_chained = fmt == "OGG" and scan.ogg_streams(stream) > 1
     try:
         handle = sf.SoundFile(stream)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
@@ -163,7 +165,7 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str 
         frames = _header_frames(handle)
         if frames is None:  # libsndfile seeks for the length and fails (a FLAC written to a pipe)
             why = "has no length in its header (written to a pipe?), which the decoder here cannot read"
-        elif fmt == "OGG" and scan.ogg_streams(stream) > 1:
+        elif ogg_chained:
             why = "chains several Ogg streams, and the decoder here would read only the first"
     try:
         check_header(fmt, handle.samplerate, handle.channels, frames or 0)

@@ -131,3 +131,6 @@ def test_chained_ogg_is_decoded_whole(subtype):
     assert scan.ogg_streams(io.BytesIO(chained)) == 2 and scan.ogg_streams(io.BytesIO(ogg(noise))) == 1
     assert audio.needs_transcoder(chained)
     assert seconds(audio.decode(chained)) == pytest.approx(22.0, abs=0.1)
+    single = ogg(af.noise(20.0, seed=4))  # one stream: libsndfile's, and the scan must not disturb its reads
+    assert not audio.needs_transcoder(single)
+    assert audio.check_decodes(single).duration == pytest.approx(20.0, abs=0.1)
