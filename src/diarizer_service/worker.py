@@ -15,6 +15,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import unquote_plus
@@ -115,7 +116,8 @@ class Worker:
             key = unquote_plus(str(record.get("s3", {}).get("object", {}).get("key", "")))
             if key.startswith(INCOMING_PREFIX) and not key.endswith("/"):
                 results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
-                if self.runtime.backends.blobs.head(results_base + ".json") is None:
+                event_etag = str(record.get("s3", {}).get("object", {}).get("eTag", "")).strip('"')
+                if not self._batch_result_current(key, results_base, event_etag):
                     self._write_batch_error(key, results_base, "processing_failed", reason)
                     failed = True
         return failed
@@ -197,14 +199,18 @@ class Worker:
     def _complete(self, job: Job, result, elapsed: float) -> None:
         diarized = result.to_dict()
         result_json = json.dumps(diarized).encode()
-        prefix = job_prefix(job.key_id, job.request_id)
+        # Keys unique to this attempt: a duplicate worker that loses the finish below must not overwrite the
+        # blobs the winner's record points at (its webhook is re-driven from them, the status route reads them).
+        base = job_prefix(job.key_id, job.request_id) + f"result-{uuid.uuid4().hex[:16]}"
+        result_key, rttm_key = base + ".json", base + ".rttm"
         blobs = self.runtime.backends.blobs
-        blobs.put(prefix + "result.rttm", result.to_rttm(_rttm_file_id(job.request_id)).encode(), content_type="text/plain")
-        blobs.put(prefix + "result.json", result_json, content_type="application/json")
-        if not self.runtime.jobs.finish(job, result=diarized, result_key=prefix + "result.json",
-                                        rttm_key=prefix + "result.rttm", audio_seconds=float(result.duration),
-                                        result_size=len(result_json), webhook_due_at=self._webhook_due_at()):
+        blobs.put(rttm_key, result.to_rttm(_rttm_file_id(job.request_id)).encode(), content_type="text/plain")
+        blobs.put(result_key, result_json, content_type="application/json")
+        if not self.runtime.jobs.finish(job, result=diarized, result_key=result_key, rttm_key=rttm_key,
+                                        audio_seconds=float(result.duration), result_size=len(result_json),
+                                        webhook_due_at=self._webhook_due_at()):
             logger.info("another delivery finished this job first: no webhook from here")
+            self._delete_unreferenced(result_key, rttm_key)
             return
         metrics.add_metric(name="JobsCompleted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
@@ -213,6 +219,16 @@ class Worker:
                                        "processing_seconds": round(elapsed, 3)})
         if job.webhook:
             self._notify(job, {"request_id": job.request_id, "response": json.loads(result_json)})
+
+    def _delete_unreferenced(self, *keys: str) -> None:
+        """Best effort: a crash here (or no delete permission) leaves orphans under the job prefix, which expire
+        with it."""
+        for key in keys:
+            try:
+                self.runtime.backends.blobs.delete(key)
+            except BackendError as exc:
+                logger.warning("could not delete a losing attempt's result blob", extra={"reason": str(exc)})
+                return
 
     def fail_job(self, job: Job, code: str, message: str) -> None:
         """Fail a job that is not finished, and tell its webhook (used by the transcode step too)."""
@@ -348,6 +364,21 @@ class Worker:
         metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
         metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)
         logger.info("batch object done")
+
+    def _batch_result_current(self, key: str, results_base: str, event_etag: str) -> bool:
+        """True when results/<path>.json is for the object as it is now (a previous version's result does not
+        count, as in process_object). Without a readable head (the DeadLetterFunction may not read incoming/),
+        judged against the version the event was about; an object deleted since: any result counts."""
+        blobs = self.runtime.backends.blobs
+        result = blobs.head(results_base + ".json")
+        if result is None:
+            return False
+        try:
+            head = blobs.head(key)
+            current = head.etag if head is not None else None
+        except BackendError:
+            current = event_etag or None
+        return current is None or result.metadata.get("source-etag") == current
 
     def _write_batch_error(self, key: str, results_base: str, code: str, message: str) -> None:
         body = {"source": key, "error": {"code": code, "message": message}}

@@ -5,7 +5,7 @@ come back (`batchItemFailures`), like SQS with ReportBatchItemFailures.
 Messages received too often move to the dead letters inside `receive`; their jobs are then marked failed here
 (in AWS the last attempt does that itself, but a process killed during it cannot) and the dead letter is
 deleted, as the DeadLetterFunction consumes the dead-letter queue. The table is read only when `receive` moved
-something there (or once at start-up), never on every poll.
+something there (or once at start-up, or again after a handling that failed), never on every poll.
 
 Between messages the loop runs the outbox sweeper (sweeper.py) at start-up and every `sweep_interval` seconds,
 as the deployed SweeperFunction's schedule does.
@@ -138,10 +138,15 @@ class WorkerLoop:
     def _check_dead_letters(self) -> None:
         if self.on_dead_letter is None or self.queue.dead_lettered == self._dead_letters_seen:
             return
-        self._dead_letters_seen = self.queue.dead_lettered
-        for dead in self.queue.dead_letters():
-            self.on_dead_letter(dead)  # raises (e.g. storage down): kept for the next check
-            self.queue.delete_dead_letter(dead["message_id"])
+        seen = self.queue.dead_lettered
+        try:
+            for dead in self.queue.dead_letters():
+                self.on_dead_letter(dead)
+                self.queue.delete_dead_letter(dead["message_id"])
+        except Exception as exc:  # e.g. database locked: the letter stays, and so does the reason to look again
+            self.say(f"worker: dead letter not handled yet: {type(exc).__name__}: {exc}; retrying on the next poll")
+            return  # not raised: the message received with it must still run now, not after its visibility
+        self._dead_letters_seen = seen
 
 
 def fail_dead_letter_job(worker, dead_letter: dict) -> bool:

@@ -27,9 +27,10 @@ def test_job_runs_stores_results_and_sends_a_signed_webhook(runtime, worker, key
     worker.handle_message(body, receive_count=1)
     job = runtime.jobs.get(make_job_id(key.key_id, "r-1"))
     assert job.status == "done" and job.attempts == 1 and job.audio_seconds == pytest.approx(2.0)
-    stored = json.loads(runtime.backends.blobs.get(f"jobs/{key.key_id}/r-1/result.json"))
+    assert job.result_key.startswith(f"jobs/{key.key_id}/r-1/result-") and job.result_key.endswith(".json")
+    stored = json.loads(runtime.backends.blobs.get(job.result_key))
     assert stored == job.result and stored["num_speakers"] == 2
-    rttm = runtime.backends.blobs.get(f"jobs/{key.key_id}/r-1/result.rttm").decode()
+    rttm = runtime.backends.blobs.get(job.rttm_key).decode()
     assert rttm.startswith("SPEAKER r-1 1 0.000 ")
     [hit] = webhook_receiver.received
     assert verify_signature(key.webhook_secret, hit.headers, hit.body)
