@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
 import uuid
 from typing import Mapping
 
@@ -96,42 +95,53 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
         info = probe_or_reject(runtime, request.audio, settings.max_audio_seconds, too_long, whole=True)
 
     job_id = make_job_id(key.key_id, request.request_id)
+    # Concurrent attempts of one request_id (a client retry while the first is in flight) must not touch each
+    # other's state: each stores its own audio object and undoes only what is still its own (`_withdraw`).
+    attempt_id = uuid.uuid4().hex
     jobs, blobs = runtime.jobs, runtime.backends.blobs
     try:
         existing = jobs.get(job_id)
         if existing is not None:
-            _resume(runtime, key, existing)
+            _resume(runtime, key, existing, attempt_id)
             return reply
         if request.upload_id is not None:
             audio_key = _checked_upload(runtime, key, request.upload_id)
         else:
-            audio_key = job_prefix(key.key_id, request.request_id) + "audio"
+            audio_key = attempt_audio_key(key.key_id, request.request_id, attempt_id)
             blobs.put(audio_key, request.audio, metadata={"format": info.format} if info else None)
     except BackendError as exc:
         logger.warning("submit failed before the job existed", extra={"reason": str(exc)})
         raise service_unavailable() from exc
 
+    own_audio = request.upload_id is None
     job = Job.new(key_id=key.key_id, key_hash=key.key_hash, request_id=request.request_id, api=API_NAME,
                   audio_key=audio_key, options=request.options.to_dict(), webhook=request.webhook,
                   retention_days=settings.retention_days, sweep_after_seconds=settings.sweep_after_seconds,
                   audio_format=info.format if info else None,
-                  audio_seconds=info.duration if info else None)
+                  audio_seconds=info.duration if info else None, attempt_id=attempt_id)
     try:
         created = jobs.create(job)
     except BackendError as exc:
-        # The write may have happened with only its reply lost (a timeout): a record left `queued` with no
-        # message would never run, and the client's retry with this request_id would be told 200. Remove it
-        # if it is ours (its webhook_id is unique to this attempt); leave another request's job and audio alone.
-        owner = _stored_owner(runtime, job)
-        _cleanup(runtime, job, delete_record=owner == "ours",
-                 delete_audio=request.upload_id is None and owner in ("ours", "absent"))
+        # The write may have happened with only its reply lost (a timeout): withdraw it if it is still ours.
+        _withdraw(runtime, job, own_audio=own_audio)
         raise service_unavailable() from exc
-    if not created:  # an identical request won the race: same reply, its audio is the same object
+    if not created:
+        # An identical request created the job first: its record points at its own audio, not ours. Its
+        # attempt may still withdraw it (its send failing), so take it over like any retry before answering 200.
+        if own_audio:
+            _delete_audio(runtime, audio_key)
+        try:
+            existing = jobs.get(job_id)
+            if existing is None:  # withdrawn meanwhile: nothing to answer 200 about
+                raise service_unavailable()
+            _resume(runtime, key, existing, attempt_id)
+        except BackendError as exc:
+            raise service_unavailable() from exc
         return reply
     try:
         runtime.backends.queue.send({"job_id": job_id})
     except BackendError as exc:
-        _cleanup(runtime, job, delete_record=True, delete_audio=request.upload_id is None)
+        _withdraw(runtime, job, own_audio=own_audio)
         raise service_unavailable() from exc
     _mark_enqueued(runtime, job_id)
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
@@ -141,14 +151,28 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     return reply
 
 
-def _resume(runtime: Runtime, key: ApiKey, job: Job) -> None:
-    """A repeated request_id. Still `queued` and in the outbox: the first attempt may have died between writing
-    the job and sending its message, so send it (a duplicate is harmless: every job transition is conditional)."""
+def attempt_audio_key(key_id: str, request_id: str, attempt_id: str) -> str:
+    """jobs/<key_id>/<request_id>/audio-<attempt_id>: one object per submit attempt, so that an attempt that
+    fails deletes only its own (the job record's audio_key names the one its job uses)."""
+    return job_prefix(key_id, request_id) + f"audio-{attempt_id}"
+
+
+def _resume(runtime: Runtime, key: ApiKey, job: Job, attempt_id: str) -> None:
+    """A repeated request_id. Still `queued` and in the outbox: the attempt that created it may still be in
+    flight or have died between writing the job and sending its message. Claim it first (its creator can then
+    no longer withdraw it), then send the message (a duplicate is harmless: every job transition is
+    conditional). Raises ApiError 503 when the job was withdrawn before the claim."""
     if not hmac.compare_digest(job.key_hash, key.key_hash):  # a key_id shared by two keys (older 32-bit ids)
         raise ApiError(409, "request_id_conflict", "This request_id cannot be used with this key; choose another.",
                        field="request_id")
     if not job.awaiting_message:
         logger.info("repeated request_id: returning the existing job", extra={"status": job.status})
+        return
+    if not runtime.jobs.claim(job.job_id, attempt_id):
+        if runtime.jobs.get(job.job_id) is None:
+            logger.info("repeated request_id of a job its first attempt withdrew")
+            raise service_unavailable()
+        logger.info("repeated request_id of a job that started meanwhile: nothing to send")
         return
     logger.info("repeated request_id of a queued job whose message was never confirmed sent: sending it")
     runtime.backends.queue.send({"job_id": job.job_id})
@@ -176,36 +200,28 @@ def _checked_upload(runtime: Runtime, key: ApiKey, upload_id: str) -> str:
     return audio_key
 
 
-def _stored_owner(runtime: Runtime, job: Job) -> str:
-    """After a failed create, whose record is stored under the job id: "ours" (same webhook_id, so this very
-    attempt wrote it), "other" (an identical request that may be queued), "absent", or "unknown"."""
+def _withdraw(runtime: Runtime, job: Job, *, own_audio: bool) -> None:
+    """Undo a failed attempt, touching only what is still its own: its record while nobody can have been told
+    about it (JobStore.withdraw), its audio object once no record points at it. Whatever cannot be undone
+    stays: a record left queued in the outbox gets its message from the sweeper (or a retry) and runs."""
     try:
-        stored = runtime.jobs.get(job.job_id)
+        if not runtime.jobs.withdraw(job):
+            stored = runtime.jobs.get(job.job_id)
+            if stored is not None and stored.webhook_id == job.webhook_id:  # the record this attempt wrote
+                logger.info("the job was taken over by a retry (or started): left to run")
+                return
     except BackendError:
-        logger.warning("could not check whether a failed job write happened")
-        return "unknown"
-    if stored is None:
-        return "absent"
-    return "ours" if stored.webhook_id == job.webhook_id else "other"
+        logger.warning("could not withdraw a job that was never queued: the sweeper will send its message")
+        return
+    if own_audio:
+        _delete_audio(runtime, job.audio_key)
 
 
-def _cleanup(runtime: Runtime, job: Job, *, delete_record: bool, delete_audio: bool) -> None:
-    """Leave nothing half-made: no record without a message, no audio without a record."""
-    if delete_record:
-        try:
-            runtime.jobs.delete(job.job_id)
-        except BackendError:
-            # Cannot delete: at least make sure nobody waits for it (a retry with the same id then sees `failed`).
-            try:
-                runtime.jobs.fail(job, "enqueue_failed", "The job could not be queued; submit it again "
-                                  "with a new request_id.", webhook_due_at=int(time.time()))
-            except BackendError:
-                logger.exception("could not clean up a job that was never queued")
-    if delete_audio:
-        try:
-            runtime.backends.blobs.delete(job.audio_key)
-        except BackendError:
-            logger.warning("could not delete the audio of a job that was never queued")
+def _delete_audio(runtime: Runtime, audio_key: str) -> None:
+    try:
+        runtime.backends.blobs.delete(audio_key)
+    except BackendError:  # under jobs/: the bucket's lifecycle rule removes it after the retention days
+        logger.warning("could not delete the audio of a job that was never queued")
 
 
 @tracer.capture_method(capture_response=False)

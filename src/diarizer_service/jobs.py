@@ -78,17 +78,20 @@ class Job:
     webhook_state: str | None = None  # WebhookState, once a job with a webhook finished
     outbox: str | None = None  # OUTBOX_DUE while the sweeper must look at this record (sparse index key)
     outbox_at: int | None = None  # when (unix seconds)
+    # The submit attempt that may still withdraw this queued record: its creator, until a retry claims it to
+    # send its message (see JobStore.claim and withdraw). None on records written before it existed.
+    attempt_id: str | None = None
 
     @classmethod
     def new(cls, *, key_id: str, key_hash: str, request_id: str, api: str, audio_key: str, options: dict,
             webhook: str | None, retention_days: int, sweep_after_seconds: int = 300, audio_format: str | None = None,
-            audio_seconds: float | None = None) -> "Job":
+            audio_seconds: float | None = None, attempt_id: str | None = None) -> "Job":
         """Born in the outbox: if its message is never sent, the sweeper sends it `sweep_after_seconds` later."""
         now = int(time.time())
         return cls(job_id=make_job_id(key_id, request_id), key_id=key_id, key_hash=key_hash, request_id=request_id,
                    api=api, audio_key=audio_key, options=options, webhook=webhook, created_at=now, updated_at=now,
                    expires_at=now + retention_days * 86400, audio_format=audio_format, audio_seconds=audio_seconds,
-                   outbox=OUTBOX_DUE, outbox_at=now + sweep_after_seconds)
+                   outbox=OUTBOX_DUE, outbox_at=now + sweep_after_seconds, attempt_id=attempt_id)
 
     @property
     def awaiting_message(self) -> bool:
@@ -121,8 +124,23 @@ class JobStore:
         item = self.table.get(job_id)
         return Job.from_item(item) if item else None
 
-    def delete(self, job_id: str) -> None:
-        self.table.delete(job_id)
+    def claim(self, job_id: str, attempt_id: str) -> bool:
+        """A retry of a queued job takes over sending its message: from now on the attempt that created the
+        record can no longer withdraw it. False when the job is no longer queued (started, finished or gone)."""
+        return self._transition(job_id, (JobStatus.QUEUED.value,), {"attempt_id": attempt_id})
+
+    def postpone(self, job_id: str, until: int) -> None:
+        """Move a record's due time (`outbox_at`) later, leaving it in the outbox: the sweeper's answer to a record
+        whose handling raised, so that it does not stay in front of every other due record."""
+        self.table.update(job_id, {"outbox_at": until})
+
+    def withdraw(self, job: Job) -> bool:
+        """Delete the record `job`'s attempt created, only while nobody else can have been told about it: still
+        queued, still in the outbox (no message confirmed) and not claimed by a retry. False otherwise."""
+        if not job.attempt_id:
+            return False
+        return self.table.delete(job.job_id, expected={"attempt_id": job.attempt_id,
+                                                       "status": JobStatus.QUEUED.value, "outbox": OUTBOX_DUE})
 
     def _transition(self, job_id: str, expected: tuple[str, ...], changes: dict) -> bool:
         return self.table.update(job_id, {**changes, "updated_at": int(time.time())}, expected_status=expected)

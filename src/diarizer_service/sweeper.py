@@ -83,6 +83,6 @@ def _push_back(runtime, job_id: str, clock: float) -> None:
     `outbox_at`: on a record that left the outbox meanwhile it is inert (the index needs `outbox`)."""
     delay = max(runtime.settings.sweep_after_seconds, 1)
     try:
-        runtime.jobs.table.update(job_id, {"outbox_at": int(clock) + delay})
+        runtime.jobs.postpone(job_id, int(clock) + delay)
     except Exception:  # noqa: BLE001 (the record stays due; `seen` skips it for the rest of this run)
         logger.warning("sweeper: could not push back a record that raised")

@@ -90,10 +90,35 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
     try:
         store.put(item)
     except BackendError as exc:
+        try:  # the put may have landed all the same: not for a key revoked meanwhile
+            _forget_if_revoked(runtime, store, key, item["voiceprint_id"])
+        except BackendError:
+            logger.warning("could not check the key (or remove the voiceprint) after a failed voiceprint write")
+        raise service_unavailable() from exc
+    try:
+        _forget_if_revoked(runtime, store, key, item["voiceprint_id"])
+    except BackendError as exc:  # cannot tell whether the key was revoked: keep nothing, the client retries
+        try:
+            store.delete(key.key_id, item["voiceprint_id"])
+        except BackendError:
+            logger.exception("could not remove a voiceprint whose key could not be checked")
         raise service_unavailable() from exc
     metrics.add_metric(name="VoiceprintsEnrolled", unit=MetricUnit.Count, value=1)
     logger.info("voiceprint enrolled", extra={"voiceprint_id": item["voiceprint_id"]})  # never the name or print
     return {"voiceprint_id": item["voiceprint_id"], "name": name, "seconds": item["seconds"]}
+
+
+def _forget_if_revoked(runtime: Runtime, store: VoiceprintStore, key: ApiKey, voiceprint_id: str) -> None:
+    """After the put: a key revoked while the engine ran has had its voiceprints deleted already (revocation
+    is revoke, then delete_all), so this one would outlive it. Deleted again and refused as the auth layer
+    refuses a revoked key. Either the revocation's delete_all lists this put, or this read sees the revocation
+    (both reads are strongly consistent)."""
+    item = runtime.backends.keys.get(key.key_hash)
+    if item is not None and item.get("revoked_at") is None:
+        return
+    store.delete(key.key_id, voiceprint_id)
+    logger.info("key revoked during enrolment: voiceprint removed", extra={"voiceprint_id": voiceprint_id})
+    raise ApiError(403, "invalid_api_key", "The API key is not valid.")
 
 
 def list_voiceprints(runtime: Runtime, key: ApiKey) -> dict:

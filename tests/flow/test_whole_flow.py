@@ -50,9 +50,10 @@ def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_
     assert (status, reply) == (200, {"request_id": "meeting-1", "api": "diarize"})
 
     key_id = stack.key.record.key_id
-    audio = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=f"jobs/{key_id}/meeting-1/audio")
-    assert audio["Body"].read() == recording and audio["ServerSideEncryption"] == "AES256"
     item = stack.job_item("meeting-1")
+    assert item["audio_key"].startswith(f"jobs/{key_id}/meeting-1/audio-")
+    audio = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=item["audio_key"])
+    assert audio["Body"].read() == recording and audio["ServerSideEncryption"] == "AES256"
     assert item["status"] == "queued" and int(item["expires_at"]) > int(item["created_at"])
 
     event = stack.receive_sqs_event()
@@ -73,7 +74,7 @@ def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_
     assert demo_der(name, response["segments"], float(duration)) < 0.15  # who spoke when, not just how many
 
     assert stack.job_item("meeting-1")["status"] == "done"
-    stored = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=f"jobs/{key_id}/meeting-1/result.json")
+    stored = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=stack.job_item("meeting-1")["result_key"])
     assert json.loads(stored["Body"].read()) == response
     status, job = stack.call_api("GET", f"{ASYNC}/meeting-1", handler=api_handler)
     assert status == 200 and job["status"] == "done" and job["response"] == response

@@ -191,9 +191,22 @@ class DynamoJobTable:
         except BotoCoreError as exc:
             raise BackendError(f"DynamoDB update failed: {exc}") from exc
 
-    def delete(self, job_id: str) -> None:
-        with _failures_as("DynamoDB delete"):
-            self._table.delete_item(Key={"job_id": job_id})
+    def delete(self, job_id: str, *, expected: Mapping[str, str] | None = None) -> bool:
+        kwargs: dict = {"Key": {"job_id": job_id}}
+        if expected:
+            kwargs["ConditionExpression"] = " AND ".join(f"#e{i} = :e{i}" for i in range(len(expected)))
+            kwargs["ExpressionAttributeNames"] = {f"#e{i}": name for i, name in enumerate(expected)}
+            kwargs["ExpressionAttributeValues"] = {f":e{i}": _to_dynamo(value)
+                                                   for i, value in enumerate(expected.values())}
+        try:
+            self._table.delete_item(**kwargs)
+            return True
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise BackendError(f"DynamoDB delete failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BackendError(f"DynamoDB delete failed: {exc}") from exc
 
 
 class _PlainItems:
@@ -210,8 +223,9 @@ class _PlainItems:
 class DynamoKeyStore(_PlainItems):
 
     def get(self, key_hash: str) -> dict | None:
+        # Strongly consistent: a revocation holds from the moment it is written (voiceprints.enroll relies on it).
         with _failures_as("DynamoDB get"):
-            item = self._table.get_item(Key={"key_hash": key_hash}).get("Item")
+            item = self._table.get_item(Key={"key_hash": key_hash}, ConsistentRead=True).get("Item")
         return _from_dynamo(item) if item else None
 
     def list(self) -> list[dict]:

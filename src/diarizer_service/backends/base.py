@@ -60,7 +60,10 @@ class JobTable(Protocol):
         status is one of them; returns False when that condition fails or the item does not exist."""
         ...
 
-    def delete(self, job_id: str) -> None: ...
+    def delete(self, job_id: str, *, expected: Mapping[str, str] | None = None) -> bool:
+        """With `expected`, only when each named attribute currently has that value; returns False when that
+        condition fails or the item does not exist (True otherwise)."""
+        ...
 
     def list_due(self, now: float, limit: int) -> list[dict]:
         """Up to `limit` items whose `outbox` is set and `outbox_at` <= now, oldest first (see jobs.py)."""

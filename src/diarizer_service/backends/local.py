@@ -314,9 +314,15 @@ class SqliteJobTable:
             db.execute("UPDATE jobs SET status = ?, item = ? WHERE job_id = ?", (item.get("status"), json.dumps(item), job_id))
             return True
 
-    def delete(self, job_id: str) -> None:
+    def delete(self, job_id: str, *, expected: Mapping[str, str] | None = None) -> bool:
         with self._db.transaction() as db:
+            if expected:
+                row = db.execute("SELECT item FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                item = json.loads(row[0]) if row else None
+                if item is None or any(item.get(name) != value for name, value in expected.items()):
+                    return False
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            return True
 
     def list_due(self, now: float, limit: int) -> list[dict]:
         with self._db.transaction() as db:

@@ -29,7 +29,7 @@ def test_submit_stores_audio_job_and_message(runtime, key, wav_bytes):
     audio = wav_bytes(1.0)
     assert submit(runtime, key, audio, speakers=2) == {"request_id": "r-1", "api": "diarize"}
     job = runtime.jobs.get(make_job_id(key.key_id, "r-1"))
-    assert job.status == "queued" and job.audio_key == f"jobs/{key.key_id}/r-1/audio"
+    assert job.status == "queued" and job.audio_key.startswith(f"jobs/{key.key_id}/r-1/audio-")  # one per attempt
     assert job.options["speakers"] == 2 and job.audio_format == "WAV" and job.audio_seconds == pytest.approx(1.0)
     assert runtime.backends.blobs.get(job.audio_key) == audio
     [message] = runtime.backends.queue.receive()
@@ -110,7 +110,8 @@ def test_outage_is_503_and_leaves_nothing_half_made(runtime, key, wav_bytes, par
     assert error.to_body()["error"]["retryable"] is True
     setattr(runtime.backends, part, real)
     assert runtime.jobs.get(make_job_id(key.key_id, "r-1")) is None
-    assert runtime.backends.blobs.head(f"jobs/{key.key_id}/r-1/audio") is None
+    job_folder = runtime.backends.blobs.root / "jobs" / key.key_id / "r-1"  # the local store's files
+    assert not (job_folder.exists() and any(job_folder.iterdir()))  # no audio left behind
     assert runtime.backends.queue.receive() == []
     assert submit(runtime, key, wav_bytes(1.0))["request_id"] == "r-1"  # a retry then works
 
