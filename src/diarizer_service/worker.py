@@ -29,7 +29,7 @@ from diarizer_service.errors import ApiError
 from diarizer_service.jobs import FINISHED, Job, JobStatus, WebhookState, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
-from diarizer_service.transcoder import forward, needs_transcoding
+from diarizer_service.transcoder import forward, needs_transcoding, transcoded_key
 from diarizer_service.validation import engine_options, parse_speaker_options
 from diarizer_service.webhooks import DeliveryResult, deliver
 
@@ -165,6 +165,8 @@ class Worker:
             except BlobTooLarge as exc:  # an upload URL used again after the submit, with a bigger file
                 raise PermanentJobError("audio_too_large", f"The job's audio is over {limit} bytes.") from exc
             if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio):
+                if job.audio_key == transcoded_key(job):  # never back and forth between the two functions
+                    raise PermanentJobError("unsupported_audio", "The transcoded audio could not be decoded.")
                 forward(self.runtime, job)  # M4A/MP4/WebM: TranscodeFunction brings it back as FLAC
                 return
             known = voiceprints.load(self.runtime.backends, job.key_id, job.options)

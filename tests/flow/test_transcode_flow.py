@@ -168,6 +168,30 @@ def test_a_broken_m4a_fails_the_job_with_a_clear_reason(transcode_stack, api_han
     assert hit.json()["error"]["code"] == "unsupported_audio"
 
 
+def test_transcoded_audio_that_still_needs_the_transcoder_fails_instead_of_looping(
+        transcode_stack, api_handler, worker_handler, transcode_handler, webhook_receiver, media, monkeypatch):
+    """Should the transcoder ever hand back audio the worker would forward again, the two functions must not
+    send the job to each other forever (each time on a fresh message, so it would never be dead-lettered)."""
+    stack = transcode_stack
+    restore = without_pyav(monkeypatch)
+    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "loop-1"},
+                               body={"content": base64.b64encode(media["webm"].read_bytes()).decode()},
+                               handler=api_handler)
+    assert status == 200
+    stack.run_worker(worker_handler)
+    restore()
+    assert run_transcoder(stack, transcode_handler) == {"batchItemFailures": []}
+    item = stack.job_item("loop-1")
+    stack.s3.put_object(Bucket=stack.runtime.settings.bucket, Key=item["audio_key"], Body=media["webm"].read_bytes())
+    without_pyav(monkeypatch)
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+    assert receive(stack, stack.transcode_url)["Records"] == []  # not forwarded again
+    item = stack.job_item("loop-1")
+    assert item["status"] == "failed" and item["error"]["code"] == "unsupported_audio"
+    [hit] = webhook_receiver.received
+    assert hit.json()["error"]["code"] == "unsupported_audio"
+
+
 def test_without_a_transcoder_the_api_names_the_formats(stack, api_handler, media, monkeypatch):
     without_pyav(monkeypatch)
     status, answer = stack.call_api("POST", "/audio/generic/api/v2/sync/diarize",
