@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -163,6 +164,12 @@ def stack(monkeypatch, fake_engine, api_event, lambda_context):
         yield Stack(s3, sqs, dynamodb, queue_url, dlq_url, key, api_event, lambda_context)
         set_runtime(None)
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def due_now(stack):
+    """The sweeper looks at records at once (DIARIZER_SWEEP_AFTER_SECONDS=0) instead of 5 minutes later."""
+    stack.runtime.settings = dataclasses.replace(stack.runtime.settings, sweep_after_seconds=0)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ exhausted delivery ends `failed` instead of being retried forever. The crash-poi
 (tests/reliability/test_crash_points.py) drives the same code after every possible crash."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -29,12 +28,6 @@ def status(stack, api_handler, request_id: str) -> dict:
     code, body = stack.call_api("GET", f"{ASYNC_V2}/{request_id}", handler=api_handler)
     assert code == 200, body
     return body
-
-
-@pytest.fixture
-def due_now(stack):
-    """The sweeper looks at records at once (DIARIZER_SWEEP_AFTER_SECONDS=0) instead of 5 minutes later."""
-    stack.runtime.settings = dataclasses.replace(stack.runtime.settings, sweep_after_seconds=0)
 
 
 def test_a_job_whose_submit_died_before_its_message_is_sent_by_the_sweeper(

@@ -22,6 +22,19 @@ def audio_body(audio: bytes, **extra) -> dict:
     return {"content": base64.b64encode(audio).decode(), **extra}
 
 
+def submit(stack, api_handler, webhook: str, request_id: str, audio: bytes) -> tuple[int, dict]:
+    """POST the audio to the async route of the moto stack: (status, answer)."""
+    return stack.call_api("POST", ASYNC_V2, query={"webhook": webhook, "request_id": request_id},
+                          body=audio_body(audio), handler=api_handler)
+
+
+def job_status(stack, api_handler, request_id: str) -> dict:
+    """The job as the status route shows it (asserting a 200)."""
+    status, job = stack.call_api("GET", f"{ASYNC_V2}/{request_id}", handler=api_handler)
+    assert status == 200, job
+    return job
+
+
 def demo_clip(start: float, seconds: float) -> bytes:
     """A FLAC cut from demo/two-speakers.flac (both speakers talk within any 5 s or so)."""
     import soundfile as sf

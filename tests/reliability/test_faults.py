@@ -15,7 +15,7 @@ from diarizer_service.api import submit_async
 from diarizer_service.auth import create_key
 from diarizer_service.webhooks import verify_signature
 from diarizer_service.worker import Worker
-from reliability.helpers import ASYNC_V2, audio_body, closed_port_url
+from reliability.helpers import ASYNC_V2, audio_body, closed_port_url, job_status, submit
 
 
 class WorkerKilled(BaseException):
@@ -32,17 +32,6 @@ def receive(stack, visibility: float) -> dict:
         "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:diarizer-jobs",
         "awsRegion": "us-east-1"} for m in answer.get("Messages", [])]}
-
-
-def submit(stack, api_handler, webhook: str, request_id: str, audio: bytes) -> tuple[int, dict]:
-    return stack.call_api("POST", ASYNC_V2, query={"webhook": webhook, "request_id": request_id},
-                          body=audio_body(audio), handler=api_handler)
-
-
-def job_status(stack, api_handler, request_id: str) -> dict:
-    status, job = stack.call_api("GET", f"{ASYNC_V2}/{request_id}", handler=api_handler)
-    assert status == 200, job
-    return job
 
 
 def queued_messages(stack, url: str | None = None) -> int:

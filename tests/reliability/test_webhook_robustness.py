@@ -31,25 +31,9 @@ from diarizer_service.ssrf import UnsafeUrlError, resolve_safe_target
 from diarizer_service.sweeper import sweep
 from diarizer_service.validation import validate_webhook
 from diarizer_service.webhooks import deliver, generate_webhook_secret, verify_signature
-from reliability.helpers import ASYNC_V2, audio_body
+from reliability.helpers import job_status, submit
 
 PUBLIC_IP = "93.184.215.14"
-
-
-def submit(stack, api_handler, webhook: str, request_id: str, audio: bytes):
-    return stack.call_api("POST", ASYNC_V2, query={"webhook": webhook, "request_id": request_id},
-                          body=audio_body(audio), handler=api_handler)
-
-
-def status(stack, api_handler, request_id: str) -> dict:
-    code, body = stack.call_api("GET", f"{ASYNC_V2}/{request_id}", handler=api_handler)
-    assert code == 200, body
-    return body
-
-
-@pytest.fixture
-def due_now(stack):
-    stack.runtime.settings = dataclasses.replace(stack.runtime.settings, sweep_after_seconds=0)
 
 
 # --------------------------------------------------------------------------- deployed mode over real TLS
@@ -169,7 +153,7 @@ def test_a_non_ascii_webhook_path_is_stored_as_ascii_and_delivered_once(
     [hit] = webhook_receiver.received
     assert hit.path == expected_path
     assert verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
-    job = status(stack, api_handler, "accent")
+    job = job_status(stack, api_handler, "accent")
     assert job["webhook"]["state"] == "delivered" and hit.json() == {"request_id": "accent",
                                                                        "response": job["response"]}
 
@@ -181,7 +165,7 @@ def test_a_record_stored_with_a_non_ascii_url_before_the_fix_is_still_delivered(
     stack.runtime.jobs.table.update(job_id, {"webhook": webhook_receiver.url + "/\u00fcber"})  # as stored before
     assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
     assert [hit.path for hit in webhook_receiver.received] == ["/hook/%C3%BCber"]
-    assert status(stack, api_handler, "old")["webhook"]["state"] == "delivered"
+    assert job_status(stack, api_handler, "old")["webhook"]["state"] == "delivered"
 
 
 def test_an_internationalised_host_is_checked_and_delivered_under_its_idna_name(
@@ -193,7 +177,7 @@ def test_an_internationalised_host_is_checked_and_delivered_under_its_idna_name(
     assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
     [hit] = public_web.received  # TLS verified the certificate for the A-label (SNI), Host says the same
     assert hit.path == "/h%C3%A9" and hit.headers["host"] == "xn--caf-dma.example.com"
-    assert status(stack, api_handler, "idn")["webhook"]["state"] == "delivered"
+    assert job_status(stack, api_handler, "idn")["webhook"]["state"] == "delivered"
 
 
 def test_idna_normalisation_cannot_smuggle_a_private_target(monkeypatch):
@@ -252,9 +236,9 @@ def test_a_record_that_raises_does_not_stop_the_sweeper_from_redriving_the_other
 
     stack.runtime.backends.blobs.put(poison.result_key, result_json, content_type="application/json")
     assert sweep(worker_handler.get_worker(), now=now + 3600).redelivered == [poison.job_id]
-    assert status(stack, api_handler, "poison")["webhook"]["state"] == "delivered"
+    assert job_status(stack, api_handler, "poison")["webhook"]["state"] == "delivered"
     assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
-    assert status(stack, api_handler, "orphan")["webhook"]["state"] == "delivered"
+    assert job_status(stack, api_handler, "orphan")["webhook"]["state"] == "delivered"
 
 
 # --------------------------------------------------------------------------- DNS failures
@@ -264,7 +248,7 @@ def test_a_dns_failure_at_delivery_is_retried_and_a_later_round_delivers(
     assert code == 200, body
     public_web.dns.up = False  # the resolver hiccups (EAI_AGAIN) while the worker finishes the job
     assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
-    webhook = status(stack, api_handler, "dns")["webhook"]
+    webhook = job_status(stack, api_handler, "dns")["webhook"]
     assert (webhook["state"], webhook["rounds"], webhook["attempts"]) == ("pending", 1, 3)  # every attempt tried
     assert "does not resolve" in webhook["error"] and not webhook["error"].startswith("refused")
     assert public_web.received == []
@@ -274,7 +258,7 @@ def test_a_dns_failure_at_delivery_is_retried_and_a_later_round_delivers(
         make_job_id(stack.key.record.key_id, "dns")]
     [hit] = public_web.received
     assert hit.path == "/h?k=1" and verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
-    assert status(stack, api_handler, "dns")["webhook"]["state"] == "delivered"
+    assert job_status(stack, api_handler, "dns")["webhook"]["state"] == "delivered"
 
 
 def test_a_name_resolving_to_a_private_address_at_delivery_is_still_refused_for_good(monkeypatch):

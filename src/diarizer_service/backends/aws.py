@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import boto3
 from boto3.dynamodb.conditions import Key
@@ -29,6 +29,20 @@ def _failures_as(operation: str) -> Iterator[None]:
 
 def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
+
+
+def _conditional(operation: str, write: Callable[[], Any]) -> bool:
+    """Run a conditional DynamoDB write: True when it was made, False when its condition did not hold; other
+    failures become BackendError naming the operation."""
+    try:
+        write()
+        return True
+    except ClientError as exc:
+        if _error_code(exc) == "ConditionalCheckFailedException":
+            return False
+        raise BackendError(f"{operation} failed: {exc}") from exc
+    except BotoCoreError as exc:
+        raise BackendError(f"{operation} failed: {exc}") from exc
 
 
 def _to_dynamo(value: Any) -> Any:
@@ -143,15 +157,8 @@ class DynamoJobTable:
         return [_from_dynamo(item) for item in page.get("Items", [])]
 
     def create(self, item: dict) -> bool:
-        try:
-            self._table.put_item(Item=_to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
-            return True
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise BackendError(f"DynamoDB put failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise BackendError(f"DynamoDB put failed: {exc}") from exc
+        return _conditional("DynamoDB put", lambda: self._table.put_item(
+            Item=_to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)"))
 
     def get(self, job_id: str) -> dict | None:
         with _failures_as("DynamoDB get"):
@@ -181,15 +188,7 @@ class DynamoJobTable:
                   "ExpressionAttributeNames": names}
         if values:
             kwargs["ExpressionAttributeValues"] = values
-        try:
-            self._table.update_item(**kwargs)
-            return True
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise BackendError(f"DynamoDB update failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise BackendError(f"DynamoDB update failed: {exc}") from exc
+        return _conditional("DynamoDB update", lambda: self._table.update_item(**kwargs))
 
     def delete(self, job_id: str, *, expected: Mapping[str, str] | None = None) -> bool:
         kwargs: dict = {"Key": {"job_id": job_id}}
@@ -198,15 +197,7 @@ class DynamoJobTable:
             kwargs["ExpressionAttributeNames"] = {f"#e{i}": name for i, name in enumerate(expected)}
             kwargs["ExpressionAttributeValues"] = {f":e{i}": _to_dynamo(value)
                                                    for i, value in enumerate(expected.values())}
-        try:
-            self._table.delete_item(**kwargs)
-            return True
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise BackendError(f"DynamoDB delete failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise BackendError(f"DynamoDB delete failed: {exc}") from exc
+        return _conditional("DynamoDB delete", lambda: self._table.delete_item(**kwargs))
 
 
 class _PlainItems:
