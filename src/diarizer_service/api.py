@@ -8,6 +8,7 @@ integer speaker ids (the v1 SDK model types them as int).
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import uuid
@@ -95,6 +96,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
         info = probe_or_reject(runtime, request.audio, settings.max_audio_seconds, too_long, whole=True)
 
     job_id = make_job_id(key.key_id, request.request_id)
+    fingerprint = request_fingerprint(request)
     # Concurrent attempts of one request_id (a client retry while the first is in flight) must not touch each
     # other's state: each stores its own audio object and undoes only what is still its own (`_withdraw`).
     attempt_id = uuid.uuid4().hex
@@ -102,7 +104,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     try:
         existing = jobs.get(job_id)
         if existing is not None:
-            _resume(runtime, key, existing, attempt_id)
+            _resume(runtime, key, existing, attempt_id, fingerprint)
             return reply
         if request.upload_id is not None:
             audio_key = _checked_upload(runtime, key, request.upload_id)
@@ -118,7 +120,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
                   audio_key=audio_key, options=request.options.to_dict(), webhook=request.webhook,
                   retention_days=settings.retention_days, sweep_after_seconds=settings.sweep_after_seconds,
                   audio_format=info.format if info else None,
-                  audio_seconds=info.duration if info else None, attempt_id=attempt_id)
+                  audio_seconds=info.duration if info else None, attempt_id=attempt_id, fingerprint=fingerprint)
     try:
         created = jobs.create(job)
     except BackendError as exc:
@@ -134,7 +136,7 @@ def submit_async(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
             existing = jobs.get(job_id)
             if existing is None:  # withdrawn meanwhile: nothing to answer 200 about
                 raise service_unavailable()
-            _resume(runtime, key, existing, attempt_id)
+            _resume(runtime, key, existing, attempt_id, fingerprint)
         except BackendError as exc:
             raise service_unavailable() from exc
         return reply
@@ -157,13 +159,26 @@ def attempt_audio_key(key_id: str, request_id: str, attempt_id: str) -> str:
     return job_prefix(key_id, request_id) + f"audio-{attempt_id}"
 
 
-def _resume(runtime: Runtime, key: ApiKey, job: Job, attempt_id: str) -> None:
+def request_fingerprint(request: JobRequest) -> str:
+    """A hash of what the request asks for: its audio (or upload), speaker options and webhook."""
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(request.audio).digest() if request.audio is not None
+                  else f"upload:{request.upload_id}".encode())
+    digest.update(json.dumps([request.options.to_dict(), request.webhook], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _resume(runtime: Runtime, key: ApiKey, job: Job, attempt_id: str, fingerprint: str) -> None:
     """A repeated request_id. Still `queued` and in the outbox: the attempt that created it may still be in
     flight or have died between writing the job and sending its message. Claim it first (its creator can then
     no longer withdraw it), then send the message (a duplicate is harmless: every job transition is
     conditional). Raises ApiError 503 when the job was withdrawn before the claim."""
     if not hmac.compare_digest(job.key_hash, key.key_hash):  # a key_id shared by two keys (older 32-bit ids)
         raise ApiError(409, "request_id_conflict", "This request_id cannot be used with this key; choose another.",
+                       field="request_id")
+    if job.fingerprint is not None and not hmac.compare_digest(job.fingerprint, fingerprint):
+        raise ApiError(409, "request_id_conflict", "This request_id was already used for another request (other "
+                       "audio, options or webhook); choose another, or leave it out to get a new one.",
                        field="request_id")
     if not job.awaiting_message:
         logger.info("repeated request_id: returning the existing job", extra={"status": job.status})

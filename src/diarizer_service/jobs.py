@@ -81,17 +81,23 @@ class Job:
     # The submit attempt that may still withdraw this queued record: its creator, until a retry claims it to
     # send its message (see JobStore.claim and withdraw). None on records written before it existed.
     attempt_id: str | None = None
+    # What was asked (audio, options, webhook), hashed: the request_id is an idempotency key, so a retry of the
+    # same request is answered 200 and one with the same request_id but other content is a 409, never a silent
+    # 200 for a request that is dropped. None on records written before it existed (then not checked).
+    fingerprint: str | None = None
 
     @classmethod
     def new(cls, *, key_id: str, key_hash: str, request_id: str, api: str, audio_key: str, options: dict,
             webhook: str | None, retention_days: int, sweep_after_seconds: int = 300, audio_format: str | None = None,
-            audio_seconds: float | None = None, attempt_id: str | None = None) -> "Job":
+            audio_seconds: float | None = None, attempt_id: str | None = None,
+            fingerprint: str | None = None) -> "Job":
         """Born in the outbox: if its message is never sent, the sweeper sends it `sweep_after_seconds` later."""
         now = int(time.time())
         return cls(job_id=make_job_id(key_id, request_id), key_id=key_id, key_hash=key_hash, request_id=request_id,
                    api=api, audio_key=audio_key, options=options, webhook=webhook, created_at=now, updated_at=now,
                    expires_at=now + retention_days * 86400, audio_format=audio_format, audio_seconds=audio_seconds,
-                   outbox=OUTBOX_DUE, outbox_at=now + sweep_after_seconds, attempt_id=attempt_id)
+                   outbox=OUTBOX_DUE, outbox_at=now + sweep_after_seconds, attempt_id=attempt_id,
+                   fingerprint=fingerprint)
 
     @property
     def awaiting_message(self) -> bool:

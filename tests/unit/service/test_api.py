@@ -38,9 +38,25 @@ def test_submit_stores_audio_job_and_message(runtime, key, wav_bytes):
 
 def test_same_request_id_twice_is_one_job(runtime, key, wav_bytes):
     first = submit(runtime, key, wav_bytes(1.0))
-    assert submit(runtime, key, wav_bytes(2.0)) == first
+    assert submit(runtime, key, wav_bytes(1.0)) == first  # a retry of the same request
     assert len(runtime.backends.queue.receive(max_messages=10)) == 1
     assert runtime.jobs.get(make_job_id(key.key_id, "r-1")).audio_seconds == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("change", ["audio", "speakers", "webhook"])
+def test_a_request_id_used_again_for_another_request_is_a_409_not_a_silent_200(runtime, key, wav_bytes, change):
+    """The DeepAffects sample code sends the constant request_id 'request_id_example': a second, different
+    request under it must not be answered 200 and then dropped."""
+    submit(runtime, key, wav_bytes(1.0), speakers=2)
+    other = {"audio": (wav_bytes(2.0), None, {"speakers": 2}), "speakers": (wav_bytes(1.0), None, {"speakers": 3}),
+             "webhook": (wav_bytes(1.0), {"webhook": "http://127.0.0.1:9/other", "request_id": "r-1"},
+                         {"speakers": 2})}[change]
+    error = api_error(lambda: submit(runtime, key, other[0], other[1], **other[2]))
+    assert (error.status, error.code, error.field) == (409, "request_id_conflict", "request_id")
+    assert "another request" in error.message
+    job = runtime.jobs.get(make_job_id(key.key_id, "r-1"))
+    assert job.options["speakers"] == 2 and job.audio_seconds == pytest.approx(1.0)  # the first stands
+    assert len(runtime.backends.queue.receive(max_messages=10)) == 1
 
 
 def test_a_retry_of_a_job_whose_message_was_never_sent_sends_it(runtime, key, wav_bytes, monkeypatch):
