@@ -9,8 +9,12 @@ from typing import Mapping
 
 _TRUE = {"1", "true", "yes", "on"}
 
-# API Gateway rejects request bodies over 10 MB; the local server applies the same limit.
-MAX_REQUEST_BODY_BYTES = 10 * 1024 * 1024
+# API Gateway takes bodies up to 10 MB, but hands them to Lambda inside an event that a synchronous invocation caps
+# at 6 MiB (6,291,456 bytes): a bigger body fails before the handler runs, with API Gateway's own error instead of
+# ours. 6,000,000 bytes leaves room for the event's headers and context. The local server applies the same limit.
+MAX_REQUEST_BODY_BYTES = 6_000_000
+BODY_TOO_LARGE_MESSAGE = ("The request body is over 6 MB: use POST /audio/generic/api/v2/uploads and send "
+                          "`upload_id` instead of `content`.")
 
 
 @dataclass(frozen=True)

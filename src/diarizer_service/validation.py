@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from diarizer.types import DiarizationOptions, Voiceprint
 
 from diarizer_service.errors import ApiError, invalid_field, missing_field
-from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
+from diarizer_service.settings import BODY_TOO_LARGE_MESSAGE, MAX_REQUEST_BODY_BYTES
 from diarizer_service.ssrf import UnsafeUrlError, resolve_safe_target
 
 MAX_SPEAKERS = 100
@@ -72,8 +72,7 @@ def parse_json_body(raw: str | bytes | None, is_base64: bool = False) -> dict:
     if raw is None or raw == "" or raw == b"":
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     if len(raw) > MAX_REQUEST_BODY_BYTES * (4 / 3 if is_base64 else 1):
-        raise ApiError(413, "body_too_large", "The request body is over 10 MB: use POST "
-                       "/audio/generic/api/v2/uploads and send `upload_id` instead of `content`.")
+        raise ApiError(413, "body_too_large", BODY_TOO_LARGE_MESSAGE)
     data = raw.encode() if isinstance(raw, str) else raw
     if is_base64:
         try:
@@ -94,7 +93,7 @@ def parse_json_body(raw: str | bytes | None, is_base64: bool = False) -> dict:
 def _too_complex(data: bytes) -> bool:
     """Nested deeper than MAX_DEPTH, or more than MAX_BRACKETS brackets, outside strings (a flat body with
     hundreds of `{}` in an unknown field is fine; brackets inside strings are text). Byte-level operations
-    only (split, count, replace run in C): a 10 MB body is scanned in milliseconds."""
+    only (split, count, replace run in C): a 6 MB body is scanned in milliseconds."""
     if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:  # cannot be deeper: skip the scan
         return False
     # Escapes first (`\\` before `\"`), so that every remaining quote opens or closes a string.

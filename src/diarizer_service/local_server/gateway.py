@@ -23,9 +23,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from diarizer_service.backends.base import BackendError
 from diarizer_service.backends.local import LOCAL_UPLOAD_PATH
 from diarizer_service.local_server.handlers import LocalLambdaContext
-from diarizer_service.settings import MAX_REQUEST_BODY_BYTES
+from diarizer_service.settings import BODY_TOO_LARGE_MESSAGE, MAX_REQUEST_BODY_BYTES
 
-# The API refuses bodies over 10 MB itself (413 body_too_large); a little room above that lets the handler give
+# The API refuses bodies over 6 MB itself (413 body_too_large); a little room above that lets the handler give
 # its own answer for bodies just over, while anything larger is refused here without being read.
 MAX_BODY_BYTES = MAX_REQUEST_BODY_BYTES + 1024 * 1024
 SOCKET_TIMEOUT_SECONDS = 30.0  # per read: an idle or stalled client is dropped
@@ -256,8 +256,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if not (raw.strip().isascii() and raw.strip().isdigit()):  # isdigit() alone passes "²", which int() refuses
             return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
         if int(raw) > MAX_BODY_BYTES:
-            return 413, error_body("body_too_large", "The request body is over 10 MB: use POST "
-                                   "/audio/generic/api/v2/uploads and send `upload_id` instead of `content`.")
+            return 413, error_body("body_too_large", BODY_TOO_LARGE_MESSAGE)
         return None
 
     def _read_body(self) -> bytes | None:
