@@ -204,14 +204,14 @@ def _hint(body: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+SAMPLE_RATE_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*")  # what openapi.json's pattern allows, no more
+
+
 def _sample_rate(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            value = None
+        value = float(value) if SAMPLE_RATE_TEXT.fullmatch(value) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1_000_000:
         raise invalid_field("sampleRate", "`sampleRate` must be a positive number (or a numeric string).")
     return float(value)

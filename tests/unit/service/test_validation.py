@@ -162,3 +162,25 @@ def test_the_nesting_rule_counts_depth_not_brackets():
         with pytest.raises(ApiError) as caught:
             parse_json_body(body)
         assert (caught.value.status, caught.value.code) == (400, "invalid_json")
+
+
+@pytest.mark.parametrize("value", [16000, 8000.5, "16000", " 44100 ", "22050.0", 0, -5, 2_000_000, "0x10", "1e4",
+                                   "+16000", "16_000", "1.2.3", "...", "", "48000 / 24000", True, None])
+def test_sample_rate_is_accepted_exactly_when_the_openapi_schema_allows_it(value):
+    """The published schema and the validation must agree on the hint (the schema allowed '1.2.3' and 0;
+    the code let '1e4' and '+16000' through)."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    document = json.loads((Path(__file__).resolve().parents[3] / "src/diarizer_service/openapi.json").read_text())
+    schema = document["components"]["schemas"]["DiarizeAudio"]["properties"]["sampleRate"]
+    body = {"content": AUDIO} if value is None else {"content": AUDIO, "sampleRate": value}
+    try:
+        parse(body)
+        accepted = True
+    except ApiError:
+        accepted = False
+    allowed = value is None or jsonschema.Draft4Validator(schema).is_valid(value)  # 3.0's exclusiveMinimum: Draft 4
+    assert accepted == allowed
