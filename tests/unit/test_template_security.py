@@ -359,3 +359,24 @@ def test_no_secrets_in_template(tpl):
         env.update(fn["Properties"].get("Environment", {}).get("Variables", {}))
     for name, value in env.items():
         assert not re.search(r"(?i)secret|password|token|api_?key", name), f"secret-like variable {name}"
+
+
+def test_api_gateway_own_answers_use_the_api_error_shape(tpl):
+    """An unknown route and a body over API Gateway's limit never reach the function: their answers are the API
+    Gateway's, so they are given the API's JSON error body (openapi.json) and the handler's own message."""
+    import json
+
+    from diarizer_service.settings import BODY_TOO_LARGE_MESSAGE
+
+    answers = {res["Properties"]["ResponseType"]: res["Properties"]
+               for res in _resources(tpl, "AWS::ApiGateway::GatewayResponse").values()}
+    expected = {"MISSING_AUTHENTICATION_TOKEN": ("404", "route_not_found"), "REQUEST_TOO_LARGE": ("413", "body_too_large")}
+    assert set(answers) == set(expected)
+    for kind, (status, code) in expected.items():
+        answer = answers[kind]
+        assert answer["RestApiId"] == {"Ref": "DiarizerApi"} and answer["StatusCode"] == status
+        assert answer["ResponseParameters"]["gatewayresponse.header.Content-Type"] == "'application/json'"
+        body = json.loads(answer["ResponseTemplates"]["application/json"])
+        assert body["error"]["code"] == code
+    assert json.loads(answers["REQUEST_TOO_LARGE"]["ResponseTemplates"]["application/json"])["error"]["message"] \
+        == BODY_TOO_LARGE_MESSAGE
