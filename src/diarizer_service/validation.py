@@ -224,6 +224,9 @@ def decode_content(value: Any) -> bytes:
         value = value.split(",", 1)[1]
     if any(ch in value for ch in "\r\n \t"):
         value = "".join(value.split())  # line-wrapped base64 (MIME style)
+    if ("-" in value or "_" in value) and not ("+" in value or "/" in value):
+        value = value.replace("-", "+").replace("_", "/")  # the URL-safe alphabet (browsers' base64url)
+    value += "=" * (-len(value) % 4)  # unpadded (JWT style); a length of 4n+1 stays invalid
     try:
         audio = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -101,6 +101,20 @@ def test_numeric_strings_and_wrapped_base64_are_accepted():
     assert request.audio == b"RIFF....WAVEfmt " and request.options.speakers == 3 and request.options.min_speakers == 2
 
 
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode,
+                                    lambda data: base64.b64encode(data).rstrip(b"="),
+                                    lambda data: base64.urlsafe_b64encode(data).rstrip(b"=")])
+def test_base64_variants_clients_send_decode_to_the_same_audio(encode):
+    """Standard, URL-safe (browsers' base64url) and unpadded base64 are all the same bytes."""
+    audio = bytes(range(256)) * 3 + b"\xfb\xff"  # every byte value: '+' '/' (or '-' '_') and padding all occur
+    assert parse({"content": encode(audio).decode()}).audio == audio
+
+
+@pytest.mark.parametrize("content", ["not base64!!", "ab-c+d==", "abcde"])
+def test_what_no_base64_variant_reads_is_still_refused(content):
+    assert error_of(parse, {"content": content}).code == "invalid_base64"
+
+
 def test_webhook_is_required_for_async_only():
     assert error_of(parse, {"content": AUDIO}, {}).field == "webhook"
     assert parse({"content": AUDIO}, {}, require_webhook=False).webhook is None
