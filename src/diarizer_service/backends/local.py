@@ -10,8 +10,10 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import sqlite3
+import stat
 import time
 import uuid
 from contextlib import contextmanager
@@ -83,6 +85,10 @@ class _Database:
                 raise
             finally:
                 db.close()
+
+
+# _write_durably's temp files: <name>.<uuid4 hex>.tmp (FileBlobStore.remove_stale_temp_files matches only these)
+_TEMP_NAME = re.compile(r".+\.[0-9a-f]{32}\.tmp")
 
 
 def _write_durably(path: Path, data: bytes | Iterable[bytes]) -> int:
@@ -162,6 +168,20 @@ class FileBlobStore:
         with _failures_as("blob delete"):
             path.unlink(missing_ok=True)
             self._meta_path(path).unlink(missing_ok=True)
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete the temp files of writes that never finished (a process killed or exiting mid-upload cannot
+        clean up); returns how many. Only for a caller that knows no write is under way (`diarize serve` at
+        start-up, holding the data dir's lock). Only _write_durably's naming is touched, never a blob."""
+        removed = 0
+        with _failures_as("removing stale temp files"):
+            for folder, _dirs, names in os.walk(self.root):  # symlinked folders are not followed
+                for name in names:
+                    path = Path(folder, name)
+                    if _TEMP_NAME.fullmatch(name) and stat.S_ISREG(path.lstat().st_mode):
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        return removed
 
     # ---- presigned uploads, like S3's: `diarize serve` receives the PUT (gateway.py) -------------------------
     def presign_put(self, key: str, expires_seconds: int) -> str:

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     allow_local = args.allow_local_webhooks or is_loopback_host(args.host)
     configure_environment(data_dir, args.log_level, allow_local)
+    from diarizer_service.errors import BackendError
     from diarizer_service.local_server.gateway import Gateway, GatewayServer
     from diarizer_service.local_server.handlers import load_handler_module
     from diarizer_service.local_server.keys import KeySetupError, announce_keys
@@ -172,6 +173,13 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     released = queue.release_in_flight()  # we hold the lock: whoever took these messages is gone
     if released:
         say(f"{released} job(s) interrupted by the last stop will run again")
+    try:  # we hold the lock, so no write is under way: every temp file is from a write the last stop cut off
+        removed = runtime.backends.blobs.remove_stale_temp_files()
+    except BackendError as exc:  # not fatal: they are removed at a later start
+        say(f"could not remove the temp files of interrupted writes: {exc}")
+    else:
+        if removed:
+            say(f"removed {removed} temp file(s) left by writes the last stop interrupted")
     engine_gate = threading.Lock()  # one engine on this machine: a job or a sync request at a time
     try:
         server = GatewayServer((args.host, args.port),
@@ -244,6 +252,7 @@ def _run_until_stopped(server, worker, base_url: str, grace: float) -> int:
         if worker is not None:
             worker.request_stop()
         server.shutdown()  # no new connections; requests being handled may finish within the grace period
+        server.gateway.stop_accepting()
         if not server.gateway.wait_idle(grace):
             say("stopping: a request was still being handled; its client gets no answer")
         server.server_close()

@@ -134,6 +134,7 @@ class Gateway:
     _holder: int | None = field(default=None, init=False, repr=False)  # thread id inside the handler
     _in_progress: int = field(default=0, init=False, repr=False)
     _idle: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.openapi.get("paths", {}))
@@ -143,15 +144,38 @@ class Gateway:
         with self._idle:
             return self._idle.wait_for(lambda: self._in_progress == 0, timeout)
 
+    def stop_accepting(self) -> None:
+        """Refuse requests that begin from now on (keep-alive connections outlive the listening socket): once
+        wait_idle has seen no request, none may start that the exit would cut off half-way."""
+        with self._idle:
+            self._stopping = True
+
+    @contextmanager
+    def handling(self):
+        """Counts one HTTP request for wait_idle for as long as it is handled: body, upload, handler and answer
+        (an upload cut off at exit would leave its temp file). Yields False, counting nothing, once stopping."""
+        with self._idle:
+            admitted = not self._stopping
+            if admitted:
+                self._in_progress += 1
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                self._done()
+
     def invoke(self, event: dict) -> dict:
         with self._idle:
             self._in_progress += 1
         try:
             return self._route(event)
         finally:
-            with self._idle:
-                self._in_progress -= 1
-                self._idle.notify_all()
+            self._done()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._in_progress -= 1
+            self._idle.notify_all()
 
     def _route(self, event: dict) -> dict:
         if self.engine_gate is None or (event["httpMethod"], event["resource"]) not in SYNC_ROUTES:
@@ -224,6 +248,14 @@ class GatewayHandler(BaseHTTPRequestHandler):
         return super().handle_expect_100()
 
     def _dispatch(self) -> None:
+        with self.server.gateway.handling() as admitted:
+            if admitted:
+                self._handle()
+            else:
+                self._send(503, error_body("service_unavailable", "The server is stopping; retry shortly."),
+                           close=True, headers=[("Content-Type", "application/json"), ("Retry-After", "5")])
+
+    def _handle(self) -> None:
         if self._is_upload():
             self._receive_upload()
             return

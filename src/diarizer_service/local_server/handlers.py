@@ -46,7 +46,7 @@ def load_handler_module(name: str) -> ModuleType:
 @dataclass
 class LocalLambdaContext:
     """The attributes of a Lambda context object that powertools and the handlers read. Its remaining time
-    counts down from creation like a real invocation's (the worker's last-attempt watchdog reads it)."""
+    counts down from creation like a real invocation's (the API's 29 s; the worker loop uses LocalWorkerContext)."""
 
     function_name: str
     memory_limit_in_mb: int = 3008
@@ -62,3 +62,12 @@ class LocalLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.timeout_seconds - (time.monotonic() - self._started)) * 1000))
+
+
+class LocalWorkerContext(LocalLambdaContext):
+    """The worker loop's context. Nothing kills a local job at the Lambda timeout, so it has no remaining time:
+    the worker handler reads a context without get_remaining_time_in_millis as "no deadline", and the last
+    attempt's watchdog (which fails a job just before Lambda would kill it) stays off instead of failing a long
+    job that is still running."""
+
+    get_remaining_time_in_millis = None  # type: ignore[assignment]

@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from diarizer_service.backends.local import QueueMessage, SqliteJobQueue, to_sqs_event
-from diarizer_service.local_server.handlers import LocalLambdaContext
+from diarizer_service.local_server.handlers import LocalWorkerContext
 
 Say = Callable[[str], None]
 
@@ -112,9 +112,9 @@ class WorkerLoop:
         try:
             if self.engine_gate is not None:
                 with self.engine_gate:
-                    answer = self.handler(to_sqs_event(messages), LocalLambdaContext("diarizer-worker"))
+                    answer = self.handler(to_sqs_event(messages), LocalWorkerContext("diarizer-worker"))
             else:
-                answer = self.handler(to_sqs_event(messages), LocalLambdaContext("diarizer-worker"))
+                answer = self.handler(to_sqs_event(messages), LocalWorkerContext("diarizer-worker"))
         except Exception as exc:
             self.say(f"worker: handler raised {type(exc).__name__}: {exc}; retrying in {self.retry_delay:g} s")
             return {m.message_id for m in messages}
