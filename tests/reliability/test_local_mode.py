@@ -186,6 +186,22 @@ def test_a_server_beyond_loopback_refuses_loopback_webhooks_and_its_data_dir_is_
     assert "refused" in server.log()
 
 
+@pytest.mark.parametrize("mode", [0o1777, 0o777])
+def test_a_shared_data_dir_is_refused_not_made_private(tmp_path, mode):
+    """`--data-dir /tmp` must not turn /tmp into 0700 (every other program on the machine needs it)."""
+    import subprocess
+    import sys
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    done = subprocess.run([sys.executable, "-m", "diarizer.cli", "serve", "--data-dir", str(shared), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "shared folder" in done.stderr and "Traceback" not in done.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == mode
+    assert list(shared.iterdir()) == []  # nothing written there either
+
+
 def test_the_worker_loop_sweeps_at_start_up_and_then_periodically(tmp_path):
     """`diarize serve`'s stand-in for the SweeperFunction's schedule: sweep(startup=True) once, then
     sweep(startup=False) every `sweep_interval`; a failing sweep does not stop the loop."""

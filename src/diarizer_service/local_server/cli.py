@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -59,7 +60,14 @@ def is_loopback_host(host: str) -> bool:
 
 def secure_data_dir(data_dir: Path) -> None:
     """Owner-only, on every start (not only when the dir is created): the database holds the webhook signing
-    secrets and the blobs hold customers' audio. Files the server creates later inherit the umask below."""
+    secrets and the blobs hold customers' audio. Files the server creates later inherit the umask below.
+
+    A shared folder (sticky or world-writable, like /tmp) or another user's is refused, not tightened: making
+    /tmp 0700 would break every other program on the machine (ValueError)."""
+    mode = data_dir.stat()
+    if mode.st_mode & (stat.S_ISVTX | stat.S_IWOTH) or mode.st_uid != os.geteuid():
+        raise ValueError(f"{data_dir} is a shared folder or another user's: give a folder of its own, "
+                         f"e.g. {data_dir / 'diarizer'}")
     os.umask(0o077)
     data_dir.chmod(0o700)
     for path in data_dir.glob("diarizer.sqlite3*"):  # the database, its -wal and -shm
@@ -125,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds the webhook signing secrets
         secure_data_dir(data_dir)
-    except OSError as exc:
-        print(f"diarize serve: error: cannot create the data dir {data_dir}: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"diarize serve: error: cannot use the data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
     lock = DataDirLock(data_dir)
     if not lock.acquire():
