@@ -45,6 +45,8 @@ TIMEOUT_MARGIN_SECONDS = 45.0
 # the 5-minute default), then its state becomes `failed`; the result stays readable from the status route.
 MAX_WEBHOOK_ROUNDS = 8
 MAX_WEBHOOK_BACKOFF_SECONDS = 4 * 3600
+# Error records are small; a bigger results/<path>.error.json is another object's result (incoming/<path>.error).
+MAX_ERROR_RECORD_BYTES = 64 * 1024
 
 
 class PermanentJobError(Exception):
@@ -79,10 +81,20 @@ class Worker:
             logger.info("ignoring s3:TestEvent")
             return
         if "Records" in message:
+            # Every record is tried even when one fails: raising at the first would leave the later ones unprocessed
+            # and, after the last receive, failed by the dead-letter handler. The retry skips the finished ones.
+            first_error: Exception | None = None
             for record in message["Records"]:
                 if str(record.get("eventName", "")).startswith("ObjectCreated") and "s3" in record:
-                    self.process_object(record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"]),
-                                        receive_count)
+                    try:
+                        self.process_object(record["s3"]["bucket"]["name"],
+                                            unquote_plus(record["s3"]["object"]["key"]), receive_count)
+                    except Exception as exc:
+                        logger.exception("batch record failed; the message will be redelivered")
+                        if first_error is None:
+                            first_error = exc
+            if first_error is not None:
+                raise first_error
             return
         if "job_id" in message:
             self.process_job(str(message["job_id"]), receive_count, deadline)
@@ -344,24 +356,33 @@ class Worker:
             except BlobTooLarge as exc:  # replaced by a bigger object since the head
                 raise PermanentJobError("audio_too_large",
                                         f"The object is over {settings.max_upload_bytes} bytes.") from exc
+            # The get cannot say which version it read: a body that may be a newer version than the head's etag
+            # must not be diarized under that etag.
+            if self._superseded(key, head.etag):
+                return
             if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio):
                 raise PermanentJobError("unsupported_audio", "This audio needs the transcoder (M4A, MP4/MOV, WebM, "
                                         "or a FLAC/MP3 the engine's decoder cannot read whole), which only API jobs "
                                         "go through: send this file through the uploads and async routes.")
             result = self._run_engine(audio, options)
         except PermanentJobError as exc:
-            self._write_batch_error(key, results_base, exc.code, exc.message)
+            if not self._superseded(key, head.etag):
+                self._write_batch_error(key, results_base, exc.code, exc.message, current_etag=head.etag)
             return
         except Exception as exc:
-            if receive_count >= settings.max_receive_count:
+            if receive_count >= settings.max_receive_count and not self._superseded(key, head.etag):
                 self._write_batch_error(key, results_base, "processing_failed",
-                                        f"Gave up after {receive_count} attempts; last error: {type(exc).__name__}.")
+                                        f"Gave up after {receive_count} attempts; last error: {type(exc).__name__}.",
+                                        current_etag=head.etag)
             raise
+        # A newer version may have been uploaded (and even finished by another worker) while the engine ran.
+        if self._superseded(key, head.etag):
+            return
         file_id = _rttm_file_id(key[len(INCOMING_PREFIX):])
         blobs.put(results_base + ".rttm", result.to_rttm(file_id).encode(), content_type="text/plain")
         blobs.put(results_base + ".json", json.dumps(result.to_dict()).encode(), content_type="application/json",
                   metadata={"source-etag": head.etag})  # written last: its presence means "done"
-        blobs.delete(results_base + ".error.json")  # a stale failure from an earlier version of the object
+        self._delete_own_error_record(key, results_base)  # a stale failure from an earlier version of the object
         metrics.add_metric(name="BatchObjectsCompleted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
         metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)
@@ -382,10 +403,41 @@ class Worker:
             current = event_etag or None
         return current is None or result.metadata.get("source-etag") == current
 
-    def _write_batch_error(self, key: str, results_base: str, code: str, message: str) -> None:
+    def _superseded(self, key: str, etag: str) -> bool:
+        """True when incoming/<path> is no longer the version this run started from (replaced or deleted): its
+        results are left alone, the newer version's own event writes them."""
+        head = self.runtime.backends.blobs.head(key)
+        if head is not None and head.etag == etag:
+            return False
+        logger.info("object replaced or deleted while being processed: nothing written for the old version",
+                    extra={"started_etag": etag, "current_etag": head.etag if head is not None else None})
+        return True
+
+    def _delete_own_error_record(self, key: str, results_base: str) -> None:
+        """Deletes results/<path>.error.json only if it is this object's: it is also the result of
+        incoming/<path>.error."""
+        blobs = self.runtime.backends.blobs
+        try:
+            record = json.loads(blobs.get(results_base + ".error.json", max_bytes=MAX_ERROR_RECORD_BYTES))
+        except (BlobNotFound, BlobTooLarge, ValueError):
+            return
+        if isinstance(record, dict) and record.get("source") == key:
+            blobs.delete(results_base + ".error.json")
+
+    def _write_batch_error(self, key: str, results_base: str, code: str, message: str,
+                           current_etag: str | None = None) -> None:
+        """`current_etag`: the version that failed; a result of another version is deleted first, or its .json
+        would still read as "done". Without it (the DeadLetterFunction, which may not delete) results stay."""
+        blobs = self.runtime.backends.blobs
+        if current_etag is not None:
+            previous = blobs.head(results_base + ".json")
+            # No source-etag: not a result but incoming/<path minus .error>'s error record; leave it.
+            stale = previous.metadata.get("source-etag") if previous is not None else None
+            if stale and stale != current_etag:
+                blobs.delete(results_base + ".json")  # first: a crash before the error record leaves "pending"
+                blobs.delete(results_base + ".rttm")
         body = {"source": key, "error": {"code": code, "message": message}}
-        self.runtime.backends.blobs.put(results_base + ".error.json", json.dumps(body).encode(),
-                                        content_type="application/json")
+        blobs.put(results_base + ".error.json", json.dumps(body).encode(), content_type="application/json")
         metrics.add_metric(name="BatchObjectsFailed", unit=MetricUnit.Count, value=1)
         logger.warning("batch object failed", extra={"error_code": code, "reason": message})
 
