@@ -129,8 +129,10 @@ class Worker:
             if key.startswith(INCOMING_PREFIX) and not key.endswith("/"):
                 results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
                 event_etag = str(record.get("s3", {}).get("object", {}).get("eTag", "")).strip('"')
-                if not self._batch_result_current(key, results_base, event_etag):
-                    self._write_batch_error(key, results_base, "processing_failed", reason)
+                current = self._dead_letter_version(key, event_etag)
+                if not self._batch_result_current(results_base, current):
+                    # current_etag: a previous version's result goes, or it would still read as done
+                    self._write_batch_error(key, results_base, "processing_failed", reason, current_etag=current)
                     failed = True
         return failed
 
@@ -388,19 +390,21 @@ class Worker:
         metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)
         logger.info("batch object done")
 
-    def _batch_result_current(self, key: str, results_base: str, event_etag: str) -> bool:
-        """True when results/<path>.json is for the object as it is now (a previous version's result does not
-        count, as in process_object). Without a readable head (the DeadLetterFunction may not read incoming/),
-        judged against the version the event was about; an object deleted since: any result counts."""
-        blobs = self.runtime.backends.blobs
-        result = blobs.head(results_base + ".json")
+    def _dead_letter_version(self, key: str, event_etag: str) -> str | None:
+        """The version of incoming/<path> a dead letter is judged against: the object's current etag (None once
+        deleted), or, where the DeadLetterFunction may not read incoming/, the one the event was about."""
+        try:
+            head = self.runtime.backends.blobs.head(key)
+        except BackendError:
+            return event_etag or None
+        return head.etag if head is not None else None
+
+    def _batch_result_current(self, results_base: str, current: str | None) -> bool:
+        """True when results/<path>.json is for version `current` of the object (a previous version's result
+        does not count, as in process_object); an object deleted since (None): any result counts."""
+        result = self.runtime.backends.blobs.head(results_base + ".json")
         if result is None:
             return False
-        try:
-            head = blobs.head(key)
-            current = head.etag if head is not None else None
-        except BackendError:
-            current = event_etag or None
         return current is None or result.metadata.get("source-etag") == current
 
     def _superseded(self, key: str, etag: str) -> bool:
@@ -427,7 +431,7 @@ class Worker:
     def _write_batch_error(self, key: str, results_base: str, code: str, message: str,
                            current_etag: str | None = None) -> None:
         """`current_etag`: the version that failed; a result of another version is deleted first, or its .json
-        would still read as "done". Without it (the DeadLetterFunction, which may not delete) results stay."""
+        would still read as "done". Without it (an object deleted since) results stay."""
         blobs = self.runtime.backends.blobs
         if current_etag is not None:
             previous = blobs.head(results_base + ".json")

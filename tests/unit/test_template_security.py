@@ -380,3 +380,10 @@ def test_api_gateway_own_answers_use_the_api_error_shape(tpl):
         assert body["error"]["code"] == code
     assert json.loads(answers["REQUEST_TOO_LARGE"]["ResponseTemplates"]["application/json"])["error"]["message"] \
         == BODY_TOO_LARGE_MESSAGE
+
+
+def test_dead_letter_function_deletes_only_under_results(tpl):
+    """It may remove a replaced version's result (which would still read as done next to the new version's error
+    record), nothing else: audio, jobs and uploads stay out of its reach."""
+    s3 = _s3_actions(_function_statements(tpl["Resources"]["DeadLetterFunction"]))
+    assert s3["s3:DeleteObject"] == {"results/*"} and s3["s3:PutObject"] == {"results/*"}
