@@ -226,3 +226,32 @@ def test_the_worker_loop_sweeps_at_start_up_and_then_periodically(tmp_path):
     finally:
         assert loop.stop(5)
     assert calls[:4] == [True, False, False, False]
+
+
+def test_local_retention_removes_what_aws_would_expire_and_keeps_the_rest(local_runtime, wav_bytes, webhook_receiver):
+    """DynamoDB's TTL and the bucket's lifecycle rules have no local counterpart of their own: without this
+    sweep step a long-running `diarize serve` kept every job, audio file and upload forever."""
+    from diarizer_service.jobs import make_job_id
+    from diarizer_service.local_server.cli import expire
+
+    key = create_key(local_runtime.backends.keys, "k").record
+    for request_id in ("old", "new"):
+        api.submit_async(local_runtime, key, json.dumps(audio_body(wav_bytes(0.5))), False,
+                         {"request_id": request_id, "webhook": webhook_receiver.url})
+    blobs, jobs = local_runtime.backends.blobs, local_runtime.jobs
+    old, new = jobs.get(make_job_id(key.key_id, "old")), jobs.get(make_job_id(key.key_id, "new"))
+    blobs.put(f"uploads/{key.key_id}/never-submitted", b"x" * 100)
+    days = local_runtime.settings.retention_days
+    now = time.time() + days * 86400 + 60  # a week and a minute on
+    fresh = time.time() + days * 86400  # written "just now" at that time
+    os.utime(blobs._path(new.audio_key), (fresh, fresh))
+    os.utime(blobs._path(new.audio_key).with_name(blobs._path(new.audio_key).name + ".__meta__.json"), (fresh, fresh))
+    local_runtime.backends.jobs.update(new.job_id, {"expires_at": int(now) + 3600})
+
+    expire(local_runtime, now)
+
+    assert jobs.get(old.job_id) is None and jobs.get(new.job_id) is not None
+    assert blobs.head(old.audio_key) is None and blobs.head(f"uploads/{key.key_id}/never-submitted") is None
+    assert blobs.head(new.audio_key) is not None
+    assert not (blobs.root / "uploads" / key.key_id).exists()  # emptied folders go too
+    assert not blobs._path(old.audio_key).parent.exists()

@@ -183,6 +183,23 @@ class FileBlobStore:
                         removed += 1
         return removed
 
+    def remove_older_than(self, prefix: str, cutoff: float) -> int:
+        """Delete the files under `prefix` last written before `cutoff` (unix seconds), then the folders left
+        empty; returns how many files. Local mode's stand-in for the bucket's lifecycle rules, which expire
+        objects by age (template.yaml: ExpireJobs, ExpireUploads)."""
+        top, removed = self._path(prefix.rstrip("/") + "/x").parent, 0
+        with _failures_as("expiring blobs"):
+            for folder, _dirs, names in os.walk(top, topdown=False):  # symlinked folders are not followed
+                for name in names:
+                    path = Path(folder, name)
+                    info = path.lstat()
+                    if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                        path.unlink(missing_ok=True)
+                        removed += 1
+                if Path(folder) != top and not os.listdir(folder):
+                    os.rmdir(folder)
+        return removed
+
     # ---- presigned uploads, like S3's: `diarize serve` receives the PUT (gateway.py) -------------------------
     def presign_put(self, key: str, expires_seconds: int) -> str:
         if not self.public_url:
@@ -343,6 +360,13 @@ class SqliteJobTable:
                     return False
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             return True
+
+    def delete_expired(self, now: float) -> int:
+        """Delete the records whose `expires_at` has passed; returns how many. Local mode's stand-in for the
+        DynamoDB table's TTL on `expires_at`."""
+        with self._db.transaction() as db:
+            return db.execute("DELETE FROM jobs WHERE CAST(json_extract(item, '$.expires_at') AS INTEGER) <= ?",
+                              (int(now),)).rowcount
 
     def list_due(self, now: float, limit: int) -> list[dict]:
         with self._db.transaction() as db:

@@ -233,7 +233,20 @@ def _sweep(worker, startup: bool):
     if report.resent or report.redelivered:
         say(f"sweeper: sent {len(report.resent)} queued job(s) again, re-drove {len(report.redelivered)} "
             "pending webhook(s)")
+    expire(worker.runtime, time.time())
     return report
+
+
+def expire(runtime, now: float) -> None:
+    """What AWS does on its own, for the data dir: job records past their `expires_at` (the table's TTL) and
+    audio, results and uploads older than the retention (the bucket's lifecycle rules) are deleted, so a
+    long-running `diarize serve` keeps DIARIZER_RETENTION_DAYS of data, not everything forever."""
+    backends, cutoff = runtime.backends, now - runtime.settings.retention_days * 86400
+    records = backends.jobs.delete_expired(now)
+    files = sum(backends.blobs.remove_older_than(prefix, cutoff) for prefix in ("jobs/", "uploads/"))
+    if records or files:
+        say(f"retention: removed {records} expired job record(s) and {files} file(s) older than "
+            f"{runtime.settings.retention_days} days")
 
 
 def _run_until_stopped(server, worker, base_url: str, grace: float) -> int:
