@@ -114,6 +114,25 @@ def test_stop_releases_a_message_still_running_after_the_grace_period(backends):
     handler.release.set()
 
 
+def test_stops_past_the_grace_period_do_not_use_up_the_jobs_attempts(backends):
+    """Stopping the server is not the job failing: after more interrupted runs than the receive limit (2 here)
+    the job still runs, instead of being dead-lettered as a worker that kept crashing."""
+    backends.queue.send({"job_id": "k#long"})
+    handlers = []
+    for _ in range(3):
+        handler, said = FakeWorkerHandler(), []
+        handler.release.clear()  # a long job, interrupted by a stop (its thread dies with the process)
+        handlers.append(handler)
+        loop = make_loop(backends, handler, said)
+        loop.start()
+        wait_for(lambda: loop.busy, 5, "the worker to take the message")
+        assert loop.stop(grace_seconds=0.1) is False
+    [again] = backends.queue.receive()
+    assert again.receive_count == 1 and backends.queue.dead_letters() == []
+    for handler in handlers:
+        handler.release.set()
+
+
 def test_the_job_of_a_dead_letter_is_failed_and_its_webhook_told(settings, backends):
     deliveries = []
 

@@ -291,6 +291,13 @@ class SqliteJobQueue:
             db.execute("UPDATE messages SET visible_at = ? WHERE receipt_handle = ?",
                        (time.time() + visibility_timeout, receipt_handle))
 
+    def give_back(self, receipt_handle: str) -> None:
+        """Visible again now, and this receive not counted: the server stopped the job, the job did not fail. A
+        job interrupted by three restarts must run a fourth time, not be dead-lettered as crashing."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE messages SET visible_at = ?, receive_count = MAX(receive_count - 1, 0) "
+                       "WHERE receipt_handle = ?", (time.time(), receipt_handle))
+
     def release_in_flight(self) -> int:
         """Make every received, undeleted message visible now; returns how many. Only for a caller that knows
         the workers holding them are gone (`diarize serve` at start-up: it holds the data dir's lock)."""

@@ -67,7 +67,7 @@ class WorkerLoop:
             return True
         current = self._current
         if current is not None:
-            self.queue.change_visibility(current.receipt_handle, 0)
+            self.queue.give_back(current.receipt_handle)
             self.say("stopping: the running job did not finish in time; it runs again after the next start")
         return False
 
