@@ -57,6 +57,14 @@ def diarize_request(driver) -> dict:
     return json.loads(body)
 
 
+def downloads_done(folder: Path, expected: set[str]) -> bool:
+    """Every expected file is there, written: Chromium reserves a download's final name with an empty file
+    at the start and renames its .crdownload over it at the end, so the name alone is not enough."""
+    names = {p.name for p in folder.iterdir()}
+    return (expected <= names and not any(n.endswith(".crdownload") for n in names)
+            and all((folder / n).stat().st_size > 0 for n in expected))
+
+
 def confidence_words(value: float) -> str:
     """What the page says about a turn's confidence (bands: BENCHMARKS.md, >= 0.9 is 98 % right)."""
     rounded = round(value * 100)
@@ -129,7 +137,7 @@ def test_upload_timeline_play_rename_download(start_server, browser):
     browser.find_element(By.CSS_SELECTOR, '[data-download="rttm"]').click()
     # Chrome writes a temporary file first and renames it when done: wait for the final names.
     expected = {"three-speakers.json", "three-speakers.rttm"}
-    wait_for(lambda: expected <= {p.name for p in browser.downloads.iterdir()}, 20, "the downloads")
+    wait_for(lambda: downloads_done(browser.downloads, expected), 20, "the downloads")
     downloaded = json.loads((browser.downloads / "three-speakers.json").read_text())
     assert {k: v for k, v in downloaded.items() if k != "speaker_names"} == answer
     assert downloaded["speaker_names"] == {"speaker1": "Alice"}
@@ -215,7 +223,7 @@ def test_known_voices_and_confidence_on_the_page(start_server, browser):
     for kind in ("json", "rttm", "text"):
         browser.find_element(By.CSS_SELECTOR, f'[data-download="{kind}"]').click()
     expected = {"three-speakers.json", "three-speakers.rttm", "three-speakers.txt"}
-    wait_for(lambda: expected <= {p.name for p in browser.downloads.iterdir()}, 20, "the downloads")
+    wait_for(lambda: downloads_done(browser.downloads, expected), 20, "the downloads")
     downloaded = json.loads((browser.downloads / "three-speakers.json").read_text())
     assert downloaded == {**answer, "speaker_names": {stranger: "Carol"}}
     display = {sid: "Carol" if sid == stranger else s["name"] or sid for sid, s in matched.items()}
