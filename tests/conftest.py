@@ -134,10 +134,12 @@ class FakeEngine:
         self.fail_with: Exception | None = None
         self.results: list[dict] = []
 
-    def diarize(self, audio, options):
+    def diarize(self, audio, options, *, max_seconds):
         from diarizer import probe_audio
+        from diarizer.audio import check_decodes
         from diarizer.types import Diarization, Segment
 
+        check_decodes(audio, max_seconds)  # as the engine's decoding: AudioTooLongError before any model runs
         self.calls += 1
         if self.fail_with is not None:
             raise self.fail_with

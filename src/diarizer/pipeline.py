@@ -129,9 +129,11 @@ class Diarizer:
         source: audio_io.AudioSource,
         options: DiarizationOptions | None = None,
         progress: Progress | None = None,
+        max_seconds: float = audio_io.MAX_SECONDS,
     ) -> Diarization:
-        """Who spoke when in `source` (path, bytes or binary file). Raises AudioDecodeError."""
-        return self.diarize_samples(audio_io.decode(source), options, progress)
+        """Who spoke when in `source` (path, bytes or binary file). Raises AudioDecodeError, and
+        AudioTooLongError as soon as more than `max_seconds` has decoded (before any model runs)."""
+        return self.diarize_samples(audio_io.decode(source, max_seconds), options, progress)
 
     def diarize_samples(
         self, samples: np.ndarray, options: DiarizationOptions | None = None, progress: Progress | None = None

@@ -262,7 +262,9 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     except BackendError as exc:
         raise service_unavailable() from exc
     try:
-        result = runtime.diarize(request.audio, engine_options(options, known))
+        result = runtime.diarize(request.audio, engine_options(options, known), max_seconds=limit)
+    except AudioTooLongError as exc:
+        raise too_long from exc
     except AudioDecodeError as exc:
         raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
     except InvalidOptionsError as exc:

@@ -26,7 +26,7 @@ class DiarizationResult(Protocol):
 
 
 class Engine(Protocol):
-    def diarize(self, audio: Any, options: Any) -> DiarizationResult: ...
+    def diarize(self, audio: Any, options: Any, *, max_seconds: float) -> DiarizationResult: ...
 
     def enroll(self, name: str, sources: list) -> Any: ...
 
@@ -76,12 +76,13 @@ class Runtime:
                 self._engine = self.engine_factory()
             return self._engine
 
-    def diarize(self, audio: bytes, options: Any) -> DiarizationResult:
-        """One diarization at a time per engine (it is not safe to call concurrently, e.g. the local server)."""
+    def diarize(self, audio: bytes, options: Any, *, max_seconds: float) -> DiarizationResult:
+        """One diarization at a time per engine (it is not safe to call concurrently, e.g. the local server).
+        The engine stops decoding past `max_seconds` (AudioTooLongError), whatever the header said."""
         with self.around_engine():
             engine = self.engine()
             with self._diarize_lock:
-                return engine.diarize(audio, options)
+                return engine.diarize(audio, options, max_seconds=max_seconds)
 
     def enroll(self, audio: bytes, name: str) -> Any:
         """A voiceprint of the one voice in `audio` (the engine's Voiceprint); same one-at-a-time rule, and

@@ -200,11 +200,11 @@ class Worker:
         max_seconds = self.runtime.settings.max_audio_seconds
         try:
             info = self.runtime.probe(audio)
-            if not info.length_known:  # a header's claim (M4A/WebM metadata, a FLAC written to a pipe): count
-                info = self.runtime.verify(audio, max_seconds)
-            if info.duration > max_seconds:
+            if info.length_known and info.duration > max_seconds:
                 raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
-            return self.runtime.diarize(audio, engine_options(options, known))
+            # Where the header's length is only a claim (M4A/WebM metadata, a FLAC written to a pipe), the
+            # engine's own decoding stops at the limit: decoding once, not once to count and again to diarize.
+            return self.runtime.diarize(audio, engine_options(options, known), max_seconds=max_seconds)
         except AudioTooLongError as exc:
             raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.") from exc
         except AudioDecodeError as exc:

@@ -180,11 +180,11 @@ def test_transient_failure_is_reported_for_that_record_only(stack, worker_handle
 
     real = fake_engine.diarize
 
-    def flaky(audio, options):
+    def flaky(audio, options, *, max_seconds):
         error = next(calls)
         if error:
             raise error
-        return real(audio, options)
+        return real(audio, options, max_seconds=max_seconds)
 
     fake_engine.diarize = flaky
     answer = stack.run_worker(worker_handler, event)

@@ -89,13 +89,13 @@ def test_a_slow_older_version_does_not_overwrite_the_newer_versions_result(stack
     real_diarize = stack.runtime.diarize  # around the runtime's engine lock, which B needs too
     raced = []
 
-    def diarize(audio, options):
+    def diarize(audio, options, *, max_seconds):
         if not raced:  # worker A, in the engine with version 1: version 2 arrives and B finishes it
             raced.append(True)
             stack.s3.put_object(Bucket=BUCKET, Key="incoming/m.wav", Body=wav_bytes(3.0),
                                 Metadata={"speakers": "3"})
             worker_b.handle_message(_s3_message("incoming/m.wav"), 1)
-        return real_diarize(audio, options)
+        return real_diarize(audio, options, max_seconds=max_seconds)
 
     monkeypatch.setattr(stack.runtime, "diarize", diarize)
     worker_a.handle_message(_s3_message("incoming/m.wav"), 1)
@@ -140,13 +140,13 @@ def test_an_older_version_that_fails_writes_no_error_record_over_a_newer_success
     receive_count = 1 if failure == "permanent" else stack.runtime.settings.max_receive_count
     raced = []
 
-    def diarize(audio, options):
+    def diarize(audio, options, *, max_seconds):
         if not raced:  # worker A: version 2 arrives and B finishes it, then A's run fails
             raced.append(True)
             stack.s3.put_object(Bucket=BUCKET, Key="incoming/m.wav", Body=wav_bytes(3.0))
             Worker(stack.runtime).handle_message(_s3_message("incoming/m.wav"), 1)
             raise AudioDecodeError("version 1 is unreadable") if failure == "permanent" else RuntimeError("gone")
-        return real_diarize(audio, options)
+        return real_diarize(audio, options, max_seconds=max_seconds)
 
     monkeypatch.setattr(stack.runtime, "diarize", diarize)
     if failure == "permanent":
@@ -170,11 +170,11 @@ def test_a_record_failing_every_time_does_not_keep_the_others_of_its_message_fro
     real_diarize = fake_engine.diarize
     engine_inputs = []
 
-    def diarize(audio, options):
+    def diarize(audio, options, *, max_seconds):
         engine_inputs.append("a" if audio == bad else "b")
         if audio == bad:
             raise RuntimeError("transient, every time, on a.wav")
-        return real_diarize(audio, options)
+        return real_diarize(audio, options, max_seconds=max_seconds)
 
     fake_engine.diarize = diarize
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=_s3_message("incoming/a.wav", "incoming/b.wav"))

@@ -114,7 +114,7 @@ def test_a_job_killed_on_its_last_attempt_is_still_failed_before_the_lambda_dies
     monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: remaining["ms"], raising=False)
     monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)
 
-    def engine_that_outlives_the_lambda(audio, options):
+    def engine_that_outlives_the_lambda(audio, options, *, max_seconds):
         time.sleep(1.5)  # the watchdog fires after 0.5 s: 1 s before the end
         raise WorkerKilled()  # then Lambda kills the runtime
 

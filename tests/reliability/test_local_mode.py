@@ -98,10 +98,10 @@ def test_a_sync_diarization_does_not_hold_up_submits_and_status_reads(local_runt
     in_engine, release = threading.Event(), threading.Event()
     real_diarize = fake_engine.diarize
 
-    def slow_diarize(audio, options):
+    def slow_diarize(audio, options, *, max_seconds):
         in_engine.set()
         release.wait(10)
-        return real_diarize(audio, options)
+        return real_diarize(audio, options, max_seconds=max_seconds)
     fake_engine.diarize = slow_diarize
     gateway = Gateway(api_app.lambda_handler, load_openapi(), engine_gate=threading.Lock(), resolver=api_app.app)
     local_runtime.around_engine = gateway.engine_running

@@ -155,9 +155,9 @@ def test_the_local_worker_has_no_lambda_deadline_on_the_last_attempt(tmp_path, f
     api.submit_async(runtime, key, body, False, {"webhook": "http://127.0.0.1:9/h", "request_id": "long-1"})
     real_diarize = fake_engine.diarize
 
-    def slow_diarize(audio, options):
+    def slow_diarize(audio, options, *, max_seconds):
         time.sleep(2.0)
-        return real_diarize(audio, options)
+        return real_diarize(audio, options, max_seconds=max_seconds)
 
     monkeypatch.setattr(fake_engine, "diarize", slow_diarize)
     monkeypatch.setattr(worker_module, "TIMEOUT_MARGIN_SECONDS", 899.0)

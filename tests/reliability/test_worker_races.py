@@ -92,7 +92,7 @@ def test_a_losing_duplicate_worker_leaves_the_winners_result(race_runtime, inlin
 
     answers = []
 
-    def diarize(audio, options):  # the first worker is in the engine while the duplicate runs start to finish
+    def diarize(audio, options, *, max_seconds):  # the first worker is in the engine while the duplicate runs start to finish
         answers.append(len(answers))
         if len(answers) == 1:
             Worker(runtime).handle_message(message, 1)

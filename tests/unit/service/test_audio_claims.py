@@ -61,13 +61,18 @@ def test_async_records_the_decoded_length_of_a_flac_without_one(runtime, key):
 
 def test_the_worker_fails_a_job_whose_audio_decodes_past_the_limit(runtime, key, fake_engine,
                                                                     two_minutes_claiming_five_seconds):
-    """The upload route stores audio the API never decoded: the worker counts it too."""
+    """The upload route stores audio the API never decoded: the worker's decoding stops at the limit too (once:
+    not a count first and the diarization's decoding after it)."""
     api.submit_async(runtime, key, body(af.encode(np.zeros(16000, np.float32))), False,
                      {"webhook": "http://127.0.0.1:9/hook", "request_id": "r-1"})
     [message] = runtime.backends.queue.receive()
     job = runtime.jobs.get(json.loads(message.body)["job_id"])
     runtime.backends.blobs.put(job.audio_key, two_minutes_claiming_five_seconds)
-    short = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, max_audio_seconds=60))
+    def counted_twice(audio, max_seconds):
+        raise AssertionError("the worker decodes once: the engine's decoding enforces the limit")
+
+    short = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, max_audio_seconds=60),
+                                verify=counted_twice)
     Worker(short).handle_message(message.body, receive_count=1)
     failed = runtime.jobs.get(job.job_id)
     assert failed.status == "failed" and failed.error["code"] == "audio_too_long"

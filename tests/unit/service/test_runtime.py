@@ -9,7 +9,7 @@ class RecordingEngine:
     def __init__(self, inside: list):
         self.inside, self.seen = inside, []
 
-    def diarize(self, audio, options):
+    def diarize(self, audio, options, *, max_seconds):
         self.seen.append(("diarize", bool(self.inside)))
 
     def enroll(self, name, sources):
@@ -29,7 +29,7 @@ def test_diarize_and_enroll_run_inside_around_engine(runtime):
 
     engine = RecordingEngine(inside)
     local = dataclasses.replace(runtime, around_engine=around, engine_factory=lambda: engine)
-    local.diarize(b"audio", None)
+    local.diarize(b"audio", None, max_seconds=60)
     local.enroll(b"audio", "alice")
     assert engine.seen == [("diarize", True), ("enroll", True)]
     assert inside == []
