@@ -244,17 +244,18 @@ def check_decodes(source: AudioSource, max_seconds: float = MAX_SECONDS) -> Audi
     """Decode the whole stream at its own rate (no resampling, one block in memory) and discard the samples:
     catches a truncated or corrupt body that a header-only probe accepts, and measures the real length.
     Returns the AudioInfo of what decodes (`length_known`); AudioTooLongError past `max_seconds`."""
+    max_seconds = min(max_seconds, MAX_SECONDS)
     handle, fmt, frames = _open(source, max_seconds)
     with handle:
         block_frames = max(1, BLOCK_SAMPLES // handle.channels)
-        limit = int(min(max_seconds, MAX_SECONDS) * handle.samplerate)
+        limit = int(max_seconds * handle.samplerate)
         decoded = 0
         try:
             while True:
                 count = len(handle.read(block_frames, dtype="float32", always_2d=True))
                 decoded += count
                 if decoded > limit:
-                    raise _too_long(fmt, min(max_seconds, MAX_SECONDS))
+                    raise _too_long(fmt, max_seconds)
                 if count < block_frames:
                     break
         except (sf.LibsndfileError, RuntimeError) as err:
