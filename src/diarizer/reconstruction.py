@@ -126,5 +126,5 @@ def label_by_first_appearance(turns: list[Turn]) -> list[Segment]:
     segments = []
     for speaker, start, end in sorted(turns, key=lambda t: (t[1], t[2], t[0])):
         name = names.setdefault(speaker, f"speaker{len(names) + 1}")
-        segments.append(Segment(name, start, end))
+        segments.append(Segment(name, float(start), float(end)))  # plain floats, not numpy scalars
     return segments

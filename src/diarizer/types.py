@@ -86,11 +86,11 @@ class Segment:
     confidence: float | None = None  # P(this segment's speaker is right), when asked for
 
     def to_dict(self, named: bool = False) -> dict:
-        out = {"speaker_id": self.speaker_id, "start": round(self.start, 3), "end": round(self.end, 3)}
+        out = {"speaker_id": self.speaker_id, "start": round(float(self.start), 3), "end": round(float(self.end), 3)}
         if named:
             out["speaker_name"] = self.speaker_name
         if self.confidence is not None:
-            out["confidence"] = round(self.confidence, 3)
+            out["confidence"] = round(float(self.confidence), 3)
         return out
 
 

@@ -58,6 +58,14 @@ def test_speakers_are_named_by_first_appearance():
     assert [(s.speaker_id, s.start) for s in segments] == [("speaker1", 0.5), ("speaker2", 1.5), ("speaker2", 3.0)]
 
 
+def test_segments_hold_plain_floats_not_numpy_scalars():
+    """Frame arithmetic yields numpy scalars; a library user's repr and JSON must show plain numbers."""
+    segments = label_by_first_appearance([(0, np.float64(0.25), np.float64(1.5))])
+    assert type(segments[0].start) is float and type(segments[0].end) is float
+    assert repr(segments[0]).startswith("Segment(speaker_id='speaker1', start=0.25, end=1.5")
+    assert all(type(v) is float for v in (segments[0].to_dict()["start"], segments[0].to_dict()["end"]))
+
+
 def test_merge_never_bridges_a_gap_where_someone_else_talks():
     turns = [(0, 0.0, 1.0), (1, 1.05, 1.15), (0, 1.2, 2.0), (0, 1.9, 2.5)]
     merged = sorted(merge_same_speaker(turns, max_gap=0.5), key=lambda t: (t[1], t[0]))
