@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,11 @@ def _speakers(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diarize",
-        description="Who spoke when: speaker diarization of audio files (WAV, FLAC, OGG, MP3; M4A/AAC, MP4/MOV "
-                    "and WebM with the 'transcode' extra).",
-        epilog="Run `diarize serve -h` for the local HTTP service.",
+        description="Who spoke when: speaker diarization of audio files (WAV, FLAC, OGG, MP3, AIFF, AU; M4A/AAC, "
+                    "MP4/MOV and WebM with the 'transcode' extra). The result is printed as JSON on stdout unless "
+                    "--json, --rttm or --html is given.",
+        epilog="Also: `diarize enroll NAME AUDIO...` (enrol a voice), `diarize voiceprints` (list or delete them) and "
+               "`diarize serve` (the local HTTP service); each has its own -h.",
     )
     parser.add_argument("audio", nargs="+", type=Path, help="audio files")
     parser.add_argument("--speakers", type=_speakers, default=-1, help="exact number of speakers (default: estimate)")
@@ -53,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-merge", action="store_true", help="keep every turn (do not join close turns of the same speaker)"
     )
-    parser.add_argument("--rttm", type=Path, help="write all results to this RTTM file")
-    parser.add_argument("--json", type=Path, help="write the result(s) to this JSON file")
+    parser.add_argument("--rttm", type=Path, help="write all results to this RTTM file (instead of stdout)")
+    parser.add_argument("--json", type=Path, help="write the result(s) to this JSON file (instead of stdout)")
     parser.add_argument("--html", type=Path, metavar="OUT.html",
                         help="write a page with the timeline, a player and downloads (one AUDIO); the page refers "
                              "to the audio by its relative path")
@@ -227,7 +230,16 @@ def voiceprints_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _dispatch(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # `diarize a.wav | head` closed stdout early: stop quietly, as other Unix tools do, and keep
+        # Python's exit-time flush from raising again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["enroll"]:
         return enroll_main(argv[1:])
     if argv[:1] == ["voiceprints"]:

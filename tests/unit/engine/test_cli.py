@@ -123,3 +123,21 @@ def test_a_bad_thread_count_is_an_error_not_a_traceback():
                           text=True, timeout=300, env={**os.environ, "DIARIZER_THREADS": "abc"})
     assert done.returncode == 1
     assert "DIARIZER_THREADS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback():
+    """`diarize a.flac | head -c 10`: the reader is gone before the JSON is written."""
+    process = subprocess.Popen([*DIARIZE, str(af.DEMO_DIR / "two-speakers.flac"), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # like `head` exiting before diarize prints
+    _, stderr = process.communicate(timeout=300)
+    assert "Traceback" not in stderr.decode() and "BrokenPipe" not in stderr.decode(), stderr.decode()
+    assert process.returncode == 1
+
+
+def test_help_names_every_subcommand_and_format():
+    done = run("--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for word in ("enroll", "voiceprints", "serve", "AIFF", "AU", "instead of stdout"):
+        assert word in text
