@@ -206,6 +206,17 @@ def test_openapi_json_is_served_without_the_handler(server, handler):
     assert handler.events == []
 
 
+def test_head_is_answered_as_get_without_the_body(server, handler):
+    """Uptime checks (`curl -I`) must see what GET sees: the handler is asked for GET, the body is left out."""
+    _, get_headers, get_body = call(server, "GET", "/openapi.json")
+    status, headers, body = call(server, "HEAD", "/openapi.json")
+    assert status == 200 and body == b""
+    assert dict(headers)["Content-Length"] == dict(get_headers)["Content-Length"] == str(len(get_body))
+    status, _, body = call(server, "HEAD", "/")
+    assert status == 201 and body == b""
+    assert handler.events[-1]["httpMethod"] == "GET" and handler.events[-1]["path"] == "/"
+
+
 def test_sync_requests_wait_for_the_engine_without_blocking_other_routes(make_server, handler):
     server = make_server()
     gate = server.gateway.engine_gate = threading.Lock()

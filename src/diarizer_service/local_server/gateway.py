@@ -262,11 +262,13 @@ class GatewayHandler(BaseHTTPRequestHandler):
         body = self._read_body()  # always read first: unread bytes would corrupt the next request on this connection
         if body is None:
             return
-        if self.command == "GET" and urlsplit(self.path).path == OPENAPI_PATH:
+        # HEAD is GET without the body (`_send` leaves it out), so uptime checks (`curl -I`) see what GET sees.
+        method = "GET" if self.command == "HEAD" else self.command
+        if method == "GET" and urlsplit(self.path).path == OPENAPI_PATH:
             self._send(200, json.dumps(self.server.gateway.openapi, indent=2).encode())
             return
         request_id = str(uuid.uuid4())
-        event = build_api_event(self.command, self.path, list(self.headers.items()), body,
+        event = build_api_event(method, self.path, list(self.headers.items()), body,
                                 source_ip=self.client_address[0], routes=self.server.gateway.routes,
                                 stage=self.server.gateway.stage, request_id=request_id)
         try:
