@@ -36,9 +36,9 @@ def _store(backends: Backends) -> VoiceprintStore:
     return backends.voiceprints
 
 
-def _not_found() -> ApiError:
-    return ApiError(404, "voiceprint_not_found", "No voiceprint with this id for this API key.",
-                    field="voiceprints")
+def _not_found(field: str | None = "voiceprints") -> ApiError:
+    """field: the request field that named the voiceprint; None for the DELETE route, which names it in its path."""
+    return ApiError(404, "voiceprint_not_found", "No voiceprint with this id for this API key.", field=field)
 
 
 def _public(item: Mapping[str, Any]) -> dict:
@@ -136,13 +136,13 @@ def _enrolment_order(item: Mapping[str, Any]) -> tuple[int, str]:
 
 def delete(runtime: Runtime, key: ApiKey, voiceprint_id: str) -> dict:
     if not isinstance(voiceprint_id, str) or not VOICEPRINT_ID_RE.fullmatch(voiceprint_id):
-        raise _not_found()
+        raise _not_found(field=None)
     try:
         deleted = _store(runtime.backends).delete(key.key_id, voiceprint_id)
     except BackendError as exc:
         raise service_unavailable() from exc
     if not deleted:
-        raise _not_found()
+        raise _not_found(field=None)
     logger.info("voiceprint deleted", extra={"voiceprint_id": voiceprint_id})
     return {"voiceprint_id": voiceprint_id, "deleted": True}
 

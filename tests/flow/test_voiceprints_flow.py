@@ -170,6 +170,8 @@ def test_unknown_and_foreign_voiceprints_are_not_found_and_deletion_removes_ever
     ):
         status, error = stack.call_api(method, path, body=body, query=query, handler=api_handler, api_key=other.api_key)
         assert status == 404 and error["error"]["code"] == "voiceprint_not_found", (method, path)
+        # the field names what the request sent: the body's list, or nothing for the id in a DELETE's path
+        assert error["error"].get("field") == (None if method == "DELETE" else "voiceprints"), (method, error)
     status, error = stack.call_api("POST", ASYNC, body={"content": audio, "voiceprints": ["vp_0000000000000000"]},
                                    query={"webhook": webhook_receiver.url}, handler=api_handler)
     assert status == 404 and error["error"]["code"] == "voiceprint_not_found"
