@@ -56,8 +56,11 @@ def is_public_address(address: str) -> bool:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None and not is_public_address(str(embedded)):
             return False
+    # fec0::/10 (deprecated site-local) is still routed inside some networks, and `is_global` lets it through.
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
     return ip.is_global and not (
         ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+        or site_local
     )
 
 

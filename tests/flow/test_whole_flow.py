@@ -53,7 +53,7 @@ def test_async_request_to_signed_webhook_with_the_real_engine(engine_stack, api_
     item = stack.job_item("meeting-1")
     assert item["audio_key"].startswith(f"jobs/{key_id}/meeting-1/audio-")
     audio = stack.s3.get_object(Bucket=stack.runtime.settings.bucket, Key=item["audio_key"])
-    assert audio["Body"].read() == recording and audio["ServerSideEncryption"] == "AES256"
+    assert audio["Body"].read() == recording and audio["ServerSideEncryption"] == "aws:kms"
     assert item["status"] == "queued" and int(item["expires_at"]) > int(item["created_at"])
 
     event = stack.receive_sqs_event()

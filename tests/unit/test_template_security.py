@@ -130,8 +130,9 @@ def test_api_function_least_privilege(tpl):
     fn = tpl["Resources"]["ApiFunction"]
     st = _function_statements(fn)
     s3 = _s3_actions(st)
-    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+    for action in ("s3:GetObject", "s3:PutObject"):
         assert s3[action] == {"jobs/*", "uploads/*"}, (action, s3[action])
+    assert s3["s3:DeleteObject"] == {"jobs/*"}, "it deletes only the audio its own submit wrote; uploads expire"
     actions = {a for s in st for a in _as_list(s["Action"])}
     assert actions <= {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                        "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sqs:SendMessage"}
@@ -159,7 +160,9 @@ def test_worker_least_privilege(tpl):
     assert s3["s3:GetObject"] <= {"jobs/*", "uploads/*", "incoming/*", "results/*"}
     assert {"jobs/*", "uploads/*", "incoming/*"} <= s3["s3:GetObject"]
     assert s3["s3:PutObject"] == {"jobs/*", "results/*"}
-    assert s3.get("s3:DeleteObject", set()) <= {"results/*"}
+    # stale batch records, and a losing duplicate run's own result objects -- never audio or another's result
+    assert s3.get("s3:DeleteObject", set()) <= {"results/*", "jobs/*/result-*"}
+    assert _table_actions(st, "JobsTable") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}, "only the API creates jobs"
     sqs = [s for s in st if any(a.startswith("sqs:") for a in _as_list(s["Action"]))]
     # SQS consume permissions come from the event source; the only SQS call: forward container audio.
     assert [(_as_list(s["Action"]), s["Resource"]) for s in sqs] == [
@@ -283,10 +286,12 @@ def test_voiceprints_table_is_kms_encrypted_and_keeps_no_restorable_copies(tpl):
 
 
 # ------------------------------------------------------------------------------------------- API
-def test_api_throttled_and_traced(tpl):
+def test_api_throttled_and_its_stage_not_traced(tpl):
+    """X-Ray segments of an API Gateway stage hold the full request URL: with DeepAffects' `?apikey=` that is the
+    key in clear in every sampled trace. The functions behind it are traced (Globals), without the query."""
     (api,) = _resources(tpl, "AWS::Serverless::Api").values()
     props = api["Properties"]
-    assert props["TracingEnabled"] is True
+    assert props.get("TracingEnabled") in (None, False)
     (ms,) = props["MethodSettings"]
     assert ms["ResourcePath"] == "/*" and ms["HttpMethod"] == "*"
     assert "ThrottlingRateLimit" in ms and "ThrottlingBurstLimit" in ms

@@ -85,7 +85,10 @@ class S3BlobStore:
             metadata: Mapping[str, str] | None = None) -> None:
         with _failures_as("S3 put"):
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                                Metadata=dict(metadata or {}), ServerSideEncryption="AES256")
+                                Metadata=dict(metadata or {}),
+                                # The bucket's own default (template.yaml): the AWS-managed KMS key, with a
+                                # bucket key so that every put is not a KMS call. "AES256" here overrode it.
+                                ServerSideEncryption="aws:kms", BucketKeyEnabled=True)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:

@@ -64,7 +64,7 @@ def test_local_mode_still_refuses_private_networks_and_remote_http(dns, url):
     ("172.16.0.1", False), ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
     ("0.0.0.0", False), ("224.0.0.1", False), ("255.255.255.255", False), ("::1", False), ("::", False),
     ("fe80::1", False), ("fc00::1", False), ("ff02::1", False), ("::ffff:10.0.0.1", False),
-    ("64:ff9b::a9fe:a9fe", False), ("2002:a00:1::1", False),
+    ("64:ff9b::a9fe:a9fe", False), ("2002:a00:1::1", False), ("fec0::1", False),
 ])
 def test_is_public_address(address, public):
     assert is_public_address(address) is public
