@@ -200,6 +200,26 @@ def test_the_access_log_never_shows_the_api_key(make_server, capsys):
     assert "GET /x?apikey=***&api_key=***&b=1" in logged and "secret" not in logged
 
 
+KEY = "dk_0123456789abcdef_" + "S" * 43
+
+
+def test_no_logged_line_shows_the_api_key_however_it_was_sent(make_server, handler, capsys):
+    """Every path to the log: a percent-encoded parameter name (the API decodes `api%6Bey` to `apikey` and takes
+    the key), a request line http.server refuses itself (logged even with the access log off), a handler crash
+    (logged with its path)."""
+    server = make_server(access_log=False)
+    raw_exchange(server, f"GET /x?apikey={KEY}&webhook=https://h.example/a b HTTP/1.1\r\n\r\n".encode(), wait=2)
+    handler.fail = True
+    assert call(server, "GET", f"/x?api%6Bey={KEY}")[0] == 502
+    handler.fail = False
+    loud = make_server(access_log=True)
+    call(loud, "GET", f"/x?api%6Bey={KEY}&API_KEY={KEY}&b=1")
+    call(loud, "GET", f"/x?other={KEY}")  # a key pasted into the wrong parameter is still a key
+    logged = capsys.readouterr().err
+    assert "API handler raised" in logged and "api%6Bey=***" in logged and "b=1" in logged
+    assert KEY not in logged and KEY[20:] not in logged, logged
+
+
 def test_openapi_json_is_served_without_the_handler(server, handler):
     status, _, body = call(server, "GET", "/openapi.json")
     assert status == 200 and "/audio/generic/api/v2/async/diarize" in json.loads(body)["paths"]

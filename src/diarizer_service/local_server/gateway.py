@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 from diarizer_service.backends.base import BackendError
 from diarizer_service.backends.local import LOCAL_UPLOAD_PATH
@@ -35,7 +35,19 @@ OPENAPI_PATH = "/openapi.json"
 # (method, resource) of the requests that run the engine
 SYNC_ROUTES = {("POST", "/audio/generic/api/v1/sync/diarize"), ("POST", "/audio/generic/api/v2/sync/diarize"),
                ("POST", "/audio/generic/api/v2/voiceprints")}
-_SECRET_QUERY = re.compile(r"(?i)\b(apikey|api_key)=[^&\s]*")
+# name=value pairs of a query in any logged text (a request line, a path), and anything shaped like an API key
+_QUERY_PAIR = re.compile(r"([?&;\s])([^=&;\s?]*)=([^&;\s]*)")
+_KEY_SHAPE = re.compile(r"dk_[0-9a-f]{8,}_[A-Za-z0-9_-]{20,}")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every API key masked: the value of any query parameter whose name decodes to `apikey` or
+    `api_key` (the API decodes `api%6Bey` to `apikey` and accepts it), and anything that looks like a key."""
+    def mask(match: re.Match) -> str:
+        if unquote_plus(match.group(2)).strip().lower() in ("apikey", "api_key"):
+            return f"{match.group(1)}{match.group(2)}=***"
+        return match.group(0)
+    return _KEY_SHAPE.sub("dk_***", _QUERY_PAIR.sub(mask, text))
 
 
 class _UploadAborted(Exception):
@@ -418,8 +430,12 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-") -> None:
         if self.server.access_log:
-            line = _SECRET_QUERY.sub(r"\1=***", self.requestline)  # never log an API key
-            self.log_message('"%s" %s %s', line, getattr(code, "value", code), size)
+            self.log_message('"%s" %s %s', self.requestline, getattr(code, "value", code), size)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
+        # Everything http.server logs passes here -- access lines, its own send_error() for a malformed request
+        # line (even with the access log off), our log_error() calls with a path -- so the key is masked once.
+        super().log_message("%s", redact_secrets(format % args))
 
 
 class GatewayServer(ThreadingHTTPServer):
