@@ -258,7 +258,7 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
     options = request.options.to_dict()
     voiceprints.check_exist(runtime, key, options)
     try:
-        known = voiceprints.load(runtime.backends, key.key_id, options)
+        known = voiceprints.load(runtime.backends, key.key_id, key.key_hash, options)
     except BackendError as exc:
         raise service_unavailable() from exc
     try:

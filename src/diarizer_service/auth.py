@@ -83,14 +83,32 @@ def list_keys(store: KeyStore) -> list[ApiKey]:
     return sorted((ApiKey.from_item(item) for item in store.list()), key=lambda k: k.created_at)
 
 
+class AmbiguousKeyId(ValueError):
+    """Several keys share the id (ids were 32 random bits before they became 64 and checked): revoking by it
+    could revoke another customer's key, so nothing is revoked."""
+
+
 def revoke_key(store: KeyStore, key_id: str) -> ApiKey | None:
     """Revoke by the non-secret key id; returns the revoked key, or None if no such key."""
-    for key in list_keys(store):
-        if hmac.compare_digest(key.key_id, key_id):
-            if key.active:
-                store.update(key.key_hash, {"revoked_at": int(time.time())})
-            return ApiKey.from_item(store.get(key.key_hash))
-    return None
+    matching = [key for key in list_keys(store) if hmac.compare_digest(key.key_id, key_id)]
+    if len(matching) > 1:
+        raise AmbiguousKeyId(f"{len(matching)} keys share the id {key_id!r} (made before key ids were 64-bit); "
+                             "nothing was revoked: revoke such a key by the key itself (`revoke --api-key-stdin`)")
+    if not matching:
+        return None
+    return _revoke(store, matching[0])
+
+
+def revoke_by_secret(store: KeyStore, api_key: str) -> ApiKey | None:
+    """Revoke the key itself (its holder's copy): the one way to single out a key whose id is shared."""
+    item = store.get(hash_api_key(api_key.strip()))
+    return None if item is None else _revoke(store, ApiKey.from_item(item))
+
+
+def _revoke(store: KeyStore, key: ApiKey) -> ApiKey:
+    if key.active:
+        store.update(key.key_hash, {"revoked_at": int(time.time())})
+    return ApiKey.from_item(store.get(key.key_hash))
 
 
 def extract_api_key(query: Mapping[str, str] | None, headers: Mapping[str, str] | None) -> str | None:

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from diarizer_service.auth import ApiKey, create_key, list_keys, revoke_key
+from diarizer_service.auth import AmbiguousKeyId, ApiKey, create_key, list_keys, revoke_by_secret, revoke_key
 from diarizer_service.backends import create_backends
 from diarizer_service.settings import load_settings
 from diarizer_service.voiceprints import delete_all
@@ -30,8 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     create = commands.add_parser("create", help="create a key (shown once)")
     create.add_argument("--name", default="", help="a label for the key, e.g. the customer")
     commands.add_parser("list", help="list keys (ids and status, never secrets)")
-    revoke = commands.add_parser("revoke", help="revoke a key by its key id")
-    revoke.add_argument("key_id")
+    revoke = commands.add_parser("revoke", help="revoke a key by its key id (or by the key, read from stdin)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("key_id", nargs="?")
+    # The key itself singles out one of two keys made before ids were 64-bit that share an id. From stdin, never
+    # argv: command lines are visible to every user of the machine (ps) and kept in shell history.
+    which.add_argument("--api-key-stdin", action="store_true", help="read the key to revoke from stdin")
     args = parser.parse_args(argv)
 
     backends = create_backends(load_settings())
@@ -58,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         print("set DIARIZER_VOICEPRINTS_TABLE (the stack's VoiceprintsTableName output): revoking a key also deletes "
               "its voiceprints", file=sys.stderr)
         return 2
-    revoked = revoke_key(store, args.key_id)
+    try:
+        revoked = revoke_by_secret(store, sys.stdin.read()) if args.api_key_stdin else revoke_key(store, args.key_id)
+    except AmbiguousKeyId as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     if revoked is None:
-        print(f"no key with id {args.key_id!r}", file=sys.stderr)
+        print("no such key" if args.api_key_stdin else f"no key with id {args.key_id!r}", file=sys.stderr)
         return 1
     # Voiceprints are biometric data kept only for their key: a revoked key's are deleted with it.
-    removed = delete_all(backends, revoked.key_id)
+    removed = delete_all(backends, revoked)
     print(json.dumps({**_describe(revoked), "voiceprints_deleted": removed}) if args.json
           else f"revoked {revoked.key_id} ({removed} voiceprints deleted)")
     return 0

@@ -8,6 +8,7 @@ it and nothing logs it (biometric data, see docs/security.md).
 from __future__ import annotations
 
 import base64
+import hmac
 import secrets
 import time
 from typing import Any, Mapping, Sequence
@@ -41,6 +42,13 @@ def _not_found(field: str | None = "voiceprints") -> ApiError:
     return ApiError(404, "voiceprint_not_found", "No voiceprint with this id for this API key.", field=field)
 
 
+def _owned(item: Mapping[str, Any] | None, key_hash: str) -> bool:
+    """Is this item the key's? Items are stored under `key_id`, which two keys made before ids were 64-bit may
+    share (docs/security.md), so the key's hash is stored with each voiceprint and compared, as for jobs. Items
+    enrolled before the hash was stored carry none and go by `key_id` alone."""
+    return item is not None and hmac.compare_digest(str(item.get("key_hash", key_hash)), key_hash)
+
+
 def _public(item: Mapping[str, Any]) -> dict:
     """What a client may see of a voiceprint: never the embedding."""
     return {"voiceprint_id": item["voiceprint_id"], "name": item["name"], "seconds": item["seconds"],
@@ -70,7 +78,7 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
     probe_or_reject(runtime, audio, limit, ApiError(413, "audio_too_long_for_sync", f"Enrolment takes audio up to "
                                                     f"{limit:g} s; 10-30 s of one voice is plenty.", field="content"))
     try:
-        if len(store.list(key.key_id)) >= MAX_VOICEPRINTS_PER_KEY:
+        if sum(_owned(item, key.key_hash) for item in store.list(key.key_id)) >= MAX_VOICEPRINTS_PER_KEY:
             raise ApiError(409, "too_many_voiceprints", f"This API key has {MAX_VOICEPRINTS_PER_KEY} voiceprints: "
                            "delete some first.")
     except BackendError as exc:
@@ -84,7 +92,7 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
             raise ApiError(400, "several_voices", str(exc), field="content") from exc
         raise ApiError(400, "too_little_speech", str(exc), field="content") from exc
     created_ns = time.time_ns()  # orders voiceprints enrolled within one second; clients see created_at
-    item = {"key_id": key.key_id, "voiceprint_id": "vp_" + secrets.token_hex(8), "name": name,
+    item = {"key_id": key.key_id, "key_hash": key.key_hash, "voiceprint_id": "vp_" + secrets.token_hex(8), "name": name,
             "seconds": float(voiceprint.seconds), "created_at": created_ns // 10**9, "created_ns": created_ns,
             "embedding": base64.b64encode(np.asarray(voiceprint.embedding, "<f4").tobytes()).decode()}
     try:
@@ -123,7 +131,7 @@ def _forget_if_revoked(runtime: Runtime, store: VoiceprintStore, key: ApiKey, vo
 
 def list_voiceprints(runtime: Runtime, key: ApiKey) -> dict:
     try:
-        items = _store(runtime.backends).list(key.key_id)
+        items = [item for item in _store(runtime.backends).list(key.key_id) if _owned(item, key.key_hash)]
     except BackendError as exc:
         raise service_unavailable() from exc
     return {"voiceprints": [_public(item) for item in sorted(items, key=_enrolment_order)]}
@@ -137,8 +145,9 @@ def _enrolment_order(item: Mapping[str, Any]) -> tuple[int, str]:
 def delete(runtime: Runtime, key: ApiKey, voiceprint_id: str) -> dict:
     if not isinstance(voiceprint_id, str) or not VOICEPRINT_ID_RE.fullmatch(voiceprint_id):
         raise _not_found(field=None)
+    store = _store(runtime.backends)
     try:
-        deleted = _store(runtime.backends).delete(key.key_id, voiceprint_id)
+        deleted = _owned(store.get(key.key_id, voiceprint_id), key.key_hash) and store.delete(key.key_id, voiceprint_id)
     except BackendError as exc:
         raise service_unavailable() from exc
     if not deleted:
@@ -147,11 +156,12 @@ def delete(runtime: Runtime, key: ApiKey, voiceprint_id: str) -> dict:
     return {"voiceprint_id": voiceprint_id, "deleted": True}
 
 
-def delete_all(backends: Backends, key_id: str) -> int:
+def delete_all(backends: Backends, key: ApiKey) -> int:
     """Remove every voiceprint of a key (the key is being revoked); returns how many."""
     if backends.voiceprints is None:
         return 0
-    items = backends.voiceprints.list(key_id)
+    items = [item for item in backends.voiceprints.list(key.key_id) if _owned(item, key.key_hash)]
+    key_id = key.key_id
     for item in items:
         backends.voiceprints.delete(key_id, item["voiceprint_id"])
     return len(items)
@@ -164,13 +174,13 @@ def check_exist(runtime: Runtime, key: ApiKey, options: Mapping[str, Any]) -> No
         return
     store = _store(runtime.backends)
     try:
-        if any(store.get(key.key_id, voiceprint_id) is None for voiceprint_id in ids):
+        if not all(_owned(store.get(key.key_id, voiceprint_id), key.key_hash) for voiceprint_id in ids):
             raise _not_found()
     except BackendError as exc:
         raise service_unavailable() from exc
 
 
-def load(backends: Backends, key_id: str, options: Mapping[str, Any]) -> list[Voiceprint]:
+def load(backends: Backends, key_id: str, key_hash: str, options: Mapping[str, Any]) -> list[Voiceprint]:
     """The voiceprints a diarization compares with: the named ones, or all of the key's. Raises BackendError.
 
     A named voiceprint deleted since the request was accepted is simply not used."""
@@ -182,4 +192,4 @@ def load(backends: Backends, key_id: str, options: Mapping[str, Any]) -> list[Vo
     else:
         items = sorted(backends.voiceprints.list(key_id), key=lambda i: i["voiceprint_id"])
     return [Voiceprint(item["name"], tuple(np.frombuffer(base64.b64decode(item["embedding"]), "<f4").tolist()),
-                       item["seconds"]) for item in items if item is not None]
+                       item["seconds"]) for item in items if _owned(item, key_hash)]

@@ -183,7 +183,7 @@ class Worker:
                     raise PermanentJobError("unsupported_audio", "The transcoded audio could not be decoded.")
                 forward(self.runtime, job)  # M4A/MP4/WebM: TranscodeFunction brings it back as FLAC
                 return
-            known = voiceprints.load(self.runtime.backends, job.key_id, job.options)
+            known = voiceprints.load(self.runtime.backends, job.key_id, job.key_hash, job.options)
             result = self._run_engine(audio, job.options, known)
         except PermanentJobError as exc:
             self._fail(job, exc.code, exc.message)

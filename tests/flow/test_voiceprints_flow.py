@@ -195,6 +195,44 @@ def test_unknown_and_foreign_voiceprints_are_not_found_and_deletion_removes_ever
     assert [item["name"] for item in stored_items(stack)] == ["carol"]
 
 
+def test_two_keys_sharing_an_old_key_id_never_see_use_or_delete_each_others_voiceprints(engine_stack, api_handler,
+                                                                                         monkeypatch):
+    """Voiceprints are stored under key_id, which two keys made before ids were 64-bit may share: the key's hash is
+    stored with each voiceprint and compared, as the status route does for jobs."""
+    import dataclasses
+
+    stack = engine_stack
+    _, alice = enroll(stack, api_handler, "alice", "A")
+    twin = create_key(stack.runtime.backends.keys, "another customer")
+    stack.runtime.backends.keys.put(dataclasses.replace(twin.record, key_id=stack.key.record.key_id).to_item())
+
+    status, listed = stack.call_api("GET", VOICEPRINTS, handler=api_handler, api_key=twin.api_key)
+    assert (status, listed) == (200, {"voiceprints": []})
+    status, error = stack.call_api("DELETE", f"{VOICEPRINTS}/{alice['voiceprint_id']}", handler=api_handler,
+                                   api_key=twin.api_key)
+    assert status == 404 and len(stored_items(stack)) == 1
+    audio = base64.b64encode((af.DEMO_DIR / "two-speakers.flac").read_bytes()).decode()
+    status, error = stack.call_api("POST", SYNC, body={"content": audio, "voiceprints": [alice["voiceprint_id"]]},
+                                   handler=api_handler, api_key=twin.api_key)
+    assert status == 404 and error["error"]["code"] == "voiceprint_not_found"
+    status, answer = stack.call_api("POST", SYNC, body={"content": audio, "identify": True}, handler=api_handler,
+                                    api_key=twin.api_key)
+    assert status == 200 and answer["speakers"] and all(s["name"] is None for s in answer["speakers"])
+    status, answer = stack.call_api("POST", SYNC, body={"content": audio, "identify": True}, handler=api_handler)
+    assert status == 200 and "alice" in [s["name"] for s in answer["speakers"]]  # the owner still is named
+
+    # Revoking by the shared id would be a guess between two customers: refused. By the key itself: only its own.
+    enroll(stack, api_handler, "carol", "C", api_key=twin.api_key, recording="three-speakers")
+    assert keys_cli.main(["revoke", stack.key.record.key_id]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO(twin.api_key + "\n"))
+    assert keys_cli.main(["revoke", "--api-key-stdin"]) == 0
+    assert [item["name"] for item in stored_items(stack)] == ["alice"]
+    status, _ = stack.call_api("GET", VOICEPRINTS, handler=api_handler, api_key=twin.api_key)
+    assert status == 403
+    status, listed = stack.call_api("GET", VOICEPRINTS, handler=api_handler)
+    assert status == 200 and [v["name"] for v in listed["voiceprints"]] == ["alice"]
+
+
 def test_plain_requests_store_and_answer_exactly_as_before(engine_stack, api_handler):
     stack = engine_stack
     two = base64.b64encode((af.DEMO_DIR / "two-speakers.flac").read_bytes()).decode()
