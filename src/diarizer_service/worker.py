@@ -382,9 +382,11 @@ class Worker:
             return
         file_id = _rttm_file_id(key[len(INCOMING_PREFIX):])
         blobs.put(results_base + ".rttm", result.to_rttm(file_id).encode(), content_type="text/plain")
+        # A stale failure from an earlier version goes before the .json: once the .json is there a redelivery
+        # stops at "already written", so a crash between the two would leave both forever.
+        self._delete_own_error_record(key, results_base)
         blobs.put(results_base + ".json", json.dumps(result.to_dict()).encode(), content_type="application/json",
                   metadata={"source-etag": head.etag})  # written last: its presence means "done"
-        self._delete_own_error_record(key, results_base)  # a stale failure from an earlier version of the object
         metrics.add_metric(name="BatchObjectsCompleted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
         metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)
@@ -439,6 +441,9 @@ class Worker:
             stale = previous.metadata.get("source-etag") if previous is not None else None
             if stale and stale != current_etag:
                 blobs.delete(results_base + ".json")  # first: a crash before the error record leaves "pending"
+            if previous is None or (stale and stale != current_etag):
+                # With its .json, or an orphan without one (a crash after the delete above, or between a run's
+                # two puts): the next try finds no .json, so nothing else would ever remove it.
                 blobs.delete(results_base + ".rttm")
         body = {"source": key, "error": {"code": code, "message": message}}
         blobs.put(results_base + ".error.json", json.dumps(body).encode(), content_type="application/json")

@@ -1,0 +1,332 @@
+"""The crash-point harness for the S3 batch path: the worker (or the dead-letter function) dies right after each
+side effect of one batch object's life, and the results under results/ must still end right.
+
+How: as in test_crash_points.py, every backend object (blobs, queue, jobs, keys) is wrapped so that the Nth
+call goes through and then raises `Crash`, a BaseException no handler catches. The batch path reaches S3 only
+through `backends.blobs` (head/get/put/delete), so every S3 read and write the worker and the dead-letter
+function make is a crash point. Then the world goes on as on AWS: moto S3 sends the bucket's notification
+(template.yaml: s3:ObjectCreated:* under incoming/ -> JobsQueue) when the user uploads; the event source
+mapping hands the message to the worker handler and deletes it unless it is reported in batchItemFailures;
+an undeleted message comes back (after 3 receives the redrive policy moves it to the DLQ, whose
+DeadLetterFunction runs the same way). Each function runs with its template.yaml S3 rights (the dead-letter
+function cannot read incoming/). The life ends when nothing moves.
+
+For every N, the end state must be: exactly one of results/<path>.json (done) or results/<path>.error.json
+(failed), matching the outcome; a done result's `source-etag` is the current version's and its .json and
+.rttm are that version's diarization (no stale .rttm, no leftover error record); a failed object has its
+well-formed error record (`source` and `error.code`/`message`: error records name no version) and nothing
+else under results/, no .rttm either; no message left in the queue or the DLQ.
+
+Histories: a new object; a new version of an object whose previous version is done, or failed; and a new
+version uploaded while the first version's engine runs. Outcomes: the engine succeeds; it cannot decode the
+audio (permanent); it raises every time (transient: given up on the last receive); it kills the worker every
+time (only the dead-letter function writes the error record).
+
+Moto only: local mode (`diarize serve`) has no batch path, nothing turns files under incoming/ into messages.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from diarizer.types import AudioDecodeError, Diarization, DiarizationOptions
+from diarizer_service.backends import Backends
+from diarizer_service.backends.aws import DynamoJobTable, DynamoKeyStore, S3BlobStore, SqsJobQueue
+from diarizer_service.runtime import Runtime, default_probe, set_runtime
+from diarizer_service.settings import load_settings
+from flow.conftest import JOBS_TABLE, KEYS_TABLE, create_tables
+from reliability.test_crash_points import Crash, CrashPlan, Crashing
+
+KEY = "incoming/2026/call one.wav"  # a folder and a space: the notification quotes the key (quote_plus)
+BASE = "results/2026/call one.wav"
+FILE_ID = "2026_call_one.wav"  # the RTTM file id: the path with "/" and spaces as "_"
+
+
+class Killed(BaseException):
+    """The engine takes the worker down (out of memory, Lambda timeout): nothing after it runs."""
+
+
+# template.yaml: the S3 actions each function's role allows under the batch path's prefixes (HeadObject needs
+# s3:GetObject). The DeadLetterFunction may not read incoming/: it judges a dead letter by the event's eTag.
+RIGHTS = {
+    "worker": {"get_object": ("incoming/", "results/"), "put_object": ("results/",), "delete_object": ("results/",)},
+    "dead-letter": {"get_object": ("results/",), "put_object": ("results/",), "delete_object": ("results/",)},
+}
+
+
+class RoleS3:
+    """The S3 client as the function now running sees it: AccessDenied outside its role's rights."""
+
+    def __init__(self, client):
+        self._client, self.role = client, "worker"
+
+    def __getattr__(self, name):
+        call = getattr(self._client, name)
+        action = "get_object" if name == "head_object" else name
+        if action not in ("get_object", "put_object", "delete_object"):
+            return call
+
+        def guarded(**kwargs):
+            if not kwargs["Key"].startswith(RIGHTS[self.role][action]):
+                code = "403" if name == "head_object" else "AccessDenied"  # HEAD answers carry no error body
+                raise ClientError({"Error": {"Code": code, "Message": "Access Denied"}}, name)
+            return call(**kwargs)
+        return guarded
+
+
+class BatchWorld:
+    """One moto account: the bucket with its incoming/ notification, the queue and its DLQ, the real handlers."""
+
+    def __init__(self, runtime: Runtime, role_s3: RoleS3, worker_app, context, s3, sqs, queue_url: str,
+                 dlq_url: str):
+        self.runtime, self.role_s3, self.worker_app, self.context = runtime, role_s3, worker_app, context
+        self.bucket = runtime.settings.bucket
+        self.s3, self.sqs, self.queue_url, self.dlq_url = s3, sqs, queue_url, dlq_url
+        self.invocations: list[str] = []  # the roles of the function invocations, in order
+        self.failure: type[BaseException] | None = None  # the engine raises a new one of these on every call
+        self.during_engine: list = []  # things that happen while the engine runs (once each, in order)
+        real_diarize = runtime.diarize
+
+        def diarize(audio, options, *, max_seconds):
+            if self.during_engine:
+                self.during_engine.pop(0)()
+            if self.failure is not None:
+                raise self.failure("the engine failed")
+            return real_diarize(audio, options, max_seconds=max_seconds)
+        runtime.diarize = diarize
+
+    def arm(self, plan: CrashPlan) -> None:
+        real = self.runtime.backends
+        self.runtime.backends = dataclasses.replace(real, **{name: Crashing(getattr(real, name), name, plan)
+                                                            for name in ("blobs", "queue", "jobs", "keys")})
+
+    def upload(self, body: bytes, speakers: int | None = None) -> None:
+        """The user's upload (not a crash point): S3 sends the ObjectCreated notification to the queue."""
+        metadata = {"speakers": str(speakers)} if speakers else {}
+        self.s3.put_object(Bucket=self.bucket, Key=KEY, Body=body, Metadata=metadata)
+
+    def etag(self) -> str:
+        return self.s3.head_object(Bucket=self.bucket, Key=KEY)["ETag"].strip('"')
+
+    # ---- what Lambda's SQS pollers do
+    def _receive(self, url: str) -> tuple[dict, list[dict]]:
+        messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                            VisibilityTimeout=0, WaitTimeSeconds=0).get("Messages", [])
+        return {"Records": [{
+            "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+            "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+            "awsRegion": "us-east-1"} for m in messages]}, messages
+
+    def _invoke(self, url: str, role: str, handler) -> bool:
+        """One invocation on the visible messages; False when there were none. A Crash or Killed propagates:
+        nothing is deleted, the messages come back."""
+        event, messages = self._receive(url)
+        if not messages:
+            return False
+        self.invocations.append(role)
+        self.role_s3.role = role
+        try:
+            answer = handler(event, self.context)
+        finally:
+            self.role_s3.role = "worker"
+        failed = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
+        for message in messages:
+            if message["MessageId"] not in failed:
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return True
+
+    def run_worker_once(self) -> bool:
+        return self._invoke(self.queue_url, "worker", self.worker_app.lambda_handler)
+
+    def run_dead_letters(self) -> bool:
+        return self._invoke(self.dlq_url, "dead-letter", self.worker_app.dead_letter_handler)
+
+    def messages_left(self) -> int:
+        total = 0
+        for url in (self.queue_url, self.dlq_url):
+            attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            total += int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+        return total
+
+    def results(self) -> dict[str, tuple[bytes, dict]]:
+        """Every object under results/: key -> (body, user metadata)."""
+        found = {}
+        for item in self.s3.list_objects_v2(Bucket=self.bucket, Prefix="results/").get("Contents", []):
+            answer = self.s3.get_object(Bucket=self.bucket, Key=item["Key"])
+            found[item["Key"]] = (answer["Body"].read(), answer["Metadata"])
+        return found
+
+
+@pytest.fixture(scope="module")
+def moto_account():
+    """One moto account for the module, its clients and tables made once: each world gets its own resources."""
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+        create_tables(dynamodb)  # no job records on the batch path: a call to the tables would be a crash point
+        yield boto3.client("s3", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1"), dynamodb
+
+
+_world_numbers = itertools.count()
+
+
+@pytest.fixture
+def make_world(moto_account, fake_engine, worker_handler, lambda_context):
+    """make_world() -> a context manager yielding a fresh BatchWorld: its own bucket, queue and DLQ."""
+    s3, sqs, dynamodb = moto_account
+
+    @contextlib.contextmanager
+    def make():
+        n = next(_world_numbers)
+        bucket = f"diarizer-batch-{n}"
+        s3.create_bucket(Bucket=bucket)
+        dlq_url = sqs.create_queue(QueueName=f"dlq-{n}")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_url = sqs.create_queue(QueueName=f"jobs-{n}", Attributes={"RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})})["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={  # as template.yaml
+            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"], "Filter": {
+                "Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}}}]})
+        sqs.purge_queue(QueueUrl=queue_url)  # the s3:TestEvent S3 sends on configuring the notification
+        settings = load_settings({"DIARIZER_BACKEND": "aws", "DIARIZER_BUCKET": bucket,
+                                  "DIARIZER_QUEUE_URL": queue_url, "DIARIZER_JOBS_TABLE": JOBS_TABLE,
+                                  "DIARIZER_KEYS_TABLE": KEYS_TABLE})
+        # create_aws_backends' classes, on the account's clients (new clients would take most of the time)
+        role_s3 = RoleS3(s3)
+        backends = Backends(blobs=S3BlobStore(bucket, client=role_s3), queue=SqsJobQueue(queue_url, client=sqs),
+                            jobs=DynamoJobTable(JOBS_TABLE, dynamodb), keys=DynamoKeyStore(KEYS_TABLE, dynamodb))
+        runtime = Runtime(settings, backends, probe=default_probe, engine_factory=lambda: fake_engine)
+        set_runtime(runtime)
+        try:
+            yield BatchWorld(runtime, role_s3, worker_handler, lambda_context, s3, sqs, queue_url, dlq_url)
+        finally:
+            set_runtime(None)
+    return make
+
+
+def live(world: BatchWorld, plan: CrashPlan | None = None) -> bool:
+    """Redelivery and the dead-letter function until nothing moves; False if it never settles."""
+    if plan is not None:
+        world.arm(plan)
+    for _ in range(60):
+        try:
+            if not (world.run_worker_once() or world.run_dead_letters()):
+                return True
+        except (Crash, Killed):
+            continue  # the function died: its messages come back
+    return False
+
+
+# ------------------------------------------------------------------------------------------- end states
+OUTCOMES = {  # what the engine raises on every call -> (error code, words of its message); None: done
+    "done": (None, None),
+    "undecodable": (AudioDecodeError, ("unsupported_audio", "could not be decoded")),
+    "raises": (RuntimeError, ("processing_failed", "Gave up after")),  # the worker's, then the DLQ's words
+    "killed": (Killed, ("processing_failed", "the worker stopped or crashed")),
+}
+
+
+def check_end_state(world: BatchWorld, outcome: str, expected: Diarization) -> list[str]:
+    problems = []
+    results = world.results()
+    error = OUTCOMES[outcome][1]
+    if error is None:
+        if set(results) != {f"{BASE}.json", f"{BASE}.rttm"}:
+            problems.append(f"results/ holds {sorted(results)}, expected the .json and .rttm only")
+        if f"{BASE}.json" in results:
+            body, metadata = results[f"{BASE}.json"]
+            if metadata.get("source-etag") != world.etag():
+                problems.append(f"the .json names version {metadata.get('source-etag')}, not {world.etag()}")
+            if json.loads(body) != expected.to_dict():
+                problems.append(f"the .json is not the current version's diarization: {body[:200]!r}")
+        if f"{BASE}.rttm" in results and results[f"{BASE}.rttm"][0].decode() != expected.to_rttm(FILE_ID):
+            problems.append(f"the .rttm is not the current version's: {results[f'{BASE}.rttm'][0][:200]!r}")
+    else:
+        if set(results) != {f"{BASE}.error.json"}:
+            problems.append(f"results/ holds {sorted(results)}, expected the error record only")
+        if f"{BASE}.error.json" in results:
+            record = json.loads(results[f"{BASE}.error.json"][0])
+            code, words = error
+            if (record.get("source") != KEY or set(record) != {"source", "error"}
+                    or record["error"].get("code") != code or words not in record["error"].get("message", "")):
+                problems.append(f"error record {record}, expected source {KEY!r}, code {code!r}, '{words}...'")
+    if world.messages_left():
+        problems.append(f"{world.messages_left()} message(s) left in the queue and the DLQ")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------- the test
+HISTORIES = ["new", "after-done", "after-failed", "replaced-in-flight"]
+
+
+def begin(world: BatchWorld, history: str, audio: dict[int, bytes]) -> None:
+    """Everything before the life under test, unarmed: version 1 and its results; version 2 uploaded (or, for
+    replaced-in-flight, uploaded while the engine runs on version 1)."""
+    if history == "after-done":
+        world.upload(audio[1], speakers=2)
+        assert live(world) and set(world.results()) == {f"{BASE}.json", f"{BASE}.rttm"}
+    elif history == "after-failed":
+        world.upload(b"RIFF, but not audio")
+        assert live(world) and set(world.results()) == {f"{BASE}.error.json"}
+    elif history == "replaced-in-flight":
+        world.upload(audio[1], speakers=2)
+        world.during_engine.append(lambda: world.upload(audio[2], speakers=3))
+        return
+    world.upload(audio[2], speakers=3)
+
+
+def expected_writes(history: str, outcome: str) -> set[tuple[str, str]]:
+    """The writes a life without a crash must make, at least: each is a crash point."""
+    if outcome == "done":
+        writes = {("blobs.put", f"{BASE}.rttm"), ("blobs.put", f"{BASE}.json")}
+        if history == "after-failed":
+            writes.add(("blobs.delete", f"{BASE}.error.json"))
+        return writes
+    writes = {("blobs.put", f"{BASE}.error.json")}
+    if history == "after-done":  # version 1's result would still read as done
+        writes |= {("blobs.delete", f"{BASE}.json"), ("blobs.delete", f"{BASE}.rttm")}
+    return writes
+
+
+@pytest.mark.parametrize("history", HISTORIES)
+@pytest.mark.parametrize("outcome", list(OUTCOMES))
+def test_a_crash_after_any_side_effect_of_a_batch_object_still_ends_with_its_one_result(
+        make_world, fake_engine, wav_bytes, history, outcome):
+    audio = {1: wav_bytes(1.0), 2: wav_bytes(2.0)}
+    # what the engine answers for version 2 (speakers=3 from its metadata); version 1 would have 2 speakers
+    expected = fake_engine.diarize(audio[2], DiarizationOptions(speakers=3), max_seconds=60.0)
+
+    def one_life(plan: CrashPlan) -> tuple[list[str], list[str]]:
+        with make_world() as world:
+            begin(world, history, audio)
+            world.failure = OUTCOMES[outcome][0]
+            settled = live(world, plan)
+            problems = ([] if settled else ["never settled"]) + check_end_state(world, outcome, expected)
+            return problems, world.invocations
+
+    plan = CrashPlan(None)  # a life without a crash: count the side effects
+    problems, invocations = one_life(plan)
+    assert problems == []
+    side_effects = [name for name, *_ in plan.calls]
+    writes = {(name, args[0]) for name, args, *_ in plan.calls if name in ("blobs.put", "blobs.delete")}
+    assert expected_writes(history, outcome) <= writes, side_effects
+    assert side_effects.count("blobs.head") >= 3, side_effects  # the object, its result, the version re-check
+    if outcome in ("raises", "killed"):  # the worker gave up: the dead-letter function's calls are crash points too
+        assert invocations.count("worker") >= 3 and "dead-letter" in invocations, invocations
+
+    failures = {}
+    for n in range(1, len(side_effects) + 1):
+        plan = CrashPlan(n)
+        problems, _ = one_life(plan)
+        assert plan.crashed_at is not None
+        if problems:
+            failures[f"after #{n} {plan.crashed_at}"] = problems
+    assert failures == {}, json.dumps(failures, indent=1)
