@@ -394,12 +394,13 @@ class Worker:
 
     def _dead_letter_version(self, key: str, event_etag: str) -> str | None:
         """The version of incoming/<path> a dead letter is judged against: the object's current etag (None once
-        deleted), or, where the DeadLetterFunction may not read incoming/, the one the event was about."""
+        deleted), from the bucket's listing, which the DeadLetterFunction may read where it may not read the
+        audio. Not the event's: a newer version may have been uploaded and finished since, and its result is
+        not stale. The event's only when the listing fails."""
         try:
-            head = self.runtime.backends.blobs.head(key)
+            return self.runtime.backends.blobs.current_etag(key)
         except BackendError:
             return event_etag or None
-        return head.etag if head is not None else None
 
     def _batch_result_current(self, results_base: str, current: str | None) -> bool:
         """True when results/<path>.json is for version `current` of the object (a previous version's result

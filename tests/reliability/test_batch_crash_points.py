@@ -330,3 +330,25 @@ def test_a_crash_after_any_side_effect_of_a_batch_object_still_ends_with_its_one
         if problems:
             failures[f"after #{n} {plan.crashed_at}"] = problems
     assert failures == {}, json.dumps(failures, indent=1)
+
+
+def test_a_late_dead_letter_of_an_old_version_leaves_the_newer_versions_result(make_world, fake_engine, wav_bytes):
+    """Version 1 kills the worker on every receive; version 2 is uploaded and finished before version 1's dead
+    letter is handled. The dead-letter function may not read incoming/, so it used to judge by the event's eTag:
+    version 2's good result looked stale to it, was deleted, and "gave up" was written in its place."""
+    audio = {1: wav_bytes(1.0), 2: wav_bytes(2.0)}
+    expected = fake_engine.diarize(audio[2], DiarizationOptions(speakers=3), max_seconds=60.0)
+    with make_world() as world:
+        world.upload(audio[1], speakers=2)
+        world.failure = Killed
+        for _ in range(3):
+            with pytest.raises(Killed):
+                world.run_worker_once()
+        world.failure = None
+        world.upload(audio[2], speakers=3)
+        while world.run_worker_once():  # version 1's message moves to the DLQ; version 2 is diarized
+            pass
+        assert set(world.results()) == {f"{BASE}.json", f"{BASE}.rttm"}
+        assert world.run_dead_letters()  # now version 1's dead letter
+        assert "dead-letter" in world.invocations
+        assert check_end_state(world, "done", expected) == []

@@ -123,6 +123,12 @@ class S3BlobStore:
         metadata = {k.lower(): v for k, v in answer.get("Metadata", {}).items()}
         return BlobInfo(size=answer["ContentLength"], etag=answer.get("ETag", "").strip('"'), metadata=metadata)
 
+    def current_etag(self, key: str) -> str | None:
+        with _failures_as("S3 list"):
+            # The key itself sorts first among the keys it prefixes.
+            found = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        return found[0]["ETag"].strip('"') if found and found[0]["Key"] == key else None
+
     def delete(self, key: str) -> None:
         with _failures_as("S3 delete"):
             self._s3.delete_object(Bucket=self.bucket, Key=key)

@@ -163,6 +163,10 @@ class FileBlobStore:
         return BlobInfo(size=stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
                         metadata={k.lower(): v for k, v in meta.get("metadata", {}).items()})
 
+    def current_etag(self, key: str) -> str | None:
+        info = self.head(key)
+        return info.etag if info is not None else None
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         with _failures_as("blob delete"):
