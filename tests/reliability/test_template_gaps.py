@@ -92,3 +92,19 @@ def test_the_sweeper_runs_on_a_schedule_with_least_privilege(tpl):
     [index] = resources["JobsTable"]["Properties"]["GlobalSecondaryIndexes"]
     assert index["IndexName"] == "outbox"
     assert [k["AttributeName"] for k in index["KeySchema"]] == ["outbox", "outbox_at"]
+
+
+def test_a_job_waiting_too_long_raises_an_alarm_as_a_dead_letter_does(tpl):
+    """The dead-letter alarm says a job gave up; this one says jobs wait (no concurrency left, a worker crashing
+    and its message hidden for the visibility timeout), on both queues a job passes through."""
+    alarm = tpl["Resources"]["JobsBacklogAlarm"]["Properties"]
+    queues = {m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+              for m in alarm["Metrics"] if "MetricStat" in m}
+    assert queues == {"JobsQueue", "TranscodeQueue"}
+    assert all(m["MetricStat"]["Metric"]["MetricName"] == "ApproximateAgeOfOldestMessage"
+               for m in alarm["Metrics"] if "MetricStat" in m)
+    assert alarm["Threshold"] == {"Ref": "BacklogAlarmSeconds"} and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    default = tpl["Parameters"]["BacklogAlarmSeconds"]["Default"]
+    # above the processing time of the longest accepted recording, below the visibility timeout a crash costs
+    assert 900 <= int(default) < int(tpl["Resources"]["JobsQueue"]["Properties"]["VisibilityTimeout"])
+    assert alarm["AlarmActions"] == tpl["Resources"]["DeadLetterAlarm"]["Properties"]["AlarmActions"]
