@@ -22,6 +22,15 @@ def audio_body(audio: bytes, **extra) -> dict:
     return {"content": base64.b64encode(audio).decode(), **extra}
 
 
+def sqs_messages_left(sqs, *queue_urls: str) -> int:
+    """Messages still in these queues, visible or in flight (what must be 0 once a life has settled)."""
+    total = 0
+    for url in queue_urls:
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        total += int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return total
+
+
 def submit(stack, api_handler, webhook: str, request_id: str, audio: bytes) -> tuple[int, dict]:
     """POST the audio to the async route of the moto stack: (status, answer)."""
     return stack.call_api("POST", ASYNC_V2, query={"webhook": webhook, "request_id": request_id},

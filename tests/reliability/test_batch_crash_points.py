@@ -42,6 +42,7 @@ from diarizer_service.backends.aws import DynamoJobTable, DynamoKeyStore, S3Blob
 from diarizer_service.runtime import Runtime, default_probe, set_runtime
 from diarizer_service.settings import load_settings
 from flow.conftest import JOBS_TABLE, KEYS_TABLE, create_tables
+from reliability.helpers import sqs_messages_left
 from reliability.test_crash_points import Crash, CrashPlan, Crashing
 
 KEY = "incoming/2026/call one.wav"  # a folder and a space: the notification quotes the key (quote_plus)
@@ -150,11 +151,7 @@ class BatchWorld:
         return self._invoke(self.dlq_url, "dead-letter", self.worker_app.dead_letter_handler)
 
     def messages_left(self) -> int:
-        total = 0
-        for url in (self.queue_url, self.dlq_url):
-            attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-            total += int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
-        return total
+        return sqs_messages_left(self.sqs, self.queue_url, self.dlq_url)
 
     def results(self) -> dict[str, tuple[bytes, dict]]:
         """Every object under results/: key -> (body, user metadata)."""

@@ -36,7 +36,7 @@ from diarizer_service.settings import load_settings
 from diarizer_service.sweeper import sweep
 from diarizer_service.webhooks import verify_signature
 from flow.conftest import BUCKET, JOBS_TABLE, KEYS_TABLE, create_tables
-from reliability.helpers import ASYNC_V2, ScriptedReceiver, audio_body
+from reliability.helpers import ASYNC_V2, ScriptedReceiver, audio_body, sqs_messages_left
 
 REQUEST_ID = "crash-test"
 DAY = 86400
@@ -172,11 +172,7 @@ class MotoWorld(World):
         return True
 
     def messages_left(self) -> int:
-        total = 0
-        for url in (self.queue_url, self.dlq_url):
-            attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-            total += int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
-        return total
+        return sqs_messages_left(self.sqs, self.queue_url, self.dlq_url)
 
 
 class LocalWorld(World):
