@@ -1,5 +1,6 @@
 """Real M4A, MP4 (with a video track), WebM/Opus and Ogg/Opus files made from a WAV/FLAC with PyAV's encoders
-(FFmpeg's own aac, libopus and mpeg4), the way phones, Zoom/Teams and browsers write them."""
+(FFmpeg's own aac, libopus and mpeg4), the way phones, Zoom/Teams and browsers write them; and the speech formats of
+call recorders and dictaphones (AMR-NB at 8 kHz mono, WMA, CAF with ALAC) in `SPEECH_KINDS`."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -15,28 +16,45 @@ KINDS = {
     "webm": ("webm", ".webm", "libopus", 48000, False),
     "ogg-opus": ("ogg", ".opus", "libopus", 48000, False),
 }
+# name -> (container format, file suffix, audio codec, rate, layout): what phones and dictaphones write
+SPEECH_KINDS = {
+    "amr": ("amr", ".amr", "libopencore_amrnb", 8000, "mono"),
+    "wma": ("asf", ".wma", "wmav2", 44100, "stereo"),
+    "caf": ("caf", ".caf", "alac", 44100, "stereo"),
+}
 
 
 def make_media(source: Path, kind: str, out_dir: Path) -> Path:
     """Encode `source` (mono or stereo, any rate) into the `kind` container; returns the new file's path."""
     import av
 
-    container_format, suffix, codec, rate, with_video = KINDS[kind]
+    if kind in SPEECH_KINDS:
+        container_format, suffix, codec, rate, layout = SPEECH_KINDS[kind]
+        with_video = False
+    else:
+        container_format, suffix, codec, rate, with_video = KINDS[kind]
+        layout = "stereo"
     samples, source_rate = sf.read(source, dtype="float32", always_2d=True)
     samples = samples.mean(axis=1)
-    stereo = np.stack([samples, samples])  # stereo, as recorders write it: the decoder must downmix
+    # stereo, as most recorders write it (the decoder must downmix); AMR is mono only
+    planes = np.stack([samples, samples]) if layout == "stereo" else samples[None, :]
     out_path = out_dir / f"{source.stem}-{kind}{suffix}"
     with av.open(str(out_path), "w", format=container_format) as container:
-        audio = container.add_stream(codec, rate=rate, layout="stereo")
+        audio = container.add_stream(codec, rate=rate, layout=layout)
         video = None
         if with_video:
             video = container.add_stream("mpeg4", rate=5)
             video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        resampler = av.AudioResampler(format=audio.codec_context.format.name, layout="stereo", rate=rate)
+        if kind in SPEECH_KINDS:
+            audio.bit_rate = 64000  # wmav2 will not open without one; AMR-NB takes its nearest mode (12.2 kbit/s)
+        # speech codecs take fixed-size frames (AMR: 160 samples)
+        frame_size = (audio.codec_context.frame_size or None) if kind in SPEECH_KINDS else None
+        resampler = av.AudioResampler(format=audio.codec_context.format.name, layout=layout, rate=rate,
+                                      frame_size=frame_size)
         block = source_rate  # one second at a time
-        for start in range(0, stereo.shape[1], block):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, start:start + block]), format="fltp",
-                                               layout="stereo")
+        for start in range(0, planes.shape[1], block):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, start:start + block]), format="fltp",
+                                               layout=layout)
             frame.sample_rate = source_rate
             frame.pts, frame.time_base = start, Fraction(1, source_rate)
             for chunk in resampler.resample(frame):
@@ -69,3 +87,25 @@ def webm_claiming(source: Path, out_dir: Path, claimed_ms: float) -> bytes:
     size = data[at + 2] & 0x0F
     data[at + 3 : at + 3 + size] = struct.pack(">f" if size == 4 else ">d", claimed_ms)
     return bytes(data)
+
+
+def frame_agreement(result: dict, reference: dict) -> float:
+    """Share of the reference's speech (10 ms frames, per speaker) that `result` gives to the same voice, speakers
+    paired one-to-one by overlap: how alike two diarizations are whatever their labels' order. A narrow-band
+    recording (AMR at 8 kHz) moves a voice's first appearance and a few edges, not its turns."""
+    from scipy.optimize import linear_sum_assignment
+
+    def grid(answer: dict) -> np.ndarray:
+        ids = sorted({s["speaker_id"] for s in answer["segments"]})
+        end = max((s["end"] for s in answer["segments"]), default=0.0)
+        frames = np.zeros((max(len(ids), 1), int(end * 100) + 1), bool)
+        for s in answer["segments"]:
+            frames[ids.index(s["speaker_id"]), int(s["start"] * 100):int(s["end"] * 100)] = True
+        return frames
+
+    a, b = grid(reference), grid(result)
+    n = max(a.shape[1], b.shape[1])
+    a, b = np.pad(a, ((0, 0), (0, n - a.shape[1]))), np.pad(b, ((0, 0), (0, n - b.shape[1])))
+    overlap = a.astype(int) @ b.T.astype(int)
+    rows, cols = linear_sum_assignment(-overlap)
+    return float(overlap[rows, cols].sum() / max(a.sum(), 1))

@@ -61,13 +61,15 @@ _TRANSCODED_MAGIC = (
     (0, b"\x1a\x45\xdf\xa3", "WebM/Matroska"),
     (0, b"\xff\xf1", "AAC"),
     (0, b"\xff\xf9", "AAC"),
+    (0, b"#!AMR", "AMR"),  # phones' call and voice recorders; "#!AMR-WB\n" for wide-band
+    (0, b"0&\xb2u\x8ef\xcf\x11", "WMA/ASF"),  # Windows voice recorders and dictaphones (the ASF header GUID)
+    (0, b"caff", "CAF"),  # Apple Core Audio files
 )
 TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC)
 _UNSUPPORTED_MAGIC = (
-    (0, b"#!AMR", "AMR"),
-    (0, b"0&\xb2u", "WMA/ASF"),
+    (0, b"MThd", "MIDI (notes, not a recording)"),
 )
-SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/MOV or WebM"
+SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/MOV, WebM, AMR, WMA or CAF"
 
 
 # What libsndfile reports as the length of a stream whose header gives none (a FLAC written to a pipe has

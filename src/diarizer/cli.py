@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diarize",
         description="Who spoke when: speaker diarization of audio files (WAV, FLAC, OGG, MP3, AIFF, AU; M4A/AAC, "
-                    "MP4/MOV and WebM with the 'transcode' extra). The result is printed as JSON on stdout unless "
+                    "MP4/MOV, WebM, AMR, WMA and CAF with the 'transcode' extra). The result is printed as JSON on stdout unless "
                     "--json, --rttm or --html is given.",
         epilog="Also: `diarize enroll NAME AUDIO...` (enrol a voice), `diarize voiceprints` (list or delete them) and "
                "`diarize serve` (the local HTTP service); each has its own -h.",

@@ -1,4 +1,4 @@
-"""Container formats libsndfile cannot read (M4A/AAC, MP4/MOV, WebM/Matroska) -> 16 kHz mono PCM.
+"""Container formats libsndfile cannot read (M4A/AAC, MP4/MOV, WebM/Matroska, AMR, WMA/ASF, CAF) -> 16 kHz mono PCM.
 
 PyAV (the `av` wheel, which bundles FFmpeg's libraries) is an optional extra: `pip install 'diarizer[transcode]'`.
 Without it these formats raise `TranscoderUnavailable`, an AudioDecodeError naming the extra, so a caller

@@ -253,7 +253,7 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
                         "for longer audio.", field="content")
     info = probe_or_reject(runtime, request.audio, limit, too_long)
     if info is None:
-        raise ApiError(400, "unsupported_audio", "M4A, MP4/MOV and WebM audio is diarized asynchronously here: use "
+        raise ApiError(400, "unsupported_audio", "M4A, MP4/MOV, WebM, AMR, WMA and CAF audio is diarized asynchronously here: use "
                        "POST " + ASYNC_ROUTE + ".", field="content")
     options = request.options.to_dict()
     voiceprints.check_exist(runtime, key, options)

@@ -363,7 +363,7 @@ class Worker:
             if self._superseded(key, head.etag):
                 return
             if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio):
-                raise PermanentJobError("unsupported_audio", "This audio needs the transcoder (M4A, MP4/MOV, WebM, "
+                raise PermanentJobError("unsupported_audio", "This audio needs the transcoder (M4A, MP4/MOV, WebM, AMR, WMA, CAF, "
                                         "or a FLAC/MP3 the engine's decoder cannot read whole), which only API jobs "
                                         "go through: send this file through the uploads and async routes.")
             result = self._run_engine(audio, options)

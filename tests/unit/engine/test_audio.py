@@ -64,7 +64,8 @@ def test_probe_reads_the_header_only(speech):
         (b"", "empty"),
         (b"this is plain text, not audio at all", "not a recognised audio file"),
         (b"\x00\x00\x00\x18ftypmp42" + bytes(100), "cannot read the MP4/M4A file: Invalid data"),
-        (b"#!AMR\n" + bytes(100), "not supported; send WAV, FLAC"),
+        (b"MThd\x00\x00\x00\x06" + bytes(100), "MIDI .* not supported; send WAV, FLAC"),
+        (b"#!AMR\n" + bytes(100), "AMR"),  # a real AMR header over nothing: the transcoder's clear error
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", "cannot decode"),
     ],
 )

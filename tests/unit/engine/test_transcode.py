@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_factory import KINDS, make_media
+from media_factory import KINDS, SPEECH_KINDS, make_media
 
 from diarizer import transcode
 from diarizer.audio import SUPPORTED_FORMATS, decode, detect_format, probe_audio
@@ -45,6 +45,25 @@ def test_bytes_and_streams_work_as_well_as_paths(media, kind):
     data = media[kind].read_bytes()
     assert probe_audio(data).format == EXPECTED_FORMAT[kind]
     assert abs(len(decode(io.BytesIO(data))) / 16000 - 31.64) < 0.1
+
+
+@pytest.mark.parametrize("kind, fmt, rate, channels, least_alike", [
+    ("amr", "AMR", 8000, 1, 0.8),  # AMR-NB: 8 kHz speech codec, the top half of the band is gone
+    ("wma", "WMA/ASF", 44100, 2, 0.85),
+    ("caf", "CAF", 44100, 2, 0.99),  # ALAC: lossless
+])
+def test_phone_and_dictaphone_formats_decode_like_the_source(tmp_path, kind, fmt, rate, channels, least_alike):
+    path = make_media(THREE_SPEAKERS, kind, tmp_path)
+    info = probe_audio(path)
+    assert (info.format, info.sample_rate, info.channels) == (fmt, rate, channels)
+    assert not info.length_known  # a container's claim: the limits apply to what decodes
+    source, decoded = decode(THREE_SPEAKERS), decode(path.read_bytes())
+    assert abs(len(decoded) - len(source)) < 0.05 * 16000
+    n = min(len(source), len(decoded)) - 2000
+    best = max(max(np.corrcoef(source[lag:lag + n], decoded[:n])[0, 1] for lag in range(0, 1600, 8)),
+               max(np.corrcoef(source[:n], decoded[lag:lag + n])[0, 1] for lag in range(0, 1600, 8)))
+    assert best > least_alike
+    assert set(SPEECH_KINDS) == {"amr", "wma", "caf"}
 
 
 def test_truncated_container_is_a_clear_error(media):
@@ -102,6 +121,6 @@ def test_without_pyav_the_error_names_the_extra_and_ogg_opus_still_decodes(media
 
 def test_unknown_formats_name_the_supported_ones():
     with pytest.raises(AudioDecodeError) as caught:
-        detect_format(b"#!AMR\n" + b"\x00" * 30)
+        detect_format(b"MThd\x00\x00\x00\x06" + b"\x00" * 30)
     assert SUPPORTED_FORMATS in str(caught.value) and "M4A" in SUPPORTED_FORMATS and "WebM" in SUPPORTED_FORMATS
     assert detect_format(b"\x00\x00\x00\x14ftypM4A ") == "MP4/M4A"
