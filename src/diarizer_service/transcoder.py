@@ -4,12 +4,18 @@ PyAV does not fit in the worker beside the engine (Lambda's 250 MB), so the work
 transcode queue (`forward`) and TranscodeFunction (`Transcoder.handle_message`) converts it, points the job at
 the FLAC and queues it for the worker again. Local mode and the CLI decode these formats in-process instead.
 
-Redelivery is safe at every step: the FLAC's key is fixed per job, so a second delivery finds it and only
-repeats the job update and the (idempotent) worker message. A file that cannot be decoded fails the job with
-`unsupported_audio` and its webhook; anything else raises, so SQS retries and the dead-letter path ends it.
+Batch objects (incoming/<path>) take the same way: the worker forwards {"batch_object": {key, etag}}, the FLAC
+goes under jobs/batch/ (expiring with the jobs' audio), and the worker gets {"batch_object": {key, etag,
+"transcoded"}} back, or {..., "error"} for audio that cannot be decoded, and writes the results or the error
+record itself (this function may not write under results/).
+
+Redelivery is safe at every step: the FLAC's key is fixed per job (per object version), so a second delivery finds
+it and only repeats the job update and the (idempotent) worker message. A file that cannot be decoded fails the job
+with `unsupported_audio` and its webhook; anything else raises, so SQS retries and the dead-letter path ends it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -38,6 +44,12 @@ def transcoded_key(job: Job) -> str:
     return job_prefix(job.key_id, job.request_id) + TRANSCODED_NAME
 
 
+def transcoded_object_key(key: str, etag: str) -> str:
+    """Where a batch object's version goes as FLAC: under jobs/ (its lifecycle rule expires it with the jobs' audio;
+    "batch" is no API key id), named by a hash of the key, since a key may be up to 1,024 bytes."""
+    return f"jobs/batch/{hashlib.sha256(key.encode()).hexdigest()[:32]}-{etag}.flac"
+
+
 @dataclass
 class Transcoder:
     runtime: Runtime
@@ -45,6 +57,9 @@ class Transcoder:
     def handle_message(self, body: str, fail) -> None:
         """`fail(job, code, message)`: the worker's failure path (job -> failed, signed webhook)."""
         message = json.loads(body)
+        if isinstance(message.get("batch_object"), dict):
+            self._handle_batch_object(message["batch_object"])
+            return
         job = self.runtime.jobs.get(str(message["job_id"]))
         if job is None or job.status in FINISHED:
             logger.info("no job to transcode (gone or finished): message ignored")
@@ -63,15 +78,48 @@ class Transcoder:
         self.runtime.backends.queue.send({"job_id": job.job_id})
         logger.info("transcoded audio queued for the worker")
 
+    def _handle_batch_object(self, message: dict) -> None:
+        key, etag = str(message.get("key", "")), str(message.get("etag", ""))
+        blobs = self.runtime.backends.blobs
+        head = blobs.head(key)
+        if head is None or head.etag != etag:
+            logger.info("batch object replaced or deleted: its newer version's event takes it")
+            return
+        target, answer = transcoded_object_key(key, etag), {"key": key, "etag": etag}
+        if blobs.head(target) is None:
+            try:
+                self._convert(key, target, "the object")
+            except BlobNotFound:
+                logger.info("batch object deleted while being transcoded")
+                return
+            except AudioDecodeError as exc:
+                answer["error"] = {"code": "unsupported_audio", "message": f"The audio could not be decoded: {exc}"}
+            # The get cannot say which version it read; a newer one's FLAC must not be diarized as this one.
+            current = blobs.head(key)
+            if current is None or current.etag != etag:
+                blobs.delete(target)
+                logger.info("batch object replaced while being transcoded: its newer version's event takes it")
+                return
+        if "error" not in answer:
+            answer["transcoded"] = target
+        self.runtime.backends.queue.send({"batch_object": answer})
+        logger.info("transcoded batch object queued for the worker")
+
     def _transcode(self, job: Job, target: str) -> float:
+        try:
+            return self._convert(job.audio_key, target, "the job's audio")
+        except BlobNotFound as exc:
+            raise AudioDecodeError("the job's audio is gone (expired upload?)") from exc
+
+    def _convert(self, source_key: str, target: str, what: str) -> float:
+        """source_key's audio -> 16 kHz mono FLAC at target; the seconds written. Raises BlobNotFound,
+        AudioDecodeError (also for a file over the upload limit)."""
         from diarizer.transcode import transcode
 
         try:
-            audio = self.runtime.backends.blobs.get(job.audio_key, max_bytes=self.runtime.settings.max_upload_bytes)
-        except BlobNotFound as exc:
-            raise AudioDecodeError("the job's audio is gone (expired upload?)") from exc
+            audio = self.runtime.backends.blobs.get(source_key, max_bytes=self.runtime.settings.max_upload_bytes)
         except BlobTooLarge as exc:
-            raise AudioDecodeError(f"the file is over {self.runtime.settings.max_upload_bytes} bytes") from exc
+            raise AudioDecodeError(f"{what} is over {self.runtime.settings.max_upload_bytes} bytes") from exc
         stream, fmt = open_source(audio)
         with tempfile.TemporaryFile(prefix="diarizer-transcoded-") as out:
             seconds = transcode(stream, fmt, out, out_format="FLAC",

@@ -99,6 +99,9 @@ class Worker:
         if "job_id" in message:
             self.process_job(str(message["job_id"]), receive_count, deadline)
             return
+        if isinstance(message.get("batch_object"), dict):  # a batch object back from TranscodeFunction
+            self.process_transcoded_object(message["batch_object"], receive_count)
+            return
         logger.error("dropping a message of unknown shape")
 
     # ---- dead letters ------------------------------------------------------------------------------------
@@ -123,12 +126,15 @@ class Worker:
             logger.append_keys(request_id=job.request_id, key_id=job.key_id)
             self._fail(job, "processing_failed", reason)
             return True
+        objects = [(unquote_plus(str(record.get("s3", {}).get("object", {}).get("key", ""))),
+                    str(record.get("s3", {}).get("object", {}).get("eTag", "")).strip('"'))
+                   for record in message.get("Records", [])]
+        if isinstance(message.get("batch_object"), dict):  # on its way through (or back from) TranscodeFunction
+            objects.append((str(message["batch_object"].get("key", "")), str(message["batch_object"].get("etag", ""))))
         failed = False
-        for record in message.get("Records", []):
-            key = unquote_plus(str(record.get("s3", {}).get("object", {}).get("key", "")))
+        for key, event_etag in objects:
             if key.startswith(INCOMING_PREFIX) and not key.endswith("/"):
                 results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
-                event_etag = str(record.get("s3", {}).get("object", {}).get("eTag", "")).strip('"')
                 current = self._dead_letter_version(key, event_etag)
                 if not self._batch_result_current(results_base, current):
                     # current_etag: a previous version's result goes, or it would still read as done
@@ -348,11 +354,10 @@ class Worker:
         if previous is not None and previous.metadata.get("source-etag") == head.etag:
             logger.info("results already written for this version: duplicate event ignored")
             return
-        started = time.monotonic()
-        try:
+
+        def load() -> bytes | None:
             if head.size > settings.max_upload_bytes:
                 raise PermanentJobError("audio_too_large", f"The object is over {settings.max_upload_bytes} bytes.")
-            options = _options_from_metadata(head.metadata)
             try:
                 audio = blobs.get(key, max_bytes=settings.max_upload_bytes)
             except BlobTooLarge as exc:  # replaced by a bigger object since the head
@@ -361,24 +366,74 @@ class Worker:
             # The get cannot say which version it read: a body that may be a newer version than the head's etag
             # must not be diarized under that etag.
             if self._superseded(key, head.etag):
+                return None
+            transcode_queue = self.runtime.backends.transcode_queue
+            if transcode_queue is not None and needs_transcoding(audio):
+                # M4A, AMR, WMA...: TranscodeFunction brings it back as FLAC (process_transcoded_object)
+                transcode_queue.send({"batch_object": {"key": key, "etag": head.etag}})
+                logger.info("container audio: batch object forwarded to the transcoder")
+                return None
+            return audio
+
+        self._diarize_batch_object(key, head.etag, head.metadata, load, receive_count)
+
+    def process_transcoded_object(self, message: dict, receive_count: int) -> None:
+        """A batch object TranscodeFunction has converted (`transcoded`: its FLAC under jobs/) or could not decode
+        (`error`), for version `etag` of incoming/<path>: the same checks and results as process_object."""
+        key, etag = str(message.get("key", "")), str(message.get("etag", ""))
+        if not key.startswith(INCOMING_PREFIX) or key.endswith("/") or not etag:
+            logger.error("dropping a batch message without an object")
+            return
+        logger.append_keys(object_key=key)
+        blobs, results_base = self.runtime.backends.blobs, RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+        head = blobs.head(key)
+        if head is None or head.etag != etag:
+            logger.info("object replaced or deleted while being transcoded: its newer version's event takes it")
+            return
+        previous = blobs.head(results_base + ".json")
+        if previous is not None and previous.metadata.get("source-etag") == etag:
+            logger.info("results already written for this version: duplicate message ignored")
+            return
+        error = message.get("error")
+        if isinstance(error, dict):
+            self._write_batch_error(key, results_base, str(error.get("code", "unsupported_audio")),
+                                    str(error.get("message", "The audio could not be decoded.")), current_etag=etag)
+            return
+
+        def load() -> bytes:
+            try:
+                return blobs.get(str(message.get("transcoded", "")), max_bytes=self.runtime.settings.max_upload_bytes)
+            except (BlobNotFound, BlobTooLarge) as exc:  # expired with the jobs/ prefix: the transcoder runs again
+                raise PermanentJobError("audio_missing", "The transcoded audio is gone; upload the object again.") \
+                    from exc
+
+        self._diarize_batch_object(key, etag, head.metadata, load, receive_count)
+
+    def _diarize_batch_object(self, key: str, etag: str, metadata: dict, load: Callable[[], bytes | None],
+                              receive_count: int) -> None:
+        """Diarize the audio `load()` gives (None: nothing to do here) as version `etag` of incoming/<path> and
+        write its results, or its error record; a run whose object was replaced meanwhile writes nothing."""
+        settings, blobs = self.runtime.settings, self.runtime.backends.blobs
+        results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+        started = time.monotonic()
+        try:
+            options = _options_from_metadata(metadata)
+            audio = load()
+            if audio is None:
                 return
-            if self.runtime.backends.transcode_queue is not None and needs_transcoding(audio):
-                raise PermanentJobError("unsupported_audio", "This audio needs the transcoder (M4A, MP4/MOV, WebM, AMR, WMA, CAF, "
-                                        "or a FLAC/MP3 the engine's decoder cannot read whole), which only API jobs "
-                                        "go through: send this file through the uploads and async routes.")
             result = self._run_engine(audio, options)
         except PermanentJobError as exc:
-            if not self._superseded(key, head.etag):
-                self._write_batch_error(key, results_base, exc.code, exc.message, current_etag=head.etag)
+            if not self._superseded(key, etag):
+                self._write_batch_error(key, results_base, exc.code, exc.message, current_etag=etag)
             return
         except Exception as exc:
-            if receive_count >= settings.max_receive_count and not self._superseded(key, head.etag):
+            if receive_count >= settings.max_receive_count and not self._superseded(key, etag):
                 self._write_batch_error(key, results_base, "processing_failed",
                                         f"Gave up after {receive_count} attempts; last error: {type(exc).__name__}.",
-                                        current_etag=head.etag)
+                                        current_etag=etag)
             raise
         # A newer version may have been uploaded (and even finished by another worker) while the engine ran.
-        if self._superseded(key, head.etag):
+        if self._superseded(key, etag):
             return
         file_id = _rttm_file_id(key[len(INCOMING_PREFIX):])
         blobs.put(results_base + ".rttm", result.to_rttm(file_id).encode(), content_type="text/plain")
@@ -386,7 +441,7 @@ class Worker:
         # stops at "already written", so a crash between the two would leave both forever.
         self._delete_own_error_record(key, results_base)
         blobs.put(results_base + ".json", json.dumps(result.to_dict()).encode(), content_type="application/json",
-                  metadata={"source-etag": head.etag})  # written last: its presence means "done"
+                  metadata={"source-etag": etag})  # written last: its presence means "done"
         metrics.add_metric(name="BatchObjectsCompleted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="AudioSeconds", unit=MetricUnit.Seconds, value=float(result.duration))
         metrics.add_metric(name="ProcessingSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)

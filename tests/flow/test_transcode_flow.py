@@ -209,13 +209,55 @@ def test_without_a_transcoder_the_api_names_the_formats(stack, api_handler, medi
     assert status == 400 and "WAV, FLAC" in answer["error"]["message"] and "M4A/AAC" in answer["error"]["message"]
 
 
-def test_batch_objects_in_container_formats_get_a_clear_error_record(transcode_stack, worker_handler, media):
+@pytest.mark.parametrize("kind", ["m4a", "amr"])
+def test_batch_objects_in_container_formats_go_through_the_transcoder(transcode_stack, worker_handler,
+                                                                       transcode_handler, media, flac_result,
+                                                                       monkeypatch, kind):
+    """incoming/ -> worker (forwards) -> TranscodeFunction (FLAC under jobs/batch/) -> worker -> results/, as API
+    jobs go; each function without what it would not have on AWS (no PyAV in the worker)."""
     stack = transcode_stack
-    bucket = stack.runtime.settings.bucket
-    stack.s3.put_object(Bucket=bucket, Key="incoming/memo.m4a", Body=media["m4a"].read_bytes())
-    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": "incoming/memo.m4a"}}}
+    bucket, key = stack.runtime.settings.bucket, f"incoming/calls/memo.{kind}"
+    stack.s3.put_object(Bucket=bucket, Key=key, Body=media[kind].read_bytes())
+    etag = stack.s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps({"Records": [record]}))
-    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
-    error = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/memo.m4a.error.json")["Body"].read())
-    assert error["error"]["code"] == "unsupported_audio" and "uploads and async routes" in error["error"]["message"]
-    assert receive(stack, stack.transcode_url)["Records"] == []
+    restore = without_pyav(monkeypatch)
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}  # forwarded, nothing written yet
+    restore()
+    assert stack.s3.list_objects_v2(Bucket=bucket, Prefix="results/").get("KeyCount") == 0
+    event = receive(stack, stack.transcode_url)
+    assert [json.loads(r["body"]) for r in event["Records"]] == [{"batch_object": {"key": key, "etag": etag}}]
+    assert run_transcoder(stack, transcode_handler, event, delete=False) == {"batchItemFailures": []}
+    run_transcoder(stack, transcode_handler, event)  # redelivered: the FLAC is found, not made again
+    flacs = stack.s3.list_objects_v2(Bucket=bucket, Prefix="jobs/batch/")["Contents"]
+    assert len(flacs) == 1 and flacs[0]["Key"].endswith(f"-{etag}.flac")
+    restore = without_pyav(monkeypatch)
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}  # both copies: one result
+    restore()
+    result = json.loads(stack.s3.get_object(Bucket=bucket, Key=f"results/calls/memo.{kind}.json")["Body"].read())
+    head = stack.s3.head_object(Bucket=bucket, Key=f"results/calls/memo.{kind}.json")
+    assert head["Metadata"]["source-etag"] == etag
+    if kind == "amr":  # 8 kHz: the same voices and turns, not every edge
+        assert result["num_speakers"] == 3 and frame_agreement(result, flac_result) > 0.85
+    else:
+        same_speakers(result, flac_result)
+    rttm = stack.s3.get_object(Bucket=bucket, Key=f"results/calls/memo.{kind}.rttm")["Body"].read().decode()
+    assert rttm.count("SPEAKER calls_memo." + kind) == len(result["segments"])
+
+
+def test_a_batch_object_the_transcoder_cannot_decode_gets_an_error_record(transcode_stack, worker_handler,
+                                                                          transcode_handler, media, monkeypatch):
+    stack = transcode_stack
+    bucket, key = stack.runtime.settings.bucket, "incoming/broken.m4a"
+    stack.s3.put_object(Bucket=bucket, Key=key, Body=media["m4a"].read_bytes()[:3000])  # header, then nothing
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps({"Records": [record]}))
+    restore = without_pyav(monkeypatch)
+    stack.run_worker(worker_handler)
+    restore()
+    assert run_transcoder(stack, transcode_handler) == {"batchItemFailures": []}
+    stack.run_worker(worker_handler)  # the transcoder may not write under results/: the worker writes the record
+    error = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/broken.m4a.error.json")["Body"].read())
+    assert error["source"] == key and error["error"]["code"] == "unsupported_audio"
+    assert "could not be decoded" in error["error"]["message"]
+    assert stack.s3.list_objects_v2(Bucket=bucket, Prefix="results/")["KeyCount"] == 1

@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from acceptance.serve_helpers import LocalServer
-from flow.conftest import api_handler, due_now, no_webhook_backoff, stack, worker_handler  # noqa: F401
+from flow.conftest import api_handler, due_now, no_webhook_backoff, stack, transcode_handler, worker_handler  # noqa: F401
 from reliability.helpers import ConnectionGuard, ScriptedReceiver
 
 

@@ -30,6 +30,8 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import re
+from pathlib import Path
 
 import boto3
 import pytest
@@ -45,6 +47,7 @@ from flow.conftest import JOBS_TABLE, KEYS_TABLE, create_tables
 from reliability.helpers import sqs_messages_left
 from reliability.test_crash_points import Crash, CrashPlan, Crashing
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "incoming/2026/call one.wav"  # a folder and a space: the notification quotes the key (quote_plus)
 BASE = "results/2026/call one.wav"
 FILE_ID = "2026_call_one.wav"  # the RTTM file id: the path with "/" and spaces as "_"
@@ -57,8 +60,11 @@ class Killed(BaseException):
 # template.yaml: the S3 actions each function's role allows under the batch path's prefixes (HeadObject needs
 # s3:GetObject). The DeadLetterFunction may not read incoming/: it judges a dead letter by the event's eTag.
 RIGHTS = {
-    "worker": {"get_object": ("incoming/", "results/"), "put_object": ("results/",), "delete_object": ("results/",)},
+    "worker": {"get_object": ("incoming/", "results/", "jobs/"), "put_object": ("results/",),
+               "delete_object": ("results/",)},
     "dead-letter": {"get_object": ("results/",), "put_object": ("results/",), "delete_object": ("results/",)},
+    "transcoder": {"get_object": ("jobs/", "uploads/", "incoming/"), "put_object": ("jobs/",),
+                   "delete_object": ("jobs/",)},
 }
 
 
@@ -85,11 +91,12 @@ class RoleS3:
 class BatchWorld:
     """One moto account: the bucket with its incoming/ notification, the queue and its DLQ, the real handlers."""
 
-    def __init__(self, runtime: Runtime, role_s3: RoleS3, worker_app, context, s3, sqs, queue_url: str,
-                 dlq_url: str):
+    def __init__(self, runtime: Runtime, role_s3: RoleS3, worker_app, transcoder_app, context, s3, sqs,
+                 queue_url: str, transcode_url: str, dlq_url: str):
         self.runtime, self.role_s3, self.worker_app, self.context = runtime, role_s3, worker_app, context
+        self.transcoder_app = transcoder_app
         self.bucket = runtime.settings.bucket
-        self.s3, self.sqs, self.queue_url, self.dlq_url = s3, sqs, queue_url, dlq_url
+        self.s3, self.sqs, self.queue_url, self.transcode_url, self.dlq_url = s3, sqs, queue_url, transcode_url, dlq_url
         self.invocations: list[str] = []  # the roles of the function invocations, in order
         self.failure: type[BaseException] | None = None  # the engine raises a new one of these on every call
         self.during_engine: list = []  # things that happen while the engine runs (once each, in order)
@@ -106,7 +113,8 @@ class BatchWorld:
     def arm(self, plan: CrashPlan) -> None:
         real = self.runtime.backends
         self.runtime.backends = dataclasses.replace(real, **{name: Crashing(getattr(real, name), name, plan)
-                                                            for name in ("blobs", "queue", "jobs", "keys")})
+                                                            for name in ("blobs", "queue", "jobs", "keys",
+                                                                         "transcode_queue")})
 
     def upload(self, body: bytes, speakers: int | None = None) -> None:
         """The user's upload (not a crash point): S3 sends the ObjectCreated notification to the queue."""
@@ -150,8 +158,11 @@ class BatchWorld:
     def run_dead_letters(self) -> bool:
         return self._invoke(self.dlq_url, "dead-letter", self.worker_app.dead_letter_handler)
 
+    def run_transcoder_once(self) -> bool:
+        return self._invoke(self.transcode_url, "transcoder", self.transcoder_app.lambda_handler)
+
     def messages_left(self) -> int:
-        return sqs_messages_left(self.sqs, self.queue_url, self.dlq_url)
+        return sqs_messages_left(self.sqs, self.queue_url, self.transcode_url, self.dlq_url)
 
     def results(self) -> dict[str, tuple[bytes, dict]]:
         """Every object under results/: key -> (body, user metadata)."""
@@ -175,7 +186,7 @@ _world_numbers = itertools.count()
 
 
 @pytest.fixture
-def make_world(moto_account, fake_engine, worker_handler, lambda_context):
+def make_world(moto_account, fake_engine, worker_handler, transcode_handler, lambda_context):
     """make_world() -> a context manager yielding a fresh BatchWorld: its own bucket, queue and DLQ."""
     s3, sqs, dynamodb = moto_account
 
@@ -189,6 +200,8 @@ def make_world(moto_account, fake_engine, worker_handler, lambda_context):
         queue_url = sqs.create_queue(QueueName=f"jobs-{n}", Attributes={"RedrivePolicy": json.dumps(
             {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})})["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        transcode_url = sqs.create_queue(QueueName=f"transcode-{n}", Attributes={"RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})})["QueueUrl"]
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={  # as template.yaml
             "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"], "Filter": {
                 "Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}}}]})
@@ -199,11 +212,13 @@ def make_world(moto_account, fake_engine, worker_handler, lambda_context):
         # create_aws_backends' classes, on the account's clients (new clients would take most of the time)
         role_s3 = RoleS3(s3)
         backends = Backends(blobs=S3BlobStore(bucket, client=role_s3), queue=SqsJobQueue(queue_url, client=sqs),
-                            jobs=DynamoJobTable(JOBS_TABLE, dynamodb), keys=DynamoKeyStore(KEYS_TABLE, dynamodb))
+                            jobs=DynamoJobTable(JOBS_TABLE, dynamodb), keys=DynamoKeyStore(KEYS_TABLE, dynamodb),
+                            transcode_queue=SqsJobQueue(transcode_url, client=sqs))
         runtime = Runtime(settings, backends, probe=default_probe, engine_factory=lambda: fake_engine)
         set_runtime(runtime)
         try:
-            yield BatchWorld(runtime, role_s3, worker_handler, lambda_context, s3, sqs, queue_url, dlq_url)
+            yield BatchWorld(runtime, role_s3, worker_handler, transcode_handler, lambda_context, s3, sqs, queue_url,
+                             transcode_url, dlq_url)
         finally:
             set_runtime(None)
     return make
@@ -215,7 +230,7 @@ def live(world: BatchWorld, plan: CrashPlan | None = None) -> bool:
         world.arm(plan)
     for _ in range(60):
         try:
-            if not (world.run_worker_once() or world.run_dead_letters()):
+            if not (world.run_worker_once() or world.run_transcoder_once() or world.run_dead_letters()):
                 return True
         except (Crash, Killed):
             continue  # the function died: its messages come back
@@ -349,3 +364,72 @@ def test_a_late_dead_letter_of_an_old_version_leaves_the_newer_versions_result(m
         assert world.run_dead_letters()  # now version 1's dead letter
         assert "dead-letter" in world.invocations
         assert check_end_state(world, "done", expected) == []
+
+
+# ------------------------------------------------------------------------------------------- container formats
+@pytest.fixture(scope="module")
+def m4a(tmp_path_factory) -> bytes:
+    """A real M4A (AAC), as a phone's recorder writes it: the worker has no PyAV on AWS and forwards it."""
+    from media_factory import make_media
+
+    return make_media(REPO_ROOT / "demo" / "two-speakers.flac", "m4a", tmp_path_factory.mktemp("m4a")).read_bytes()
+
+
+CONTAINER_OUTCOMES = {  # -> the files under results/ at the end
+    "done": {f"{BASE}.json", f"{BASE}.rttm"},
+    "undecodable": {f"{BASE}.error.json"},  # the transcoder cannot decode it: the worker writes the record
+    "killed": {f"{BASE}.error.json"},  # the engine kills the worker on the transcoded audio every time
+}
+
+
+def _comparable(results: dict[str, tuple[bytes, dict]]) -> dict:
+    """Results as compared between lives: exact, but for the attempt count in a "Gave up after N attempts" record
+    (a dead letter handled twice has been received once more)."""
+    return {key: (re.sub(rb"after \d+ attempts", b"after N attempts", body), metadata)
+            for key, (body, metadata) in results.items()}
+
+
+@pytest.mark.parametrize("history", ["new", "after-done"])
+@pytest.mark.parametrize("outcome", list(CONTAINER_OUTCOMES))
+def test_a_crash_after_any_side_effect_of_a_container_object_still_ends_with_its_one_result(
+        make_world, m4a, wav_bytes, outcome, history):
+    """incoming/ -> worker (forwards) -> TranscodeFunction (FLAC under jobs/batch/) -> worker -> results/: every
+    side effect of the three functions (the forward and the transcoder's messages included) is a crash point, and
+    every life must end with the results of a life without a crash."""
+    body = m4a[:3000] if outcome == "undecodable" else m4a
+
+    def one_life(plan: CrashPlan) -> tuple[bool, dict, int, list[str], str]:
+        with make_world() as world:
+            if history == "after-done":  # version 1, a WAV, is done; version 2 is the M4A
+                world.upload(wav_bytes(1.0), speakers=2)
+                assert live(world) and set(world.results()) == {f"{BASE}.json", f"{BASE}.rttm"}
+            world.failure = Killed if outcome == "killed" else None
+            world.upload(body, speakers=3)
+            settled = live(world, plan)
+            return settled, world.results(), world.messages_left(), world.invocations, world.etag()
+
+    plan = CrashPlan(None)
+    settled, expected, left, invocations, etag = one_life(plan)
+    assert settled and left == 0 and set(expected) == CONTAINER_OUTCOMES[outcome], (sorted(expected), invocations)
+    if outcome == "done":  # the M4A's own diarization (3 speakers from its metadata), not version 1's
+        body_json, metadata = expected[f"{BASE}.json"]
+        assert metadata["source-etag"] == etag and json.loads(body_json)["num_speakers"] == 3
+    assert "transcoder" in invocations
+    side_effects = [name for name, *_ in plan.calls]
+    assert "transcode_queue.send" in side_effects and "queue.send" in side_effects, side_effects
+    if outcome == "done":
+        assert ("blobs.put", f"{BASE}.json") in [(name, args[0]) for name, args, *_ in plan.calls if args]
+
+    failures = {}
+    for n in range(1, len(side_effects) + 1):
+        plan = CrashPlan(n)
+        settled, results, left, _, _ = one_life(plan)
+        assert plan.crashed_at is not None
+        problems = [] if settled else ["never settled"]
+        if _comparable(results) != _comparable(expected):
+            problems.append(f"results/ differs from a life without a crash: {sorted(results)}")
+        if left:
+            problems.append(f"{left} message(s) left")
+        if problems:
+            failures[f"after #{n} {plan.crashed_at}"] = problems
+    assert failures == {}, json.dumps(failures, indent=1)

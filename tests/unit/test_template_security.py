@@ -175,11 +175,11 @@ def test_transcoder_least_privilege(tpl):
     assert function["Properties"]["Layers"] == [{"Ref": "BaseLayer"}, {"Ref": "TranscodeLayer"}]  # no engine
     st = _function_statements(function)
     s3 = _s3_actions(st)
-    assert s3["s3:GetObject"] == {"jobs/*", "uploads/*"} and s3["s3:PutObject"] == {"jobs/*"}
-    assert "s3:DeleteObject" not in s3
+    assert s3["s3:GetObject"] == {"jobs/*", "uploads/*", "incoming/*"} and s3["s3:PutObject"] == {"jobs/*"}
+    assert s3["s3:DeleteObject"] == {"jobs/*"}  # only its own FLAC of a batch version replaced meanwhile
     actions = {a for s in st for a in _as_list(s["Action"])}
-    assert actions == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:GetObject", "s3:PutObject", "s3:ListBucket",
-                       "sqs:SendMessage"}
+    assert actions == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                       "s3:ListBucket", "sqs:SendMessage"}
     [send] = [s for s in st if "sqs:SendMessage" in _as_list(s["Action"])]
     assert send["Resource"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
     keys = [s for s in st if s["Resource"] == {"Fn::GetAtt": ["KeysTable", "Arn"]}]
