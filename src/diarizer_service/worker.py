@@ -403,7 +403,7 @@ class Worker:
         def load() -> bytes:
             try:
                 return blobs.get(str(message.get("transcoded", "")), max_bytes=self.runtime.settings.max_upload_bytes)
-            except (BlobNotFound, BlobTooLarge) as exc:  # expired with the jobs/ prefix: the transcoder runs again
+            except (BlobNotFound, BlobTooLarge) as exc:  # expired with jobs/ before a (long delayed) retry read it
                 raise PermanentJobError("audio_missing", "The transcoded audio is gone; upload the object again.") \
                     from exc
 
