@@ -106,8 +106,13 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
     with container, sf.SoundFile(out, "w", samplerate=TARGET_RATE, channels=1, subtype="PCM_16",
                                  format=out_format) as sink:
         stream = container.streams.audio[0]
+        # Before any decoding, as probe_audio does: a header claiming 1 Hz makes the resampler turn each frame
+        # into thousands of times its samples in one call (a 150 KB file took 2.7 GB before the length check).
+        _check_claims(fmt, stream.codec_context.sample_rate or stream.rate or 0, stream.codec_context.channels or 0)
         try:
             for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+                if frame is not None:
+                    _check_claims(fmt, frame.sample_rate, len(frame.layout.channels))
                 for chunk in resampler.resample(frame):
                     samples = chunk.to_ndarray().reshape(-1)
                     written += len(samples)
@@ -119,6 +124,12 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
     if not written:
         raise AudioDecodeError(f"the {fmt} file contains no audio samples")
     return written / TARGET_RATE
+
+
+def _check_claims(fmt: str, rate: int, channels: int) -> None:
+    from diarizer.audio import check_header
+
+    check_header(fmt, rate, channels, 0)
 
 
 def transcode_to_tempfile(source: BinaryIO, fmt: str, max_seconds: float = MAX_SECONDS) -> BinaryIO:

@@ -124,3 +124,26 @@ def test_unknown_formats_name_the_supported_ones():
         detect_format(b"MThd\x00\x00\x00\x06" + b"\x00" * 30)
     assert SUPPORTED_FORMATS in str(caught.value) and "M4A" in SUPPORTED_FORMATS and "WebM" in SUPPORTED_FORMATS
     assert detect_format(b"\x00\x00\x00\x14ftypM4A ") == "MP4/M4A"
+
+
+def test_a_container_claiming_an_absurd_rate_is_refused_before_decoding(tmp_path):
+    """A 64 KB CAF of PCM whose header says 1 Hz: the resampler would turn each frame into thousands of times its
+    samples in one call (1-3 GB of memory before the length check ever ran). Refused by the header, on every path."""
+    import struct
+
+    import av
+
+    path = tmp_path / "pcm.caf"
+    with av.open(str(path), "w", format="caf") as container:
+        stream = container.add_stream("pcm_s16be", rate=8000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 32000), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"desc") + 12
+    data[at:at + 8] = struct.pack(">d", 1.0)  # the description chunk's sample rate
+    for attempt in (lambda: decode(bytes(data), max_seconds=10800),
+                    lambda: transcode.transcode(io.BytesIO(bytes(data)), "CAF", io.BytesIO(), max_seconds=10800)):
+        with pytest.raises(AudioDecodeError, match="sample rate of 1 Hz"):
+            attempt()
