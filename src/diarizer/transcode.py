@@ -15,6 +15,7 @@ import os
 import tempfile
 from typing import BinaryIO
 
+from diarizer.audio import check_header
 from diarizer.types import AudioDecodeError, AudioTooLongError
 
 TARGET_RATE = 16000
@@ -108,11 +109,11 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
         stream = container.streams.audio[0]
         # Before any decoding, as probe_audio does: a header claiming 1 Hz makes the resampler turn each frame
         # into thousands of times its samples in one call (a 150 KB file took 2.7 GB before the length check).
-        _check_claims(fmt, stream.codec_context.sample_rate or stream.rate or 0, stream.codec_context.channels or 0)
+        check_header(fmt, stream.codec_context.sample_rate or stream.rate or 0, stream.codec_context.channels or 0, 0)
         try:
             for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
                 if frame is not None:
-                    _check_claims(fmt, frame.sample_rate, len(frame.layout.channels))
+                    check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)
                 for chunk in resampler.resample(frame):
                     samples = chunk.to_ndarray().reshape(-1)
                     written += len(samples)
@@ -124,12 +125,6 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
     if not written:
         raise AudioDecodeError(f"the {fmt} file contains no audio samples")
     return written / TARGET_RATE
-
-
-def _check_claims(fmt: str, rate: int, channels: int) -> None:
-    from diarizer.audio import check_header
-
-    check_header(fmt, rate, channels, 0)
 
 
 def transcode_to_tempfile(source: BinaryIO, fmt: str, max_seconds: float = MAX_SECONDS) -> BinaryIO:

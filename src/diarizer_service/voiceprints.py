@@ -49,6 +49,11 @@ def _owned(item: Mapping[str, Any] | None, key_hash: str) -> bool:
     return item is not None and hmac.compare_digest(str(item.get("key_hash", key_hash)), key_hash)
 
 
+def _key_items(store: VoiceprintStore, key_id: str, key_hash: str) -> list[dict]:
+    """Every voiceprint of the key: those stored under its id that are its own (`_owned`)."""
+    return [item for item in store.list(key_id) if _owned(item, key_hash)]
+
+
 def _public(item: Mapping[str, Any]) -> dict:
     """What a client may see of a voiceprint: never the embedding."""
     return {"voiceprint_id": item["voiceprint_id"], "name": item["name"], "seconds": item["seconds"],
@@ -78,7 +83,7 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
     probe_or_reject(runtime, audio, limit, ApiError(413, "audio_too_long_for_sync", f"Enrolment takes audio up to "
                                                     f"{limit:g} s; 10-30 s of one voice is plenty.", field="content"))
     try:
-        if sum(_owned(item, key.key_hash) for item in store.list(key.key_id)) >= MAX_VOICEPRINTS_PER_KEY:
+        if len(_key_items(store, key.key_id, key.key_hash)) >= MAX_VOICEPRINTS_PER_KEY:
             raise ApiError(409, "too_many_voiceprints", f"This API key has {MAX_VOICEPRINTS_PER_KEY} voiceprints: "
                            "delete some first.")
     except BackendError as exc:
@@ -131,7 +136,7 @@ def _forget_if_revoked(runtime: Runtime, store: VoiceprintStore, key: ApiKey, vo
 
 def list_voiceprints(runtime: Runtime, key: ApiKey) -> dict:
     try:
-        items = [item for item in _store(runtime.backends).list(key.key_id) if _owned(item, key.key_hash)]
+        items = _key_items(_store(runtime.backends), key.key_id, key.key_hash)
     except BackendError as exc:
         raise service_unavailable() from exc
     return {"voiceprints": [_public(item) for item in sorted(items, key=_enrolment_order)]}
@@ -160,10 +165,9 @@ def delete_all(backends: Backends, key: ApiKey) -> int:
     """Remove every voiceprint of a key (the key is being revoked); returns how many."""
     if backends.voiceprints is None:
         return 0
-    items = [item for item in backends.voiceprints.list(key.key_id) if _owned(item, key.key_hash)]
-    key_id = key.key_id
+    items = _key_items(backends.voiceprints, key.key_id, key.key_hash)
     for item in items:
-        backends.voiceprints.delete(key_id, item["voiceprint_id"])
+        backends.voiceprints.delete(key.key_id, item["voiceprint_id"])
     return len(items)
 
 
@@ -190,6 +194,6 @@ def load(backends: Backends, key_id: str, key_hash: str, options: Mapping[str, A
     if ids:
         items = [backends.voiceprints.get(key_id, voiceprint_id) for voiceprint_id in ids]
     else:
-        items = sorted(backends.voiceprints.list(key_id), key=lambda i: i["voiceprint_id"])
+        items = sorted(_key_items(backends.voiceprints, key_id, key_hash), key=lambda i: i["voiceprint_id"])
     return [Voiceprint(item["name"], tuple(np.frombuffer(base64.b64decode(item["embedding"]), "<f4").tolist()),
                        item["seconds"]) for item in items if _owned(item, key_hash)]

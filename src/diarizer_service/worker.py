@@ -350,8 +350,7 @@ class Worker:
         if head is None:
             logger.info("object deleted before processing")
             return
-        previous = blobs.head(results_base + ".json")
-        if previous is not None and previous.metadata.get("source-etag") == head.etag:
+        if self._batch_result_current(results_base, head.etag):
             logger.info("results already written for this version: duplicate event ignored")
             return
 
@@ -390,8 +389,7 @@ class Worker:
         if head is None or head.etag != etag:
             logger.info("object replaced or deleted while being transcoded: its newer version's event takes it")
             return
-        previous = blobs.head(results_base + ".json")
-        if previous is not None and previous.metadata.get("source-etag") == etag:
+        if self._batch_result_current(results_base, etag):
             logger.info("results already written for this version: duplicate message ignored")
             return
         error = message.get("error")
