@@ -1,6 +1,6 @@
 """Real M4A, MP4 (with a video track), WebM/Opus and Ogg/Opus files made from a WAV/FLAC with PyAV's encoders
 (FFmpeg's own aac, libopus and mpeg4), the way phones, Zoom/Teams and browsers write them; and the speech formats of
-call recorders and dictaphones (AMR-NB at 8 kHz mono, WMA, CAF with ALAC) in `SPEECH_KINDS`."""
+call recorders and dictaphones (AMR-NB at 8 kHz mono with DTX, WMA, CAF with ALAC) in `SPEECH_KINDS`."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -22,6 +22,9 @@ SPEECH_KINDS = {
     "wma": ("asf", ".wma", "wmav2", 44100, "stereo"),
     "caf": ("caf", ".caf", "alac", 44100, "stereo"),
 }
+# Phones' call recorders stop sending speech frames in pauses (discontinuous transmission): comfort-noise (SID)
+# and no-data frames, which FFmpeg's own AMR decoder refuses ("Not yet implemented in FFmpeg").
+CODEC_OPTIONS = {"amr": {"dtx": "1"}}
 
 
 def make_media(source: Path, kind: str, out_dir: Path) -> Path:
@@ -40,7 +43,7 @@ def make_media(source: Path, kind: str, out_dir: Path) -> Path:
     planes = np.stack([samples, samples]) if layout == "stereo" else samples[None, :]
     out_path = out_dir / f"{source.stem}-{kind}{suffix}"
     with av.open(str(out_path), "w", format=container_format) as container:
-        audio = container.add_stream(codec, rate=rate, layout=layout)
+        audio = container.add_stream(codec, rate=rate, layout=layout, options=CODEC_OPTIONS.get(kind, {}))
         video = None
         if with_video:
             video = container.add_stream("mpeg4", rate=5)

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from diarizer import scan
-from diarizer.types import AudioDecodeError, AudioTooLongError
+from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError
 
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 30  # decode granularity
@@ -61,9 +61,11 @@ _TRANSCODED_MAGIC = (
     (0, b"\x1a\x45\xdf\xa3", "WebM/Matroska"),
     (0, b"\xff\xf1", "AAC"),
     (0, b"\xff\xf9", "AAC"),
-    (0, b"#!AMR", "AMR"),  # phones' call and voice recorders; "#!AMR-WB\n" for wide-band
+    # phones' call and voice recorders: the storage format's magic line, narrow- and wide-band (RFC 4867 §5)
+    (0, b"#!AMR\n", "AMR"),
+    (0, b"#!AMR-WB\n", "AMR"),
     (0, b"0&\xb2u\x8ef\xcf\x11", "WMA/ASF"),  # Windows voice recorders and dictaphones (the ASF header GUID)
-    (0, b"caff", "CAF"),  # Apple Core Audio files
+    (0, b"caff\x00\x01\x00\x00", "CAF"),  # Apple Core Audio files: "caff", version 1, flags 0
 )
 TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC)
 _UNSUPPORTED_MAGIC = (
@@ -107,7 +109,7 @@ def detect_format(head: bytes) -> str:
         if head[offset : offset + len(magic)] == magic:
             raise AudioDecodeError(f"{name} audio is not supported; send {SUPPORTED_FORMATS}")
     if not head:
-        raise AudioDecodeError("the audio is empty (0 bytes)")
+        raise EmptyAudioError("the audio is empty (0 bytes)")
     raise AudioDecodeError(f"the data is not a recognised audio file (expected {SUPPORTED_FORMATS})")
 
 

@@ -10,13 +10,12 @@ only the first audio track is read (a video track is never decoded).
 """
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from typing import BinaryIO
 
 from diarizer.audio import check_header
-from diarizer.types import AudioDecodeError, AudioTooLongError
+from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError
 
 TARGET_RATE = 16000
 MAX_SECONDS = 4 * 3600  # above the service's 3-hour limit; a bound for the CLI too (4 h = 230 MB of WAV)
@@ -61,6 +60,26 @@ def _open_container(av, source: BinaryIO, fmt: str):
         container.close()
         raise AudioDecodeError(f"the {fmt} audio track uses a codec that cannot be decoded")
     return container
+
+
+# FFmpeg's own AMR decoders stop at the first comfort-noise (SID) frame ("Not yet implemented in FFmpeg"), and
+# phones write those in every pause when discontinuous transmission is on (most call recorders); the 3GPP
+# reference decoders of opencore-amr, built into PyAV's wheels, play them.
+_OPENCORE_DECODERS = {"amrnb": "libopencore_amrnb", "amrwb": "libopencore_amrwb"}
+
+
+def _decoded_frames(av, container, stream):
+    """The stream's audio frames, then None (the resampler's flush)."""
+    decoder = _OPENCORE_DECODERS.get(stream.codec_context.name)
+    if decoder is None:
+        yield from container.decode(stream)
+    else:
+        context = av.CodecContext.create(decoder, "r")
+        context.sample_rate = stream.codec_context.sample_rate
+        context.layout = "mono"  # AMR is mono only
+        for packet in container.demux(stream):  # the last packet is empty: it flushes the decoder
+            yield from context.decode(packet)
+    yield None
 
 
 def probe(source: BinaryIO, fmt: str) -> tuple[int, int, float]:
@@ -111,7 +130,7 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
         # into thousands of times its samples in one call (a 150 KB file took 2.7 GB before the length check).
         check_header(fmt, stream.codec_context.sample_rate or stream.rate or 0, stream.codec_context.channels or 0, 0)
         try:
-            for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+            for frame in _decoded_frames(av, container, stream):
                 if frame is not None:
                     check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)
                 for chunk in resampler.resample(frame):
@@ -123,7 +142,7 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
         except av.FFmpegError as exc:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(exc)}") from exc
     if not written:
-        raise AudioDecodeError(f"the {fmt} file contains no audio samples")
+        raise EmptyAudioError(f"the {fmt} file contains no audio samples")
     return written / TARGET_RATE
 
 

@@ -12,6 +12,10 @@ class AudioDecodeError(DiarizationError, ValueError):
     """The bytes are not audio we can decode (corrupt, truncated, unknown format)."""
 
 
+class EmptyAudioError(AudioDecodeError):
+    """A well-formed file that holds no audio samples (a recording stopped at once, a zero-length AMR)."""
+
+
 class AudioTooLongError(AudioDecodeError):
     """More audio than the caller allows (`limit_seconds`), counted as decoded: a header's length is only a
     claim (an MP3's is an estimate, a streamed FLAC's unknown, a WebM's writable by anyone)."""

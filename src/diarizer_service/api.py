@@ -15,7 +15,7 @@ import uuid
 from typing import Mapping
 
 from diarizer.transcode import TranscoderUnavailable
-from diarizer.types import AudioDecodeError, AudioTooLongError, InvalidOptionsError
+from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError, InvalidOptionsError
 
 from diarizer_service import voiceprints
 from diarizer_service.auth import ApiKey
@@ -56,20 +56,27 @@ def probe_or_reject(runtime: Runtime, audio: bytes, max_seconds: float, too_long
         info = runtime.probe(audio)
         if not info.length_known or (whole and 0 < info.duration <= max_seconds):
             info = runtime.verify(audio, max_seconds)
-    except AudioTooLongError as exc:
-        raise too_long from exc
     except TranscoderUnavailable as exc:
         if runtime.backends.transcode_queue is not None:
             return None
         raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio here: {exc}",
                        field="content") from exc
     except AudioDecodeError as exc:
-        raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
+        raise audio_error(exc, too_long) from exc
     if not info.duration or info.duration <= 0:
-        raise ApiError(400, "empty_audio", "The audio contains no samples.", field="content")
+        raise audio_error(EmptyAudioError("no samples"), too_long)
     if info.duration > max_seconds:
         raise too_long
     return info
+
+
+def audio_error(exc: AudioDecodeError, too_long: ApiError) -> ApiError:
+    """The answer to `content` the engine refused: too long, empty, or not decodable."""
+    if isinstance(exc, AudioTooLongError):
+        return too_long
+    if isinstance(exc, EmptyAudioError):
+        return ApiError(400, "empty_audio", "The audio contains no samples.", field="content")
+    return ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content")
 
 
 def _parse(runtime: Runtime, raw_body: str | bytes | None, is_base64: bool, query: Mapping[str, str] | None,
@@ -263,10 +270,8 @@ def diarize_sync(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is
         raise service_unavailable() from exc
     try:
         result = runtime.diarize(request.audio, engine_options(options, known), max_seconds=limit)
-    except AudioTooLongError as exc:
-        raise too_long from exc
     except AudioDecodeError as exc:
-        raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
+        raise audio_error(exc, too_long) from exc
     except InvalidOptionsError as exc:
         raise invalid_field("speakers", str(exc)) from exc
     metrics.add_metric(name="SyncRequests", unit=MetricUnit.Count, value=1)

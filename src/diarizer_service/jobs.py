@@ -19,9 +19,29 @@ import uuid
 from dataclasses import dataclass, field, fields
 from enum import Enum
 
+from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError
+
 from diarizer_service.backends.base import JobTable
 
 MAX_INLINE_RESULT_BYTES = 100_000  # larger results live only in S3 (DynamoDB items are capped at 400 KB)
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (bad audio, bad options): fail it, do not retry."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def for_audio(cls, exc: AudioDecodeError, max_seconds: float) -> PermanentJobError:
+        """Audio the engine or the transcoder refused: the same code whichever of them decoded it."""
+        if isinstance(exc, AudioTooLongError):
+            return cls("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
+        if isinstance(exc, EmptyAudioError):
+            return cls("empty_audio", "The audio contains no samples.")
+        return cls("unsupported_audio", f"The audio could not be decoded: {exc}")
 
 
 class JobStatus(str, Enum):

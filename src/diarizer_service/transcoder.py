@@ -10,8 +10,9 @@ goes under jobs/batch/ (expiring with the jobs' audio), and the worker gets {"ba
 record itself (this function may not write under results/).
 
 Redelivery is safe at every step: the FLAC's key is fixed per job (per object version), so a second delivery finds
-it and only repeats the job update and the (idempotent) worker message. A file that cannot be decoded fails the job
-with `unsupported_audio` and its webhook; anything else raises, so SQS retries and the dead-letter path ends it.
+it and only repeats the job update and the (idempotent) worker message. Audio that can never become a FLAC fails the
+job with the code the worker would give it (`unsupported_audio`, `empty_audio`, `audio_too_long`, ...) and its
+webhook; anything else raises, so SQS retries and the dead-letter path ends it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from diarizer.audio import needs_transcoder, open_source
 from diarizer.types import AudioDecodeError
 
 from diarizer_service.backends import BlobNotFound, BlobTooLarge
-from diarizer_service.jobs import FINISHED, Job, job_prefix
+from diarizer_service.jobs import FINISHED, Job, PermanentJobError, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics
 from diarizer_service.runtime import Runtime
 
@@ -69,8 +70,8 @@ class Transcoder:
         if job.audio_key != target and blobs.head(target) is None:
             try:
                 seconds = self._transcode(job, target)
-            except AudioDecodeError as exc:
-                fail(job, "unsupported_audio", f"The audio could not be decoded: {exc}")
+            except PermanentJobError as exc:
+                fail(job, exc.code, exc.message)
                 return
             metrics.add_metric(name="TranscodedAudioSeconds", unit=MetricUnit.Seconds, value=seconds)
         self.runtime.backends.jobs.update(job.job_id, {"audio_key": target, "source_audio_key": job.audio_key
@@ -92,8 +93,8 @@ class Transcoder:
             except BlobNotFound:
                 logger.info("batch object deleted while being transcoded")
                 return
-            except AudioDecodeError as exc:
-                answer["error"] = {"code": "unsupported_audio", "message": f"The audio could not be decoded: {exc}"}
+            except PermanentJobError as exc:
+                answer["error"] = {"code": exc.code, "message": exc.message}
             # The get cannot say which version it read; a newer one's FLAC must not be diarized as this one.
             current = blobs.head(key)
             if current is None or current.etag != etag:
@@ -107,23 +108,26 @@ class Transcoder:
 
     def _transcode(self, job: Job, target: str) -> float:
         try:
-            return self._convert(job.audio_key, target, "the job's audio")
+            return self._convert(job.audio_key, target, "The job's audio")
         except BlobNotFound as exc:
-            raise AudioDecodeError("the job's audio is gone (expired upload?)") from exc
+            raise PermanentJobError("audio_missing", "The job's audio is gone (expired upload?).") from exc
 
     def _convert(self, source_key: str, target: str, what: str) -> float:
-        """source_key's audio -> 16 kHz mono FLAC at target; the seconds written. Raises BlobNotFound,
-        AudioDecodeError (also for a file over the upload limit)."""
+        """source_key's audio -> 16 kHz mono FLAC at target; the seconds written. Raises BlobNotFound, or
+        PermanentJobError with the code the worker gives the same failure (too large, too long, empty, corrupt)."""
         from diarizer.transcode import transcode
 
+        settings = self.runtime.settings
         try:
-            audio = self.runtime.backends.blobs.get(source_key, max_bytes=self.runtime.settings.max_upload_bytes)
+            audio = self.runtime.backends.blobs.get(source_key, max_bytes=settings.max_upload_bytes)
         except BlobTooLarge as exc:
-            raise AudioDecodeError(f"{what} is over {self.runtime.settings.max_upload_bytes} bytes") from exc
-        stream, fmt = open_source(audio)
+            raise PermanentJobError("audio_too_large", f"{what} is over {settings.max_upload_bytes} bytes.") from exc
         with tempfile.TemporaryFile(prefix="diarizer-transcoded-") as out:
-            seconds = transcode(stream, fmt, out, out_format="FLAC",
-                                max_seconds=self.runtime.settings.max_audio_seconds)
+            try:
+                stream, fmt = open_source(audio)
+                seconds = transcode(stream, fmt, out, out_format="FLAC", max_seconds=settings.max_audio_seconds)
+            except AudioDecodeError as exc:
+                raise PermanentJobError.for_audio(exc, settings.max_audio_seconds) from exc
             out.seek(0)
             self.runtime.backends.blobs.put(target, out.read(), content_type="audio/flac",
                                             metadata={"format": "FLAC", "source-format": fmt})

@@ -71,7 +71,7 @@ def _name(body: Mapping[str, Any]) -> str:
 
 def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base64: bool) -> dict:
     """POST /voiceprints: {"name", "content"} -> {"voiceprint_id", "name", "seconds"}."""
-    from diarizer_service.api import probe_or_reject  # the same audio checks as the diarize routes
+    from diarizer_service.api import audio_error, probe_or_reject  # the same audio checks as the diarize routes
 
     store = _store(runtime.backends)
     body = parse_json_body(raw_body, is_base64)
@@ -80,8 +80,9 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
         raise missing_field("content", "`content` (base64 audio of the one voice to enrol) is required.")
     audio = decode_content(body["content"])
     limit = runtime.settings.sync_max_seconds
-    probe_or_reject(runtime, audio, limit, ApiError(413, "audio_too_long_for_sync", f"Enrolment takes audio up to "
-                                                    f"{limit:g} s; 10-30 s of one voice is plenty.", field="content"))
+    too_long = ApiError(413, "audio_too_long_for_sync", f"Enrolment takes audio up to {limit:g} s; 10-30 s of one "
+                        "voice is plenty.", field="content")
+    probe_or_reject(runtime, audio, limit, too_long)
     try:
         if len(_key_items(store, key.key_id, key.key_hash)) >= MAX_VOICEPRINTS_PER_KEY:
             raise ApiError(409, "too_many_voiceprints", f"This API key has {MAX_VOICEPRINTS_PER_KEY} voiceprints: "
@@ -91,7 +92,7 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
     try:
         voiceprint = runtime.enroll(audio, name)
     except AudioDecodeError as exc:
-        raise ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content") from exc
+        raise audio_error(exc, too_long) from exc
     except EnrollmentError as exc:
         if exc.code == "several_voices":
             raise ApiError(400, "several_voices", str(exc), field="content") from exc

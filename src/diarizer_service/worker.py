@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import unquote_plus
 
-from diarizer.types import AudioDecodeError, AudioTooLongError, InvalidOptionsError, Voiceprint
+from diarizer.types import AudioDecodeError, InvalidOptionsError, Voiceprint
 
 from diarizer_service import voiceprints
 from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError, BlobNotFound, BlobTooLarge
 from diarizer_service.errors import ApiError
-from diarizer_service.jobs import FINISHED, Job, JobStatus, WebhookState, job_prefix
+from diarizer_service.jobs import FINISHED, Job, JobStatus, PermanentJobError, WebhookState, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
 from diarizer_service.transcoder import forward, needs_transcoding, transcoded_key
@@ -47,15 +47,6 @@ MAX_WEBHOOK_ROUNDS = 8
 MAX_WEBHOOK_BACKOFF_SECONDS = 4 * 3600
 # Error records are small; a bigger results/<path>.error.json is another object's result (incoming/<path>.error).
 MAX_ERROR_RECORD_BYTES = 64 * 1024
-
-
-class PermanentJobError(Exception):
-    """The job can never succeed (bad audio, bad options): fail it, do not retry."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 Deliver = Callable[..., DeliveryResult]
@@ -211,10 +202,8 @@ class Worker:
             # Where the header's length is only a claim (M4A/WebM metadata, a FLAC written to a pipe), the
             # engine's own decoding stops at the limit: decoding once, not once to count and again to diarize.
             return self.runtime.diarize(audio, engine_options(options, known), max_seconds=max_seconds)
-        except AudioTooLongError as exc:
-            raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.") from exc
         except AudioDecodeError as exc:
-            raise PermanentJobError("unsupported_audio", f"The audio could not be decoded: {exc}") from exc
+            raise PermanentJobError.for_audio(exc, max_seconds) from exc
         except InvalidOptionsError as exc:
             raise PermanentJobError("invalid_options", str(exc)) from exc
 

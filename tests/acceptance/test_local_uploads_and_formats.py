@@ -99,6 +99,12 @@ def test_uploads_in_local_mode_with_the_limits_and_formats(start_server, media):
     assert status == 200
     job = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(server.job("midi")), 60, "the failure")
     assert job["error"]["code"] == "unsupported_audio" and "M4A/AAC" in job["error"]["message"]
+    # A phone's recording stopped at once (the AMR magic line, no frames): empty, not corrupt.
+    status, answer = server.request("POST", ASYNC, body={"upload_id": upload(server, b"#!AMR\n")},
+                                    query={"request_id": "empty-amr", "poll": "true"})
+    assert status == 200
+    job = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(server.job("empty-amr")), 60, "failure")
+    assert job["error"]["code"] == "empty_audio"
 
 
 def test_inline_m4a_sync_and_missing_webhook(start_server, media):
@@ -108,6 +114,10 @@ def test_inline_m4a_sync_and_missing_webhook(start_server, media):
     assert status == 200 and diarized["num_speakers"] == 3
     status, answer = server.request("POST", ASYNC, body={"content": content}, query={"request_id": "no-hook"})
     assert status == 400 and answer["error"]["field"] == "webhook" and "poll=true" in answer["error"]["message"]
+    for audio, code in ((b"#!AMR-WB\n", "empty_audio"), (b"caffeine, not a CAF file", "unsupported_audio")):
+        status, answer = server.request("POST", "/audio/generic/api/v2/sync/diarize",
+                                        body={"content": base64.b64encode(audio).decode()})
+        assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, code, "content")
 
 
 def test_cli_reads_every_container_like_the_flac(media, tmp_path):

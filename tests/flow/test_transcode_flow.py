@@ -153,23 +153,38 @@ def test_ogg_opus_is_decoded_by_the_worker_itself(transcode_stack, api_handler, 
     same_speakers(hit.json()["response"], flac_result)
 
 
-def test_a_broken_m4a_fails_the_job_with_a_clear_reason(transcode_stack, api_handler, worker_handler,
-                                                       transcode_handler, webhook_receiver, media, monkeypatch):
+def refused_audio(stack, media, case: str, monkeypatch) -> tuple[bytes, str, str]:
+    """(audio, the failure code it must get, a word of its message) for each way container audio is refused."""
+    if case == "broken":  # the header claims MP4, the rest is zeros
+        data = media["m4a"].read_bytes()
+        return data[:64] + bytes(len(data) - 64), "unsupported_audio", "MP4/M4A"
+    if case == "empty":  # a call recorder stopped at once: the magic line and no frames
+        return b"#!AMR\n", "empty_audio", "no samples"
+    monkeypatch.setenv("DIARIZER_MAX_AUDIO_SECONDS", "10")  # the 31 s recording is over it once decoded
+    get_settings.cache_clear()
+    stack.runtime.settings = get_settings()
+    return media["amr"].read_bytes(), "audio_too_long", "longer than 10 s"
+
+
+@pytest.mark.parametrize("case", ["broken", "empty", "too_long"])
+def test_refused_container_audio_fails_the_job_with_the_workers_own_code(
+        transcode_stack, api_handler, worker_handler, transcode_handler, webhook_receiver, media, monkeypatch, case):
+    """The transcoder gives each refusal the code the worker gives it for WAV (not `unsupported_audio` for all)."""
     stack = transcode_stack
-    data = media["m4a"].read_bytes()
-    broken = data[:64] + bytes(len(data) - 64)  # the header claims MP4, the rest is zeros
+    audio, code, words = refused_audio(stack, media, case, monkeypatch)
     restore = without_pyav(monkeypatch)
-    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "broken-1"},
-                               body={"content": base64.b64encode(broken).decode()}, handler=api_handler)
-    assert status == 200
+    status, _ = stack.call_api("POST", ASYNC, query={"webhook": webhook_receiver.url, "request_id": "refused-1"},
+                               body={"content": base64.b64encode(audio).decode()}, handler=api_handler)
+    assert status == 200  # the API function has no PyAV: it cannot tell before the transcoder tries
     stack.run_worker(worker_handler)
     restore()
     assert run_transcoder(stack, transcode_handler) == {"batchItemFailures": []}
-    item = stack.job_item("broken-1")
-    assert item["status"] == "failed" and item["error"]["code"] == "unsupported_audio"
-    assert "MP4/M4A" in item["error"]["message"]
+    item = stack.job_item("refused-1")
+    assert item["status"] == "failed" and item["error"]["code"] == code
+    assert words in item["error"]["message"]
     [hit] = webhook_receiver.received
-    assert hit.json()["error"]["code"] == "unsupported_audio"
+    assert hit.json()["error"]["code"] == code
+    assert receive(stack, stack.queue_url)["Records"] == []  # nothing left for the worker
 
 
 def test_transcoded_audio_that_still_needs_the_transcoder_fails_instead_of_looping(
@@ -245,11 +260,13 @@ def test_batch_objects_in_container_formats_go_through_the_transcoder(transcode_
     assert rttm.count("SPEAKER calls_memo." + kind) == len(result["segments"])
 
 
-def test_a_batch_object_the_transcoder_cannot_decode_gets_an_error_record(transcode_stack, worker_handler,
-                                                                          transcode_handler, media, monkeypatch):
+@pytest.mark.parametrize("case", ["broken", "empty", "too_long"])
+def test_a_batch_object_the_transcoder_refuses_gets_an_error_record(transcode_stack, worker_handler,
+                                                                    transcode_handler, media, monkeypatch, case):
     stack = transcode_stack
-    bucket, key = stack.runtime.settings.bucket, "incoming/broken.m4a"
-    stack.s3.put_object(Bucket=bucket, Key=key, Body=media["m4a"].read_bytes()[:3000])  # header, then nothing
+    audio, code, words = refused_audio(stack, media, case, monkeypatch)
+    bucket, key = stack.runtime.settings.bucket, "incoming/refused.m4a"
+    stack.s3.put_object(Bucket=bucket, Key=key, Body=audio)
     record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps({"Records": [record]}))
     restore = without_pyav(monkeypatch)
@@ -257,7 +274,7 @@ def test_a_batch_object_the_transcoder_cannot_decode_gets_an_error_record(transc
     restore()
     assert run_transcoder(stack, transcode_handler) == {"batchItemFailures": []}
     stack.run_worker(worker_handler)  # the transcoder may not write under results/: the worker writes the record
-    error = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/broken.m4a.error.json")["Body"].read())
-    assert error["source"] == key and error["error"]["code"] == "unsupported_audio"
-    assert "could not be decoded" in error["error"]["message"]
+    error = json.loads(stack.s3.get_object(Bucket=bucket, Key="results/refused.m4a.error.json")["Body"].read())
+    assert error["source"] == key and error["error"]["code"] == code
+    assert words in error["error"]["message"]
     assert stack.s3.list_objects_v2(Bucket=bucket, Prefix="results/")["KeyCount"] == 1

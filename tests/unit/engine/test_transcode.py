@@ -12,7 +12,7 @@ from media_factory import KINDS, SPEECH_KINDS, make_media
 
 from diarizer import transcode
 from diarizer.audio import SUPPORTED_FORMATS, decode, detect_format, probe_audio
-from diarizer.types import AudioDecodeError
+from diarizer.types import AudioDecodeError, EmptyAudioError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 THREE_SPEAKERS = REPO_ROOT / "demo" / "three-speakers.flac"
@@ -64,6 +64,55 @@ def test_phone_and_dictaphone_formats_decode_like_the_source(tmp_path, kind, fmt
                max(np.corrcoef(source[:n], decoded[lag:lag + n])[0, 1] for lag in range(0, 1600, 8)))
     assert best > least_alike
     assert set(SPEECH_KINDS) == {"amr", "wma", "caf"}
+    if kind == "amr":  # written as phones write it: comfort-noise frames in the pauses
+        assert amr_frame_types(path.read_bytes())[AMR_NB_SID] > 10
+
+
+AMR_NB_SID, AMR_WB_SID, AMR_NO_DATA = 8, 9, 15
+AMR_NB_FRAME_BYTES = {0: 12, 1: 13, 2: 15, 3: 17, 4: 19, 5: 20, 6: 26, 7: 31, 8: 5, 15: 0}
+
+
+def amr_frame_types(data: bytes) -> dict[int, int]:
+    """How many frames of each type an AMR-NB storage file holds (RFC 4867 §5.3: a header byte, then the frame)."""
+    counts: dict[int, int] = {}
+    at = len(b"#!AMR\n")
+    while at < len(data):
+        frame_type = (data[at] >> 3) & 0x0F
+        counts[frame_type] = counts.get(frame_type, 0) + 1
+        at += 1 + AMR_NB_FRAME_BYTES[frame_type]
+    return counts
+
+
+def test_amr_wb_pauses_decode_as_comfort_noise():
+    """Wide-band AMR with discontinuous transmission: one SID frame then seven no-data frames, as a phone sends
+    them through a pause; 20 ms each, so 8 s of (comfort-noise) audio, not an error."""
+    sid = bytes([AMR_WB_SID << 3 | 0x04]) + bytes([0x5A, 0x13, 0x77, 0x01, 0x80])  # 40 bits of SID parameters
+    pause = sid + bytes([AMR_NO_DATA << 3 | 0x04]) * 7
+    data = b"#!AMR-WB\n" + pause * 50
+    info = probe_audio(data)
+    assert (info.format, info.sample_rate) == ("AMR", 16000)
+    assert len(decode(data)) == 8 * 16000
+
+
+def test_files_holding_no_audio_are_empty_not_corrupt(tmp_path):
+    import av
+
+    path = tmp_path / "empty.caf"
+    with av.open(str(path), "w", format="caf") as container:
+        container.add_stream("pcm_s16le", rate=44100, layout="mono")
+        container.start_encoding()
+    for data in (b"#!AMR\n", b"#!AMR-WB\n", path.read_bytes(), b""):
+        with pytest.raises(EmptyAudioError):
+            decode(data)
+
+
+def test_only_the_real_magic_is_taken_for_amr_or_caf():
+    """Text that starts like a magic ("caff", "#!AMR") is not sent to the transcoder as audio."""
+    for text in (b"caffeine and more text", b"#!AMRish script\n", b"caff\x00\x02\x00\x00 version 2"):
+        with pytest.raises(AudioDecodeError, match="not a recognised audio file"):
+            detect_format(text)
+    assert detect_format(b"caff\x00\x01\x00\x00desc") == "CAF"
+    assert detect_format(b"#!AMR-WB\n\x04") == detect_format(b"#!AMR\n\x3c") == "AMR"
 
 
 def test_truncated_container_is_a_clear_error(media):
