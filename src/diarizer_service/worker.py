@@ -6,11 +6,13 @@ propagates so SQS redelivers; on the last allowed receive the job is first marke
 still propagates so the message lands in the DLQ for inspection.
 
 Batch naming: ``incoming/<path>`` -> ``results/<path>.json`` (the Diarized object), ``results/<path>.rttm``,
-or on failure ``results/<path>.error.json`` (``{"source", "error": {"code", "message"}}``). Optional object
+or on failure ``results/<path>.error.json`` (``{"source", "error": {"code", "message"}}``); a path too long for
+S3's key limit with those suffixes is cut and a hash of the whole key appended (`result_stem`). Optional object
 metadata `speakers`, `min-speakers`/`min_speakers`, `max-speakers`/`max_speakers`, `vad`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -35,6 +37,10 @@ from diarizer_service.webhooks import DeliveryResult, deliver
 
 INCOMING_PREFIX = "incoming/"
 RESULTS_PREFIX = "results/"
+# S3 keys are at most 1,024 bytes of UTF-8, and incoming/<path> may use all of them: results/<path>.error.json is
+# 10 bytes longer. Such a path is cut to fit and a hash of the whole key appended (the records name the source).
+MAX_KEY_BYTES = 1024
+_LONGEST_RESULT_SUFFIX = ".error.json"
 # On the last allowed attempt, fail the job this long before the invocation's deadline if it is still running:
 # a Lambda timeout kills the process, and the next receive moves the message to the DLQ without any worker
 # seeing it, so the job would stay `running` forever. Room for the failure webhook (3 tries of at most
@@ -47,6 +53,17 @@ MAX_WEBHOOK_ROUNDS = 8
 MAX_WEBHOOK_BACKOFF_SECONDS = 4 * 3600
 # Error records are small; a bigger results/<path>.error.json is another object's result (incoming/<path>.error).
 MAX_ERROR_RECORD_BYTES = 64 * 1024
+
+
+def result_stem(key: str) -> str:
+    """results/<path> for incoming/<path>, the stem of its .json, .rttm and .error.json; where the longest of them
+    would pass S3's key limit, results/<path cut at a character>~<hash of the key> (never two objects' stem)."""
+    base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+    if len((base + _LONGEST_RESULT_SUFFIX).encode()) <= MAX_KEY_BYTES:
+        return base
+    digest = "~" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    room = MAX_KEY_BYTES - len(_LONGEST_RESULT_SUFFIX) - len(digest)
+    return base.encode()[:room].decode(errors="ignore") + digest
 
 
 Deliver = Callable[..., DeliveryResult]
@@ -125,7 +142,7 @@ class Worker:
         failed = False
         for key, event_etag in objects:
             if key.startswith(INCOMING_PREFIX) and not key.endswith("/"):
-                results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+                results_base = result_stem(key)
                 current = self._dead_letter_version(key, event_etag)
                 if not self._batch_result_current(results_base, current):
                     # current_etag: a previous version's result goes, or it would still read as done
@@ -334,7 +351,7 @@ class Worker:
             logger.info("ignoring an object outside incoming/", extra={"object_key": key})
             return
         logger.append_keys(object_key=key)
-        results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+        results_base = result_stem(key)
         head = blobs.head(key)
         if head is None:
             logger.info("object deleted before processing")
@@ -373,7 +390,7 @@ class Worker:
             logger.error("dropping a batch message without an object")
             return
         logger.append_keys(object_key=key)
-        blobs, results_base = self.runtime.backends.blobs, RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+        blobs, results_base = self.runtime.backends.blobs, result_stem(key)
         head = blobs.head(key)
         if head is None or head.etag != etag:
             logger.info("object replaced or deleted while being transcoded: its newer version's event takes it")
@@ -401,7 +418,7 @@ class Worker:
         """Diarize the audio `load()` gives (None: nothing to do here) as version `etag` of incoming/<path> and
         write its results, or its error record; a run whose object was replaced meanwhile writes nothing."""
         settings, blobs = self.runtime.settings, self.runtime.backends.blobs
-        results_base = RESULTS_PREFIX + key[len(INCOMING_PREFIX):]
+        results_base = result_stem(key)
         started = time.monotonic()
         try:
             options = _options_from_metadata(metadata)

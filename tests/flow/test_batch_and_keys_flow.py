@@ -46,3 +46,27 @@ def test_keys_cli_against_dynamodb(stack, capsys):
     assert keys_cli.main(["--json", "list"]) == 0
     listed = {k["key_id"]: k["status"] for k in json.loads(capsys.readouterr().out)}
     assert listed == {stack.key.record.key_id: "active", created["key_id"]: "revoked"}
+
+
+def test_objects_with_keys_at_s3s_limit_get_their_results(stack, worker_handler, fake_engine, wav_bytes):
+    """An incoming/ key may be 1,024 bytes, all S3 allows; results/<path>.error.json would be 10 bytes more and
+    S3 would refuse the put every time (moto does not check the length: the keys written are checked here)."""
+    bucket = stack.runtime.settings.bucket
+    stem = "incoming/" + "réunion-" * 112 + "xx"  # 1,019 bytes of UTF-8, two-byte characters all along
+    good, broken = stem + "a.wav", stem + "b.mp3"
+    assert len(good.encode()) == len(broken.encode()) == 1024
+    stack.s3.put_object(Bucket=bucket, Key=good, Body=wav_bytes(2.0))
+    stack.s3.put_object(Bucket=bucket, Key=broken, Body=b"ID3 but no audio frames at all")
+    for key in (good, broken):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=s3_event_message(bucket, key))
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}
+
+    written = [o["Key"] for o in stack.s3.list_objects_v2(Bucket=bucket, Prefix="results/")["Contents"]]
+    assert len(written) == 3 and all(len(k.encode()) <= 1024 for k in written)
+    [error_key] = [k for k in written if k.endswith(".error.json")]
+    error = json.loads(stack.s3.get_object(Bucket=bucket, Key=error_key)["Body"].read())
+    assert error["source"] == broken and error["error"]["code"] == "unsupported_audio"
+    [result_key] = [k for k in written if k.endswith(".json") and k != error_key]
+    assert result_key.startswith("results/réunion-") and result_key[:-5] + ".rttm" in written
+    assert json.loads(stack.s3.get_object(Bucket=bucket, Key=result_key)["Body"].read())["segments"]
+    assert fake_engine.calls == 1
