@@ -8,6 +8,7 @@ EXAMPLE_API_KEY: for ``sam local invoke`` against real tables, create a key
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import math
@@ -22,6 +23,7 @@ EXAMPLE_BUCKET = "diarizer-audio-example"
 WEBHOOK = "https://example.com/diarize-webhook"
 REQUEST_ID = "sam-local-1"
 VOICEPRINT_ID = "vp_0123456789abcdef"
+BATCH_KEY = "incoming/sam local/sample.wav"
 DEMO = HERE.parent / "demo"
 
 
@@ -81,13 +83,13 @@ def api_event(method: str, path: str, resource: str, query: dict, body: dict | N
     }
 
 
-def sqs_event(body: str, message_id: str) -> dict:
+def sqs_event(body: str, message_id: str, queue: str = "diarizer-jobs") -> dict:
     return {"Records": [{
         "messageId": message_id, "receiptHandle": "MessageReceiptHandle", "body": body,
         "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1523232000000",
                        "SenderId": "123456789012", "ApproximateFirstReceiveTimestamp": "1523232000001"},
         "messageAttributes": {}, "md5OfBody": "7b270e59b47ff90a553787216d55d91d", "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:diarizer-jobs", "awsRegion": "us-east-1",
+        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}", "awsRegion": "us-east-1",
     }]}
 
 
@@ -136,8 +138,16 @@ def main() -> None:
             "/audio/generic/api/v2/voiceprints/{voiceprint_id}", key_only, None, {"voiceprint_id": VOICEPRINT_ID}),
         "sqs-job.json": sqs_event(json.dumps({"job_id": f"{EXAMPLE_KEY_ID}#{REQUEST_ID}"}),
                                   "059f36b4-87a3-44ab-83d2-661975830a7d"),
-        "sqs-s3-incoming.json": sqs_event(json.dumps(s3_notification("incoming/sam local/sample.wav")),
+        "sqs-s3-incoming.json": sqs_event(json.dumps(s3_notification(BATCH_KEY)),
                                           "2e1424d4-f796-459a-8184-9c92662be6da"),
+        # TranscodeFunction's two messages, as the worker forwards them: an API job, and a batch object's version
+        # (its ETag: the MD5 of the bytes one_second_wav() gives, put in one request). Any audio PyAV reads will
+        # do for trying the function; on AWS only M4A/MP4/WebM/AMR/WMA/CAF and the like come this way.
+        "sqs-transcode-job.json": sqs_event(json.dumps({"job_id": f"{EXAMPLE_KEY_ID}#{REQUEST_ID}"}),
+                                            "5b1f0e52-0c0e-4d3f-9a55-3f8a0e3b4c11", "diarizer-transcode"),
+        "sqs-transcode-batch-object.json": sqs_event(
+            json.dumps({"batch_object": {"key": BATCH_KEY, "etag": hashlib.md5(one_second_wav()).hexdigest()}}),
+            "8d6c2a7e-41b9-4f0e-b1f3-2a9c5d7e6f20", "diarizer-transcode"),
     }
     for name, event in events.items():
         (HERE / name).write_text(json.dumps(event, indent=2) + "\n")

@@ -74,6 +74,25 @@ def test_s3_event_wrapped_in_sqs(stack, seeded, worker_handler, fake_engine):
     assert result["segments"][-1]["end"] == pytest.approx(1.0)
 
 
+def test_transcoder_events(stack, seeded, api_handler, transcode_handler, worker_handler, fake_engine):
+    """TranscodeFunction's sample messages: the job's audio and the batch object each become a FLAC, and the
+    worker takes them from there."""
+    assert invoke(api_handler, "api-v2-async-diarize.json", stack)[0] == 200
+    assert transcode_handler.lambda_handler(event("sqs-transcode-job.json"), stack.context) == {"batchItemFailures": []}
+    job = stack.runtime.jobs.get(f"{examples.EXAMPLE_KEY_ID}#{examples.REQUEST_ID}")
+    assert job.audio_key.endswith("/audio.transcoded.flac")
+    assert stack.s3.get_object(Bucket=BUCKET, Key=job.audio_key)["Body"].read(4) == b"fLaC"
+    assert worker_handler.lambda_handler(event("sqs-job.json"), stack.context) == {"batchItemFailures": []}
+    assert stack.runtime.jobs.get(job.job_id).status == "done" and len(seeded) == 1
+
+    stack.s3.put_object(Bucket=BUCKET, Key=examples.BATCH_KEY, Body=examples.one_second_wav())
+    answer = transcode_handler.lambda_handler(event("sqs-transcode-batch-object.json"), stack.context)
+    assert answer == {"batchItemFailures": []}
+    assert stack.run_worker(worker_handler) == {"batchItemFailures": []}  # the transcoder's answer, and the job's
+    result = json.loads(stack.s3.get_object(Bucket=BUCKET, Key="results/sam local/sample.wav.json")["Body"].read())
+    assert result["segments"][-1]["end"] == pytest.approx(1.0)
+
+
 def test_sync_events_with_the_real_engine(stack, seeded, api_handler, real_engine):
     stack.runtime.engine_factory = lambda: real_engine
     status, diarized = invoke(api_handler, "api-v2-sync-diarize.json", stack)
@@ -101,4 +120,4 @@ def test_events_match_the_generator():
     assert names == {"api-v2-async-diarize.json", "api-v1-async-diarize.json", "api-v2-sync-diarize.json",
                      "api-v1-sync-diarize.json", "api-v2-job-status.json", "api-v2-uploads.json", "sqs-job.json",
                      "sqs-s3-incoming.json", "api-v2-voiceprints-enroll.json", "api-v2-voiceprints-list.json",
-                     "api-v2-voiceprints-delete.json"}
+                     "api-v2-voiceprints-delete.json", "sqs-transcode-job.json", "sqs-transcode-batch-object.json"}
