@@ -31,7 +31,7 @@ STAGES = {
     "segmentation + window embeddings (analyse)": ("pipeline.py", "analyse"),
     "  segmentation model (Segmenter.probabilities)": ("segmentation.py", "probabilities"),
     "  window embeddings (Embedder.embed_window)": ("embedding.py", "embed_window"),
-    "  shared trunk runs, opt-in (shared_trunk.run_interval)": ("shared_trunk.py", "run_interval"),
+    "  shared trunk runs (shared_trunk.run_interval)": ("shared_trunk.py", "run_interval"),
     "clustering + reconstruction + refinement (resolve)": ("pipeline.py", "resolve"),
     "  clustering (pipeline.cluster_windows)": ("pipeline.py", "cluster_windows"),
     "  turn re-assignment (refinement.reassign_turns)": ("refinement.py", "reassign_turns"),

@@ -2,10 +2,10 @@
 
 CAM++ = trunk (fbank -> frame-level features, 512 channels at 20 ms) + statistics pooling (mean and
 standard deviation over frames) + head (a dense layer -> 192-d voice print). The model ships split
-at the pooling (see models/README.md). A whole-clip print (the default) feeds the fbank of just the
-speech to describe, mean-normalised, through the trunk and pools all its frames: exactly the original
-network (`Embedder.embed_frames`, `embed_window`). The split also lets one trunk run serve several
-prints, each pooling its own frames (shared_trunk.py, opt-in).
+at the pooling (see models/README.md). A whole-clip print feeds the fbank of just the speech to describe,
+mean-normalised, through the trunk and pools all its frames: exactly the original network
+(`Embedder.embed_frames`, `embed_window`; the pipeline's close calls, enrolment, `shared_trunk=False`). The split
+also lets one trunk run serve several prints, each pooling its own frames (shared_trunk.py, the default).
 
 Frames are selected, never zero-padded: digital silence shifts CAM++ embeddings noticeably.
 """
@@ -103,10 +103,12 @@ class Embedder:
         """(frames, 80) fbank -> (192,) embedding of the whole clip (the original network)."""
         return self.from_stats(stats_pool(self.frames(feats))[None])[0]
 
-    def embed_window(self, audio: np.ndarray, activity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_window(self, audio: np.ndarray, activity: np.ndarray,
+                     only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Whole-clip embeddings of the local speakers of one window.
 
-        audio: (samples,) the window; activity: (seg_frames, speakers) 0/1.
+        audio: (samples,) the window; activity: (seg_frames, speakers) 0/1; only: (speakers,) bool, the
+        speakers to embed (default all; the others come back as NaN rows).
         Returns ((speakers, 192) with NaN rows for speakers with too little speech,
         (speakers,) seconds of speech each embedding was computed from).
         """
@@ -120,7 +122,7 @@ class Embedder:
             return out, seconds
         per_frame = activity[fbank_to_segmentation_frames(len(feats), len(activity))]  # (fbank frames, spk)
         for k, chosen in enumerate(choose_frames(per_frame, self.min_frames, self.clean_min_frames, self.max_frames)):
-            if chosen is not None:
+            if chosen is not None and (only is None or only[k]):
                 out[k] = self.embed_frames(feats[chosen])
                 seconds[k] = chosen.sum() * features.FRAME_SHIFT / SAMPLE_RATE
         return out, seconds

@@ -6,6 +6,7 @@ Each block is a separate module with explicit hyper-parameters, gathered in `Pip
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -22,6 +23,7 @@ from diarizer.clustering import (
     assign_per_window,
     centroids_of,
     cluster,
+    l2_normalise,
     most_voices_heard_together,
 )
 from diarizer.embedding import EMBEDDING_DIM, Embedder
@@ -63,11 +65,18 @@ class PipelineConfig:
     min_embed_seconds: float = 0.2  # less speech than this: no voice print at all
     max_embed_seconds: float = 10.0  # a voice print uses at most this much speech (a whole window)
     # Run CAM++'s trunk once per 5 s interval and voice, and pool window and turn prints from it
-    # (shared_trunk.py) instead of running the whole network per window speaker and per turn piece.
-    # About 0.55x the time, but off: a window print made of two 5 s runs is not the print of one 10 s
-    # run; on fast exchanges that costs DER (held-out short turns +0.6 points) and one held-out count
-    # (BENCHMARKS.md, "Shared voice prints").
-    shared_trunk: bool = False
+    # (shared_trunk.py) instead of running the whole network per window speaker and per turn piece: whole
+    # clips need each moment about 2.3 times. Pooled alone, a window print made of two 5 s runs is not the
+    # print of one 10 s run, and on fast exchanges that cost DER; with the re-prints below it does not
+    # (BENCHMARKS.md, "Shared voice prints"). False: every print through the whole network.
+    shared_trunk: bool = True
+    # With a shared trunk, a pooled print whose two nearest speakers are within this (cosine) of each
+    # other is made again through the whole network: window prints after a first clustering (then the
+    # windows are clustered again), turn pieces in the turn re-check. Where the evidence is close, the
+    # exact print decides; elsewhere the pooled one is as good. Tuning part: every condition within +0.1
+    # DER points of whole-clip prints and the same 59 counts (pooled alone: short turns +1.7, mp3 +0.7);
+    # the same at 0.09 and 0.11; about 2-10 % of prints on conversations, a third on fast exchanges.
+    reprint_margin: float = 0.1
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     window_bound: bool = True  # at least as many speakers as the busiest window holds
     onset: float = 0.6  # speech where P(anyone talks) reaches this
@@ -166,6 +175,11 @@ class Diarizer:
         options = options or DiarizationOptions()
         duration = len(samples) / SAMPLE_RATE
         window_labels = cluster_windows(windows, self.config, options)
+        if windows.trunk is not None and self.config.reprint_margin > 0:
+            unsure = unsure_prints(windows.embeddings, window_labels, self.config.reprint_margin)
+            if unsure.any():
+                windows = self._reprinted_whole(windows, samples, unsure)
+                window_labels = cluster_windows(windows, self.config, options)
         num_speakers = int(window_labels.max()) + 1
         if num_speakers == 0:
             return Diarization([], duration)
@@ -174,14 +188,32 @@ class Diarizer:
         active = select_speakers(count, scores, options.exclusive)
         turns = to_segments(active, duration)
         if self.config.refine_turns:
+            embed, exact = self._turn_embedders(windows, samples)
             turns = reassign_turns(
-                turns, self._turn_embedder(windows, samples), self.config.turn_join_gap,
-                self.config.min_turn_seconds, self.config.turn_piece_seconds, self.config.piece_margin,
+                turns, embed, self.config.turn_join_gap, self.config.min_turn_seconds,
+                self.config.turn_piece_seconds, self.config.piece_margin, exact, self.config.reprint_margin,
             )
         # Joining closer turns is the `vad` option; joining overlapping runs of one speaker is not optional.
         turns = merge_same_speaker(turns, self.config.merge_gap if options.merge_adjacent else 0.0)
         turns = drop_short(turns, self.config.min_segment)
         return Diarization(label_by_first_appearance(turns), duration)
+
+    def _reprinted_whole(self, windows: WindowResults, samples: np.ndarray, which: np.ndarray) -> WindowResults:
+        """`windows` with the prints `which` ((windows, local) bool) made whole-clip, as the default analysis
+        makes them."""
+        embeddings, seconds = windows.embeddings.copy(), windows.seconds.copy()
+        length = min(len(samples), WINDOW_SAMPLES)
+        todo = np.nonzero(which.any(axis=1))[0]
+
+        def work(pair: tuple[Segmenter, Embedder], i: int) -> None:
+            w = int(todo[i])
+            start = int(windows.starts[w])
+            audio = np.asarray(samples[start : start + length], dtype=np.float32)
+            found, secs = pair[1].embed_window(audio, hard_activity(windows.probs[w]), only=which[w])
+            embeddings[w, which[w]], seconds[w, which[w]] = found[which[w]], secs[which[w]]
+
+        self._for_each(len(todo), work)
+        return dataclasses.replace(windows, embeddings=embeddings, seconds=seconds)
 
     def _embed_many(self, clips: list[np.ndarray]) -> np.ndarray:
         """Voice prints of whole clips, spread over the per-core embedders."""
@@ -195,14 +227,15 @@ class Diarizer:
         self._for_each(len(clips), work)
         return out
 
-    def _turn_embedder(self, windows: WindowResults, samples: np.ndarray) -> Callable:
+    def _turn_embedders(self, windows: WindowResults, samples: np.ndarray) -> tuple[Callable, Callable | None]:
         """Voice prints of time spans (seconds): whole clips through the network, or pooled from the
-        shared trunk when the analysis kept one (spans without any of its frames: whole clips)."""
+        shared trunk when the analysis kept one (spans without any of its frames: whole clips); and the
+        whole-clip embedder when the first is only pooled (else None)."""
         def whole(spans: list[tuple[float, float]]) -> np.ndarray:
             return self._embed_many([samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in spans])
 
         if windows.trunk is None:
-            return whole
+            return whole, None
 
         def pooled(spans: list[tuple[float, float]]) -> np.ndarray:
             stats = [windows.trunk.span_stats(a, b) for a, b in spans]
@@ -215,7 +248,7 @@ class Diarizer:
                 out[missing] = whole([spans[i] for i in missing])
             return out
 
-        return pooled
+        return pooled, whole
 
     def _for_each(self, count: int, task: Callable[[tuple[Segmenter, Embedder], int], None]) -> None:
         """task(worker_pair, i) for i in range(count), the items shared out among the workers."""
@@ -356,6 +389,22 @@ def cluster_windows(windows: WindowResults, config: PipelineConfig, options: Dia
     window_of = np.nonzero(valid)[0]
     labels[valid] = assign_per_window(windows.embeddings[valid], centroids, window_of, config.clustering.same_voice)
     return labels
+
+
+def unsure_prints(embeddings: np.ndarray, labels: np.ndarray, margin: float) -> np.ndarray:
+    """(windows, local) True for prints whose two nearest speaker centroids are within `margin` (cosine)."""
+    unsure = np.zeros(labels.shape, bool)
+    valid = labels >= 0
+    speakers = int(labels.max()) + 1
+    if speakers < 2:
+        return unsure
+    prints = l2_normalise(embeddings[valid].astype(np.float64))
+    members = labels[valid]
+    centroids = l2_normalise(np.stack([prints[members == k].mean(axis=0) if (members == k).any()
+                                       else np.zeros(prints.shape[1]) for k in range(speakers)]))
+    two_best = np.sort(prints @ centroids.T, axis=1)[:, -2:]
+    unsure[valid] = two_best[:, 1] - two_best[:, 0] < margin
+    return unsure
 
 
 class _Progress:

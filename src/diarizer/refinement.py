@@ -37,8 +37,13 @@ def reassign_turns(
     min_seconds: float,
     piece_seconds: float,
     piece_margin: float,
+    exact_spans: EmbedSpans | None = None,
+    reprint_margin: float = 0.0,
 ) -> list[Turn]:
-    """`turns` with every re-assigned turn, and every piece that moves alone, given to its new speaker."""
+    """`turns` with every re-assigned turn, and every piece that moves alone, given to its new speaker.
+
+    `exact_spans`: when `embed_spans` is an approximation (prints pooled from a shared trunk), the pieces whose
+    two nearest speakers are within `reprint_margin` of each other are printed again with it."""
     speakers = sorted({t[0] for t in turns})
     if len(speakers) < 2:
         return turns
@@ -51,12 +56,14 @@ def reassign_turns(
         return turns
     spans, owner = _pieces(groups, piece_seconds)
     piece_prints = l2_normalise(embed_spans(spans).astype(np.float64))
-    prints = l2_normalise(np.stack([piece_prints[owner == i].mean(axis=0) for i in range(len(groups))]))
     labels = np.array([speakers.index(g[0]) for g in groups])
-    centroids = l2_normalise(
-        np.stack([prints[labels == k].mean(axis=0) if (labels == k).any() else np.zeros(prints.shape[1])
-                  for k in range(len(speakers))])
-    )
+    prints, centroids = _centroids(piece_prints, owner, labels, len(groups), len(speakers))
+    if exact_spans is not None and reprint_margin > 0:
+        two_best = np.sort(piece_prints @ centroids.T, axis=1)[:, -2:]
+        unsure = np.flatnonzero(two_best[:, 1] - two_best[:, 0] < reprint_margin)
+        if len(unsure):
+            piece_prints[unsure] = l2_normalise(exact_spans([spans[i] for i in unsure]).astype(np.float64))
+            prints, centroids = _centroids(piece_prints, owner, labels, len(groups), len(speakers))
     best = (prints @ centroids.T).argmax(axis=1)
     # Each piece goes where its turn goes, unless it alone is clearly nearer another speaker (a turn of
     # one piece is its own piece). Its turn's whole span is tiled by its pieces, so moving every piece
@@ -69,6 +76,17 @@ def reassign_turns(
     target[alone] = nearest[alone]
     moves = [(groups[i][0], a, b, speakers[t]) for (a, b), i, t in zip(spans, owner, target) if speakers[t] != groups[i][0]]
     return _move_spans(turns, moves)
+
+
+def _centroids(piece_prints: np.ndarray, owner: np.ndarray, labels: np.ndarray, turns: int,
+               speakers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each turn's print (the mean of its pieces') and each speaker's centroid (the mean of its turns')."""
+    prints = l2_normalise(np.stack([piece_prints[owner == i].mean(axis=0) for i in range(turns)]))
+    centroids = l2_normalise(
+        np.stack([prints[labels == k].mean(axis=0) if (labels == k).any() else np.zeros(prints.shape[1])
+                  for k in range(speakers)])
+    )
+    return prints, centroids
 
 
 def _pieces(groups: list[Turn], piece_seconds: float) -> tuple[list[tuple[float, float]], np.ndarray]:

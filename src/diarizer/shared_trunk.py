@@ -1,7 +1,7 @@
-"""Shared voice prints (opt-in, `PipelineConfig(shared_trunk=True)`): CAM++'s trunk runs once per
+"""Shared voice prints (the default, `PipelineConfig(shared_trunk=True)`): CAM++'s trunk runs once per
 stretch of one voice, and every window print and turn print that covers it pools from that run.
 
-Windows overlap by half and turns are re-checked after clustering, so whole-clip prints (the default)
+Windows overlap by half and turns are re-checked after clustering, so whole-clip prints (`shared_trunk=False`)
 run most speech through CAM++ two to three times. Here:
 
 - the recording is cut at every window edge into intervals (5 s with the default step), each heard by
@@ -13,9 +13,10 @@ run most speech through CAM++ two to three times. Here:
   voice there; a turn piece's print pools, per interval, the frames of the voice that covers most of it.
   Pooling and the head are the rest of CAM++ (embedding.stats_pool, Embedder.from_stats).
 
-About half the CPU of whole-clip prints (0.50 side by side), and prints at median cosine 0.98-0.99 to them. But a window
-print is then made of two 5 s runs instead of one 10 s run, and on the evaluation suite that loses
-speaker counts (BENCHMARKS.md, "Shared voice prints"), so whole-clip prints stay the default.
+About half the CPU of whole-clip prints, and prints at median cosine 0.98-0.99 to them. But a window print is then
+made of two 5 s runs instead of one 10 s run, and where a print decides between two speakers that difference
+cost DER on the evaluation suite; so the pipeline makes the close calls again through the whole network
+(`PipelineConfig.reprint_margin`), which keeps about 0.57x the time (BENCHMARKS.md, "Shared voice prints").
 """
 from __future__ import annotations
 

@@ -68,13 +68,23 @@ def shared_engine(engine):
     return Diarizer(config=dataclasses.replace(engine.config, shared_trunk=True), threads=1)
 
 
+@pytest.fixture(scope="module")
+def whole_engine(engine):
+    """Every print through the whole network: what shared prints are measured against."""
+    import dataclasses
+
+    from diarizer import Diarizer
+
+    return Diarizer(config=dataclasses.replace(engine.config, shared_trunk=False), threads=1)
+
+
 @pytest.mark.parametrize("name", ["two-speakers", "three-speakers"])
-def test_shared_window_prints_stay_close_to_whole_clip_prints(engine, shared_engine, name):
+def test_shared_window_prints_stay_close_to_whole_clip_prints(whole_engine, shared_engine, name):
     """Same windows, same speakers with prints, same seconds of speech; the prints themselves move a
     little (measured: median cosine 0.97 on these 30 s demos, 0.98-0.99 on 4-minute conversations; a
     5 s interval is a shorter clip than a 10 s window)."""
     samples = demo_recording(name)[0]
-    whole, shared = engine.analyse(samples), shared_engine.analyse(samples)
+    whole, shared = whole_engine.analyse(samples), shared_engine.analyse(samples)
     valid = ~np.isnan(whole.embeddings[..., 0])
     np.testing.assert_array_equal(valid, ~np.isnan(shared.embeddings[..., 0]))
     np.testing.assert_allclose(whole.seconds, shared.seconds, atol=0.03)
@@ -112,3 +122,31 @@ def test_shared_progress_runs_from_segmentation_to_the_trunk_without_going_back(
     shared_engine.diarize_samples(demo_recording("three-speakers")[0], progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
     assert any(f == pytest.approx(0.4) for f in seen) and any(0.4 < f < 1.0 for f in seen)  # both stages report
+
+
+def test_prints_between_two_speakers_are_the_unsure_ones():
+    from diarizer.pipeline import unsure_prints
+
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    embeddings = np.full((3, 3, 4), np.nan)
+    embeddings[0, :2] = a, b
+    embeddings[1, :2] = a + 0.05 * b, b
+    embeddings[2, 0] = 0.6 * a + 0.8 * b  # given to a, but about as much like b
+    labels = np.array([[0, 1, -1], [0, 1, -1], [0, -1, -1]])
+    unsure = unsure_prints(embeddings, labels, margin=0.1)
+    assert unsure.tolist() == [[False, False, False], [False, False, False], [True, False, False]]
+    assert not unsure_prints(embeddings, np.where(labels >= 0, 0, -1), margin=0.1).any()  # one speaker: nothing
+
+
+def test_reprinted_window_prints_are_the_whole_clip_prints(whole_engine, shared_engine):
+    """The prints flagged unsure are made again exactly as the whole-clip analysis makes them (the others keep their
+    pooled value), so where the evidence is close the clustering sees what the default pipeline sees."""
+    samples = demo_recording("three-speakers")[0]
+    whole, shared = whole_engine.analyse(samples), shared_engine.analyse(samples)
+    valid = ~np.isnan(shared.embeddings[..., 0])
+    which = valid & (np.arange(valid.shape[0])[:, None] % 2 == 0)  # every print of every other window
+    reprinted = shared_engine._reprinted_whole(shared, samples, which)
+    np.testing.assert_allclose(reprinted.embeddings[which], whole.embeddings[which], atol=2e-4)
+    np.testing.assert_array_equal(reprinted.embeddings[valid & ~which], shared.embeddings[valid & ~which])
+    assert not np.allclose(shared.embeddings[which], whole.embeddings[which], atol=2e-4)  # pooled ones differ
+    np.testing.assert_allclose(reprinted.seconds[which], whole.seconds[which])
