@@ -27,11 +27,12 @@ MIN_PRINT_SECONDS = 0.4  # shorter segments get no print: their evidence is leng
 FEATURES = ("bias", "log_seconds", "overlapped", "own_similarity", "margin", "single_speaker", "no_print",
             "log_speaker_share")
 # Fitted by bench/confidence.py on the evaluation suite's tuning part (see BENCHMARKS.md); order as FEATURES.
-COEFFICIENTS = (0.0875, 0.2180, -0.5545, 1.8396, 3.7221, 0.2769, -0.0210, -0.0697)
+COEFFICIENTS = (0.1247, 0.2195, -0.6487, 1.8225, 3.7022, 0.2774, -0.0565, -0.0881)
 # The isotonic map, same origin: (lowest logistic score of the step, probability), ascending. Empty: the score
 # is the probability.
 STEPS: tuple[tuple[float, float], ...] = (
-    (0.0000, 0.2426), (0.4469, 0.4275), (0.7105, 0.6921), (0.8796, 0.9017), (0.9487, 0.9872),
+    (0.0000, 0.2510), (0.4536, 0.4224), (0.7246, 0.6591), (0.8328, 0.7552), (0.8907, 0.8917), (0.9455, 0.9624),
+    (0.9584, 0.9812), (0.9766, 0.9927),
 )
 # Never 0 or 1: the tuning data were finite, a probability of certainty would claim more than they show.
 FLOOR, CEILING = 0.01, 0.99
