@@ -58,6 +58,12 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
 
+def close_calls(prints: np.ndarray, centroids: np.ndarray, margin: float) -> np.ndarray:
+    """True for each (unit) print whose two most alike (unit) centroids are within `margin` (cosine) of each other."""
+    two_best = np.sort(prints @ centroids.T, axis=1)[:, -2:]
+    return two_best[:, 1] - two_best[:, 0] < margin
+
+
 def cannot_links(x: np.ndarray, groups: np.ndarray, same_voice: float = np.inf) -> np.ndarray:
     """(N, N) bool: prints i and j are of one group (one window) and so, different people -- except
     pairs at least `same_voice` alike (unit vectors x), which are one voice split in two."""

@@ -22,6 +22,7 @@ from diarizer.clustering import (
     ClusteringConfig,
     assign_per_window,
     centroids_of,
+    close_calls,
     cluster,
     l2_normalise,
     most_voices_heard_together,
@@ -199,8 +200,8 @@ class Diarizer:
         return Diarization(label_by_first_appearance(turns), duration)
 
     def _reprinted_whole(self, windows: WindowResults, samples: np.ndarray, which: np.ndarray) -> WindowResults:
-        """`windows` with the prints `which` ((windows, local) bool) made whole-clip, as the default analysis
-        makes them."""
+        """`windows` with the prints `which` ((windows, local) bool) made whole-clip, as the analysis with
+        `shared_trunk=False` makes them."""
         embeddings, seconds = windows.embeddings.copy(), windows.seconds.copy()
         length = min(len(samples), WINDOW_SAMPLES)
         todo = np.nonzero(which.any(axis=1))[0]
@@ -402,8 +403,7 @@ def unsure_prints(embeddings: np.ndarray, labels: np.ndarray, margin: float) -> 
     members = labels[valid]
     centroids = l2_normalise(np.stack([prints[members == k].mean(axis=0) if (members == k).any()
                                        else np.zeros(prints.shape[1]) for k in range(speakers)]))
-    two_best = np.sort(prints @ centroids.T, axis=1)[:, -2:]
-    unsure[valid] = two_best[:, 1] - two_best[:, 0] < margin
+    unsure[valid] = close_calls(prints, centroids, margin)
     return unsure
 
 

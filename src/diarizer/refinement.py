@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from diarizer.clustering import l2_normalise
+from diarizer.clustering import close_calls, l2_normalise
 from diarizer.reconstruction import Turn, merge_same_speaker
 
 EmbedSpans = Callable[[list[tuple[float, float]]], np.ndarray]  # (start, end) seconds -> (n, 192)
@@ -59,8 +59,7 @@ def reassign_turns(
     labels = np.array([speakers.index(g[0]) for g in groups])
     prints, centroids = _centroids(piece_prints, owner, labels, len(groups), len(speakers))
     if exact_spans is not None and reprint_margin > 0:
-        two_best = np.sort(piece_prints @ centroids.T, axis=1)[:, -2:]
-        unsure = np.flatnonzero(two_best[:, 1] - two_best[:, 0] < reprint_margin)
+        unsure = np.flatnonzero(close_calls(piece_prints, centroids, reprint_margin))
         if len(unsure):
             piece_prints[unsure] = l2_normalise(exact_spans([spans[i] for i in unsure]).astype(np.float64))
             prints, centroids = _centroids(piece_prints, owner, labels, len(groups), len(speakers))
