@@ -1,6 +1,6 @@
 """One measurement in a fresh process, for bench/speed.py (prints one JSON line on stdout).
 
-    python bench/_speed_runner.py rtf AUDIO [--threads N] [--param shared_trunk=true]   # import, model load, diarize(path) incl. decoding
+    python bench/_speed_runner.py rtf AUDIO [--threads N] [--param shared_trunk=false]   # import, model load, diarize(path) incl. decoding
     python bench/_speed_runner.py worker CLIP               # worker handler import, model load, first diarization
     python bench/_speed_runner.py api                       # API handler import only (+ heavy modules loaded)
     python bench/_speed_runner.py profile AUDIO [--threads 1] [--top 25]   # cProfile of one diarize(path)

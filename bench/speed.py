@@ -5,7 +5,7 @@
     python bench/speed.py --minutes 5,60 --json .bench/speed.json
     python bench/speed.py --minutes 5 --runs 5 --skip cold,size,openblas,profile
     python bench/speed.py --minutes 20,60 --runs 3 --vs ../before --skip rtf,threads,openblas,cold,size,profile
-    python bench/speed.py --minutes 20,60 --runs 3 --vs-param shared_trunk=true --skip rtf,threads,openblas,cold,size,profile
+    python bench/speed.py --minutes 20,60 --runs 3 --vs-param shared_trunk=false --skip rtf,threads,openblas,cold,size,profile
 
 Every measurement runs in a FRESH interpreter (`bench/_speed_runner.py`), which times
 `Diarizer().diarize(path)` (decoding included; model load timed separately) with `time.perf_counter`
