@@ -89,7 +89,7 @@ class Transcoder:
         target, answer = transcoded_object_key(key, etag), {"key": key, "etag": etag}
         if blobs.head(target) is None:
             try:
-                self._convert(key, target, "the object")
+                self._convert(key, target, "The object")
             except BlobNotFound:
                 logger.info("batch object deleted while being transcoded")
                 return
