@@ -64,7 +64,7 @@ def probe_or_reject(runtime: Runtime, audio: bytes, max_seconds: float, too_long
     except AudioDecodeError as exc:
         raise audio_error(exc, too_long) from exc
     if not info.duration or info.duration <= 0:
-        raise audio_error(EmptyAudioError("no samples"), too_long)
+        raise _empty_audio()
     if info.duration > max_seconds:
         raise too_long
     return info
@@ -75,8 +75,12 @@ def audio_error(exc: AudioDecodeError, too_long: ApiError) -> ApiError:
     if isinstance(exc, AudioTooLongError):
         return too_long
     if isinstance(exc, EmptyAudioError):
-        return ApiError(400, "empty_audio", "The audio contains no samples.", field="content")
+        return _empty_audio()
     return ApiError(400, "unsupported_audio", f"`content` is not decodable audio: {exc}", field="content")
+
+
+def _empty_audio() -> ApiError:
+    return ApiError(400, "empty_audio", "The audio contains no samples.", field="content")
 
 
 def _parse(runtime: Runtime, raw_body: str | bytes | None, is_base64: bool, query: Mapping[str, str] | None,

@@ -35,10 +35,14 @@ class PermanentJobError(Exception):
         self.message = message
 
     @classmethod
+    def too_long(cls, max_seconds: float) -> PermanentJobError:
+        return cls("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
+
+    @classmethod
     def for_audio(cls, exc: AudioDecodeError, max_seconds: float) -> PermanentJobError:
         """Audio the engine or the transcoder refused: the same code whichever of them decoded it."""
         if isinstance(exc, AudioTooLongError):
-            return cls("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
+            return cls.too_long(max_seconds)
         if isinstance(exc, EmptyAudioError):
             return cls("empty_audio", "The audio contains no samples.")
         return cls("unsupported_audio", f"The audio could not be decoded: {exc}")

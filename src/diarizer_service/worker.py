@@ -215,7 +215,7 @@ class Worker:
         try:
             info = self.runtime.probe(audio)
             if info.length_known and info.duration > max_seconds:
-                raise PermanentJobError("audio_too_long", f"The audio is longer than {max_seconds:g} s.")
+                raise PermanentJobError.too_long(max_seconds)
             # Where the header's length is only a claim (M4A/WebM metadata, a FLAC written to a pipe), the
             # engine's own decoding stops at the limit: decoding once, not once to count and again to diarize.
             return self.runtime.diarize(audio, engine_options(options, known), max_seconds=max_seconds)
