@@ -191,3 +191,39 @@ def test_mixture_fit_measures_the_distance_to_the_plane_of_two_heavier_clusters(
     diff = l2_normalise(a - 0.8 * b)
     fit, _ = mixture_fits(np.stack([a, b, diff]), np.array([10.0, 9.0, 2.0]))
     assert fit[2] == 0.0
+
+
+def pairs_of_voices(similarities, size=5, seed=24):
+    """Two voices per entry, `similarity` alike (cosine), every pair orthogonal to the others; prints
+    nearly identical within a voice. Returns (x, labels of the 2 * len(similarities) voices)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((192, 2 * len(similarities))))[0].T
+    centres = []
+    for i, s in enumerate(similarities):
+        first, other = basis[2 * i], basis[2 * i + 1]
+        centres += [first, s * first + np.sqrt(1 - s * s) * other]
+    x = np.concatenate([c + 1e-4 * rng.standard_normal((size, 192)) for c in centres])
+    return x, np.repeat(np.arange(len(centres)), size)
+
+
+def test_the_count_is_the_one_that_holds_over_the_widest_stretch_of_cuts():
+    # Two pairs of voices, 0.61 and 0.59 alike. A cut at 0.6 joins the first pair only: 3 speakers,
+    # a count that holds for cuts 0.60-0.61 alone. Between 0.5 and 0.59 both pairs join (2 speakers,
+    # ten cuts); from 0.62 to 0.7 neither does (4, nine cuts).
+    x, truth = pairs_of_voices([0.61, 0.59])
+    config = ClusteringConfig(min_similarity=0.6, min_speaker_seconds=0.0, min_speaker_fraction=0.0, mixture_fit=0.0)
+    assert cluster(x, dataclasses.replace(config, cut_spread=0.0)).max() + 1 == 3
+    for spread in (0.09, 0.1, 0.11):
+        labels = cluster(x, dataclasses.replace(config, cut_spread=spread))
+        assert labels.max() + 1 == 2
+        assert same_partition(labels, truth // 2)
+
+
+def test_a_tie_between_counts_goes_to_the_one_found_nearest_the_tuned_cut():
+    # Pairs 0.595 and 0.615 alike, cuts 0.58-0.62: 2 speakers at 0.58 and 0.59, 3 at 0.60 and 0.61,
+    # 4 at 0.62. Two cuts each for 2 and 3; 3 is the count at the tuned cut itself.
+    x, _ = pairs_of_voices([0.595, 0.615])
+    config = ClusteringConfig(min_similarity=0.6, cut_spread=0.02, min_speaker_seconds=0.0,
+                              min_speaker_fraction=0.0, mixture_fit=0.0)
+    assert cluster(x, config).max() + 1 == 3
+    assert cluster(x, dataclasses.replace(config, min_similarity=0.59)).max() + 1 == 2  # 0.57-0.61: 2, 2, 2, 3, 3
