@@ -133,6 +133,16 @@ def analysis_tag(config) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def config_tag(config) -> str:
+    """Short hash of every engine setting and the models: the cache key for stored *results* (turns, names,
+    confidence evidence), which a clustering or refinement setting changes too; `analysis_tag` covers only
+    what the analysis depends on."""
+    import hashlib
+
+    fields = {**dataclasses.asdict(config), "models": model_hashes()}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def model_hashes() -> list[str]:
     """The shipped models' hashes (models/manifest.json): a new export of a model is a new analysis,
     so caches made with the previous one are never reused for it."""

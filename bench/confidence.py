@@ -10,7 +10,7 @@ gets the confidence model's evidence (src/diarizer/confidence.py) and the share 
 speaker is right (hypothesis speakers mapped one-to-one to reference speakers by overlap). The logistic
 model and its isotonic staircase are fitted on the tuning part, frame-weighted; the held-out part (other
 speakers, other seeds, other AMI meetings) is reported first, in bins of 0.1, per condition as well.
-The evidence is cached per part in .bench/confidence/, so a refit takes seconds.
+The evidence is cached per part and engine configuration in .bench/confidence/, so a refit takes seconds.
 """
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import AUDIO_SUFFIXES, REPO, cached_analysis, reference_turns, scored_regions  # noqa: E402
+from accuracy import AUDIO_SUFFIXES, REPO, cached_analysis, config_tag, reference_turns, scored_regions  # noqa: E402
 from suite import SUITE, condition_names  # noqa: E402
 
 from diarizer import DiarizationOptions  # noqa: E402
 from diarizer import audio as audio_io  # noqa: E402
 from diarizer.confidence import COEFFICIENTS, FEATURES, STEPS, probabilities, scores, segment_features  # noqa: E402
 from diarizer.identify import speaker_prints  # noqa: E402
-from diarizer.pipeline import Diarizer  # noqa: E402
+from diarizer.pipeline import Diarizer, PipelineConfig  # noqa: E402
 
 FRAME = 0.01
 # Numbers of steps of the isotonic map tried; the one with the lowest 2-fold cross-validated calibration
@@ -216,7 +216,7 @@ def main() -> int:
     engine = None
     data: dict[str, dict[str, list[dict]]] = {}
     for part in ("tune", "held"):
-        stored = args.work / f"{part}.pkl"
+        stored = args.work / f"{part}-{config_tag(PipelineConfig())}.pkl"  # evidence of this engine's own results
         data[part] = pickle.loads(stored.read_bytes()) if stored.is_file() else {}
         for name in condition_names(part, []):
             if name in data[part]:

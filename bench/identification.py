@@ -33,7 +33,7 @@ SHARED_EVAL = REPO.parent / "shared" / "eval"
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from accuracy import analysis_tag, reference_turns  # noqa: E402
+from accuracy import config_tag, reference_turns  # noqa: E402
 from confidence import FRAME, frames  # noqa: E402  (the same frame scoring as the calibration)
 from diarizer import audio as audio_io  # noqa: E402
 from diarizer.identify import MATCH_THRESHOLD, MIN_SPEAKER_SECONDS, match, solo_spans, speaker_prints, voiceprint_matrix  # noqa: E402
@@ -131,7 +131,7 @@ def ami_across_excerpts(engine: Diarizer, work: Path) -> dict:
     from the excerpt by the reference, joined); every excerpt is then compared with every voiceprint that
     was not made from it (open set: the others in the room were never enrolled, or were enrolled from this
     very excerpt and so are left out of its comparison)."""
-    cache = work / "ami" / f"analysis-{analysis_tag(engine.config)}.pkl"
+    cache = work / "ami" / f"diarized-{config_tag(engine.config)}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     folder = SHARED_EVAL / "ami"
@@ -242,7 +242,7 @@ def main() -> None:
     data = {}
     for half in ("tuning", "held-out"):
         folder = prepare(half, halves[half], args.work, args.count)
-        data[half] = analyse(engine, folder, folder / f"analysis-{analysis_tag(engine.config)}.pkl")
+        data[half] = analyse(engine, folder, folder / f"diarized-{config_tag(engine.config)}.pkl")
         print(f"{half}: {len(halves[half])} speakers, {len(data[half]['enrolled'])} enrolled, "
               f"refused at enrolment: {data[half]['refused']}, {len(data[half]['files'])} conversations, "
               f"{sum(f['duration'] for f in data[half]['files']) / 60:.1f} min")
