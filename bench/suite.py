@@ -228,28 +228,36 @@ def counts(args) -> int:
     Seconds per combination instead of a full run (no decoding, no turn refinement, no scoring), so a
     parameter can be swept across every condition before a full run confirms the best one. The count is
     the clustering's; turn refinement can still empty a speaker (it rarely does: the margin table in
-    BENCHMARKS.md has the same counts with and without it).
+    BENCHMARKS.md has the same counts with and without it). With shared prints, the close calls are
+    re-printed as the engine re-prints them, from the cached whole-clip analysis of the same file
+    (`run --param shared_trunk=false --cache` makes it).
     """
+    import dataclasses
     import itertools
     import pickle
 
     from accuracy import analysis_tag, reference_counts
     from diarizer import DiarizationOptions
-    from diarizer.pipeline import PipelineConfig, cluster_windows
+    from diarizer.pipeline import PipelineConfig, cluster_with_reprints
 
     if not args.cache:
         raise SystemExit("counts re-clusters cached analyses: give --cache (filled by `run --cache`)")
     names = condition_names(args.part, args.condition)
     base = with_overrides(PipelineConfig(), args.param)
-    files = []  # (condition, true count, cached analysis)
+    whole = dataclasses.replace(base, shared_trunk=False)
+    files = []  # (condition, true count, cached analysis, cached whole-clip analysis or None)
     for name in names:
         folder = args.root / args.part / name
         for uri, truth in sorted(reference_counts(folder / "reference.rttm").items()):
-            cached = args.cache / args.part / f"{name}-{uri}-{analysis_tag(base)}.pkl"
-            if not cached.is_file():
-                raise SystemExit(f"{cached} is missing: run `python bench/suite.py run --part {args.part} "
-                                 f"--condition {name} --cache {args.cache}` (with the same --param) first")
-            files.append((name, truth, pickle.loads(cached.read_bytes())))
+            analyses = []
+            for config in (base, whole) if base.shared_trunk and base.reprint_margin > 0 else (base,):
+                cached = args.cache / args.part / f"{name}-{uri}-{analysis_tag(config)}.pkl"
+                if not cached.is_file():
+                    params = " ".join(f"--param {p}" for p in args.param + (["shared_trunk=false"] if config is whole else []))
+                    raise SystemExit(f"{cached} is missing: run `python bench/suite.py run --part {args.part} "
+                                     f"--condition {name} --cache {args.cache} {params}` first")
+                analyses.append(pickle.loads(cached.read_bytes()))
+            files.append((name, truth, analyses[0], analyses[1] if len(analyses) > 1 else None))
     axes = [(g.split("=", 1)[0], g.split("=", 1)[1].split(",")) for g in args.grid]
     print("| " + " | ".join([n for n, _ in axes] + ["count exact"] + names) + " |")
     print("|" + " --- |" * (len(axes) + 1 + len(names)))
@@ -258,14 +266,26 @@ def counts(args) -> int:
         if analysis_tag(config) != analysis_tag(base):
             raise SystemExit("--grid may only vary settings that act after the analysis (clustering, floors)")
         errors: dict[str, list[int]] = {name: [] for name in names}
-        for name, truth, windows in files:
-            found = int(cluster_windows(windows, config, DiarizationOptions()).max()) + 1
+        for name, truth, windows, whole_clip in files:
+            _, labels = cluster_with_reprints(windows, config, DiarizationOptions(),
+                                              lambda which: reprinted(windows, whole_clip, which))
+            found = int(labels.max()) + 1
             errors[name].append(found - truth)
         exact = sum(e == 0 for v in errors.values() for e in v)
         cells = [f"{sum(e == 0 for e in v)}/{len(v)} ({sum(e < 0 for e in v)}−, {sum(e > 0 for e in v)}+)"
                  for v in errors.values()]
         print("| " + " | ".join(list(values) + [f"{exact}/{len(files)}"] + cells) + " |", flush=True)
     return 0
+
+
+def reprinted(windows, whole_clip, which):
+    """`windows` with the prints `which` taken from the whole-clip analysis of the same file: what the
+    engine's re-print makes (the same segmentation, the same frames, the whole network)."""
+    import dataclasses
+
+    embeddings, seconds = windows.embeddings.copy(), windows.seconds.copy()
+    embeddings[which], seconds[which] = whole_clip.embeddings[which], whole_clip.seconds[which]
+    return dataclasses.replace(windows, embeddings=embeddings, seconds=seconds)
 
 
 def main() -> int:
