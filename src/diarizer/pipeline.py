@@ -236,7 +236,12 @@ class Diarizer:
             return whole, None
 
         def pooled(spans: list[tuple[float, float]]) -> np.ndarray:
-            stats = [windows.trunk.span_stats(a, b) for a, b in spans]
+            stats: list[np.ndarray | None] = [None] * len(spans)
+
+            def one(pair: tuple[Segmenter, Embedder], i: int) -> None:  # numpy's float16 casts free the GIL
+                stats[i] = windows.trunk.span_stats(*spans[i])
+
+            self._for_each(len(spans), one)
             found = [i for i, st in enumerate(stats) if st is not None]
             missing = [i for i, st in enumerate(stats) if st is None]
             out = np.zeros((len(spans), EMBEDDING_DIM), np.float32)
@@ -324,7 +329,10 @@ class Diarizer:
 
         self._for_each(len(trunk.voices), run)
         embedder = self._workers[0][1]
-        found, stats, secs = shared_trunk.window_prints(trunk, starts, probs, length, len(samples), embedder)
+        found, stats, secs = shared_trunk.window_prints(
+            trunk, starts, probs, length, len(samples), embedder,
+            for_each=lambda count, task: self._for_each(count, lambda pair, w: task(w)),
+        )
         if found:
             where = tuple(np.array(found).T)
             embeddings[where], seconds[where] = embedder.from_stats(stats), secs

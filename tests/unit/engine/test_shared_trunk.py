@@ -150,3 +150,24 @@ def test_reprinted_window_prints_are_the_whole_clip_prints(whole_engine, shared_
     np.testing.assert_array_equal(reprinted.embeddings[valid & ~which], shared.embeddings[valid & ~which])
     assert not np.allclose(shared.embeddings[which], whole.embeddings[which], atol=2e-4)  # pooled ones differ
     np.testing.assert_allclose(reprinted.seconds[which], whole.seconds[which])
+
+
+def test_window_prints_shared_out_among_threads_are_the_ones_made_in_order(shared_engine):
+    """The pipeline pools window prints on its worker threads: the same prints, in the same order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    samples, _ = demo_recording("three-speakers")
+    windows = shared_engine.analyse(samples)
+    length = min(len(samples), WINDOW_SAMPLES)
+    args = (windows.trunk, windows.starts, windows.probs, length, len(samples), shared_engine._workers[0][1])
+
+    def backwards_on_two_threads(count, task):
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(task, reversed(range(count))))
+
+    found, stats, seconds = shared_trunk.window_prints(*args)
+    assert len(found) > 10
+    threaded = shared_trunk.window_prints(*args, for_each=backwards_on_two_threads)
+    assert threaded[0] == found
+    np.testing.assert_array_equal(threaded[1], stats)
+    np.testing.assert_array_equal(threaded[2], seconds)
