@@ -17,3 +17,18 @@ def test_a_new_export_of_a_model_is_a_new_analysis(monkeypatch):
     assert len(shipped) == 3 and all(len(h) == 64 for h in shipped)
     monkeypatch.setattr(accuracy, "model_hashes", lambda: sorted(shipped[:2] + ["0" * 64]))
     assert accuracy.analysis_tag(PipelineConfig()) != before
+
+
+def test_stored_results_are_keyed_by_every_setting(monkeypatch):
+    """Identification and confidence store the engine's results, which a clustering setting changes too."""
+    import dataclasses
+
+    config = PipelineConfig()
+    before = accuracy.config_tag(config)
+    clustering = dataclasses.replace(config, clustering=dataclasses.replace(config.clustering, cut_spread=0.0))
+    assert accuracy.analysis_tag(clustering) == accuracy.analysis_tag(config)  # the analysis can be reused
+    assert accuracy.config_tag(clustering) != before  # its results cannot
+    assert accuracy.config_tag(PipelineConfig(onset=0.7)) != before
+    assert accuracy.config_tag(PipelineConfig()) == before
+    monkeypatch.setattr(accuracy, "model_hashes", lambda: ["0" * 64] * 3)
+    assert accuracy.config_tag(PipelineConfig()) != before
