@@ -250,7 +250,7 @@ def counts(args) -> int:
         folder = args.root / args.part / name
         for uri, truth in sorted(reference_counts(folder / "reference.rttm").items()):
             analyses = []
-            for config in (base, whole) if base.shared_trunk and base.reprint_margin > 0 else (base,):
+            for config in (base, whole) if base.shared_trunk else (base,):  # a grid may turn re-prints on
                 cached = args.cache / args.part / f"{name}-{uri}-{analysis_tag(config)}.pkl"
                 if not cached.is_file():
                     params = " ".join(f"--param {p}" for p in args.param + (["shared_trunk=false"] if config is whole else []))
