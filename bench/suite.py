@@ -281,11 +281,9 @@ def counts(args) -> int:
 def reprinted(windows, whole_clip, which):
     """`windows` with the prints `which` taken from the whole-clip analysis of the same file: what the
     engine's re-print makes (the same segmentation, the same frames, the whole network)."""
-    import dataclasses
+    from diarizer.pipeline import with_prints
 
-    embeddings, seconds = windows.embeddings.copy(), windows.seconds.copy()
-    embeddings[which], seconds[which] = whole_clip.embeddings[which], whole_clip.seconds[which]
-    return dataclasses.replace(windows, embeddings=embeddings, seconds=seconds)
+    return with_prints(windows, which, whole_clip.embeddings, whole_clip.seconds)
 
 
 def main() -> int:

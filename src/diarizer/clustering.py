@@ -370,6 +370,13 @@ def centroids_of(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return _centroids(l2_normalise(embeddings.astype(np.float64)), labels, list(range(labels.max() + 1)))
 
 
+def label_directions(x: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """(count, D) unit-length mean of the rows of x with each label 0..count-1; a zero row for a label
+    with no rows (a speaker that lost every print or turn), which is then near no print at all."""
+    return l2_normalise(np.stack([x[labels == k].mean(axis=0) if (labels == k).any() else np.zeros(x.shape[1])
+                                  for k in range(count)]))
+
+
 def assign_per_window(
     embeddings: np.ndarray, centroids: np.ndarray, window_of: np.ndarray, same_voice: float = np.inf
 ) -> np.ndarray:

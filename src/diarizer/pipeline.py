@@ -25,6 +25,7 @@ from diarizer.clustering import (
     close_calls,
     cluster,
     l2_normalise,
+    label_directions,
     most_voices_heard_together,
 )
 from diarizer.embedding import EMBEDDING_DIM, Embedder
@@ -199,7 +200,7 @@ class Diarizer:
     def _reprinted_whole(self, windows: WindowResults, samples: np.ndarray, which: np.ndarray) -> WindowResults:
         """`windows` with the prints `which` ((windows, local) bool) made whole-clip, as the analysis with
         `shared_trunk=False` makes them."""
-        embeddings, seconds = windows.embeddings.copy(), windows.seconds.copy()
+        embeddings, seconds = np.empty_like(windows.embeddings), np.empty_like(windows.seconds)
         length = min(len(samples), WINDOW_SAMPLES)
         todo = np.nonzero(which.any(axis=1))[0]
 
@@ -207,11 +208,10 @@ class Diarizer:
             w = int(todo[i])
             start = int(windows.starts[w])
             audio = np.asarray(samples[start : start + length], dtype=np.float32)
-            found, secs = pair[1].embed_window(audio, hard_activity(windows.probs[w]), only=which[w])
-            embeddings[w, which[w]], seconds[w, which[w]] = found[which[w]], secs[which[w]]
+            embeddings[w], seconds[w] = pair[1].embed_window(audio, hard_activity(windows.probs[w]), only=which[w])
 
         self._for_each(len(todo), work)
-        return dataclasses.replace(windows, embeddings=embeddings, seconds=seconds)
+        return with_prints(windows, which, embeddings, seconds)
 
     def _embed_many(self, clips: list[np.ndarray]) -> np.ndarray:
         """Voice prints of whole clips, spread over the per-core embedders."""
@@ -415,6 +415,14 @@ def cluster_with_reprints(
     return windows, labels
 
 
+def with_prints(windows: WindowResults, which: np.ndarray, embeddings: np.ndarray, seconds: np.ndarray) -> WindowResults:
+    """`windows` with the prints `which` ((windows, local) bool) and their seconds taken from `embeddings`
+    and `seconds` (arrays shaped like the analysis's own): how re-prints enter an analysis."""
+    kept_embeddings, kept_seconds = windows.embeddings.copy(), windows.seconds.copy()
+    kept_embeddings[which], kept_seconds[which] = embeddings[which], seconds[which]
+    return dataclasses.replace(windows, embeddings=kept_embeddings, seconds=kept_seconds)
+
+
 def unsure_prints(embeddings: np.ndarray, labels: np.ndarray, margin: float) -> np.ndarray:
     """(windows, local) True for prints whose two nearest speaker centroids are within `margin` (cosine)."""
     unsure = np.zeros(labels.shape, bool)
@@ -423,10 +431,7 @@ def unsure_prints(embeddings: np.ndarray, labels: np.ndarray, margin: float) -> 
     if speakers < 2:
         return unsure
     prints = l2_normalise(embeddings[valid].astype(np.float64))
-    members = labels[valid]
-    centroids = l2_normalise(np.stack([prints[members == k].mean(axis=0) if (members == k).any()
-                                       else np.zeros(prints.shape[1]) for k in range(speakers)]))
-    unsure[valid] = close_calls(prints, centroids, margin)
+    unsure[valid] = close_calls(prints, label_directions(prints, labels[valid], speakers), margin)
     return unsure
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from diarizer.clustering import close_calls, l2_normalise
+from diarizer.clustering import close_calls, l2_normalise, label_directions
 from diarizer.reconstruction import Turn, merge_same_speaker
 
 EmbedSpans = Callable[[list[tuple[float, float]]], np.ndarray]  # (start, end) seconds -> (n, 192)
@@ -80,12 +80,8 @@ def reassign_turns(
 def _centroids(piece_prints: np.ndarray, owner: np.ndarray, labels: np.ndarray, turns: int,
                speakers: int) -> tuple[np.ndarray, np.ndarray]:
     """Each turn's print (the mean of its pieces') and each speaker's centroid (the mean of its turns')."""
-    prints = l2_normalise(np.stack([piece_prints[owner == i].mean(axis=0) for i in range(turns)]))
-    centroids = l2_normalise(
-        np.stack([prints[labels == k].mean(axis=0) if (labels == k).any() else np.zeros(prints.shape[1])
-                  for k in range(speakers)])
-    )
-    return prints, centroids
+    prints = label_directions(piece_prints, owner, turns)  # every turn has at least one piece
+    return prints, label_directions(prints, labels, speakers)
 
 
 def _pieces(groups: list[Turn], piece_seconds: float) -> tuple[list[tuple[float, float]], np.ndarray]:
