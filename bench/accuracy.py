@@ -129,6 +129,7 @@ def analysis_tag(config) -> str:
     import hashlib
 
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k in ANALYSIS_FIELDS}
+    fields.update(decoding_settings())
     fields["models"] = model_hashes()
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -139,8 +140,15 @@ def config_tag(config) -> str:
     what the analysis depends on."""
     import hashlib
 
-    fields = {**dataclasses.asdict(config), "models": model_hashes()}
+    fields = {**dataclasses.asdict(config), **decoding_settings(), "models": model_hashes()}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def decoding_settings() -> dict:
+    """What decoding does to a recording's samples before the models see them (the working level)."""
+    from diarizer import audio as audio_io
+
+    return {"working_level_db": audio_io.WORKING_LEVEL_DB, "level_percentile": audio_io.LEVEL_PERCENTILE}
 
 
 def model_hashes() -> list[str]:

@@ -5,7 +5,8 @@ libsndfile's, like Ogg/Vorbis).
 The container is detected from the bytes, never from a file name or a client's `encoding` hint.
 Decoding runs block by block (downmix + resample per block), so a 3-hour 48 kHz stereo file never
 sits in memory at its source rate; past `SPILL_SECONDS` the 16 kHz samples go to a temporary file
-that is memory-mapped, so memory stays bounded whatever the length.
+that is memory-mapped, so memory stays bounded whatever the length. A recording made far below full
+scale is raised to a working level on the way (`at_working_level`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ BLOCK_SAMPLES = BLOCK_SECONDS * 48000 * 2  # samples per read across all channel
 # (gcd 1 with 16 kHz) would otherwise need a polyphase filter of 880,000 taps per block and burn minutes
 # of CPU. The approximation moves timestamps by under 0.005 % (0.5 s in 3 hours), and only for such odd rates.
 MAX_RATIO_DENOMINATOR = 10000
+
+# A quiet recording is raised so that its loud moments (the 99th percentile of its 25 ms frame levels) reach
+# this level. Far below full scale both models drift from what they give on the same recording at a normal
+# level: segmentation-3.0's input normalisation has a variance floor, and CAM++'s log-mel features a floor
+# at float32 epsilon (tuning part, conversations 20-40 dB quieter than the suite's: about 1 DER point worse;
+# 45 dB quieter: 3.7 points and a speaker lost; BENCHMARKS.md "Quiet recordings"). Every other
+# recording of the evaluation suite sits above it and is left exactly as it is.
+WORKING_LEVEL_DB = -25.0
+LEVEL_PERCENTILE = 99.0
+MAX_GAIN_DB = 50.0  # digital near-silence is not raised into loud noise
+MIN_GAIN_DB = 1.0  # closer than this to the working level: left alone (the same array, no copy)
+_LEVEL_FRAME = 400  # 25 ms at 16 kHz
+_LEVEL_BINS = np.arange(-200.0, 20.05, 0.1)  # dBFS histogram edges: bounded memory for any length
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -335,21 +349,66 @@ class _SampleSink:
         else:
             self._blocks.append(block.astype(np.float32))
 
-    def result(self) -> np.ndarray:
+    def result(self, gain: float = 1.0) -> np.ndarray:
+        """All samples, times `gain` (in place: a spilled file is scaled block by block on disk)."""
         if self._file is None:
-            return np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+            samples = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+            if gain != 1.0:
+                samples *= np.float32(gain)
+            return samples
         self._file.flush()
+        if gain != 1.0:
+            writable = np.memmap(self._file, dtype=np.float32, mode="r+", shape=(self._count,))
+            for first in range(0, self._count, BLOCK_SECONDS * SAMPLE_RATE):
+                writable[first : first + BLOCK_SECONDS * SAMPLE_RATE] *= np.float32(gain)
+            writable.flush()
+            del writable
         # The mapping keeps the (already unlinked) file alive until the array is dropped.
         return np.memmap(self._file, dtype=np.float32, mode="r", shape=(self._count,))
 
 
+class LevelMeter:
+    """The level of a recording's loud moments, fed block by block: a histogram of 25 ms frame levels."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(len(_LEVEL_BINS) - 1, np.int64)
+
+    def add(self, block: np.ndarray) -> None:
+        frames = np.asarray(block[: len(block) // _LEVEL_FRAME * _LEVEL_FRAME], np.float32).reshape(-1, _LEVEL_FRAME)
+        power = np.einsum("ij,ij->i", frames, frames) / _LEVEL_FRAME
+        levels = 10 * np.log10(np.maximum(power, 1e-20))
+        self.counts += np.histogram(np.clip(levels, _LEVEL_BINS[0], _LEVEL_BINS[-1] - 0.01), _LEVEL_BINS)[0]
+
+    def gain(self) -> float:
+        """Linear gain that brings the loud moments up to WORKING_LEVEL_DB; 1.0 when they are there already
+        (or within MIN_GAIN_DB of it, or there is no audio)."""
+        total = int(self.counts.sum())
+        if not total:
+            return 1.0
+        loud = _LEVEL_BINS[1 + int(np.searchsorted(np.cumsum(self.counts), LEVEL_PERCENTILE / 100 * total))]
+        raise_by = min(WORKING_LEVEL_DB - float(loud), MAX_GAIN_DB)
+        return float(10 ** (raise_by / 20)) if raise_by >= MIN_GAIN_DB else 1.0
+
+
+def at_working_level(samples: np.ndarray) -> np.ndarray:
+    """`samples` raised to the working level (a new array), or `samples` itself when it is there already,
+    which is always the case for `decode`'s output."""
+    meter = LevelMeter()
+    for first in range(0, len(samples), BLOCK_SECONDS * SAMPLE_RATE):
+        meter.add(samples[first : first + BLOCK_SECONDS * SAMPLE_RATE])
+    gain = meter.gain()
+    return samples if gain == 1.0 else (np.asarray(samples, np.float32) * np.float32(gain))
+
+
 def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
-    """Decode to 16 kHz mono float32 in [-1, 1]. Raises AudioDecodeError with the reason, AudioTooLongError
-    as soon as more than `max_seconds` have been decoded (whatever the header said)."""
+    """Decode to 16 kHz mono float32, at the working level (`at_working_level`; before that, in [-1, 1]).
+    Raises AudioDecodeError with the reason, AudioTooLongError as soon as more than `max_seconds` have been
+    decoded (whatever the header said)."""
     max_seconds = min(max_seconds, MAX_SECONDS)
     handle, fmt, _ = _open(source, max_seconds)
     resampler = _BlockResampler(handle.samplerate)
     sink = _SampleSink()
+    meter = LevelMeter()
     block_frames = max(1, min(BLOCK_SECONDS * handle.samplerate, BLOCK_SAMPLES // handle.channels))
     max_frames = int(max_seconds * handle.samplerate)  # a header that under-states the length cannot make us read on
     read = 0
@@ -365,9 +424,11 @@ def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
                 # NaN/inf samples (broken float WAVs) become silence rather than poisoning the models.
                 mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
                 np.clip(mono, -1.0, 1.0, out=mono)
-                sink.add(resampler.push(mono, final=final))
+                out = resampler.push(mono, final=final)
+                meter.add(out)
+                sink.add(out)
                 if final:
                     break
         except (sf.LibsndfileError, RuntimeError) as err:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(err)}") from err
-    return sink.result()
+    return sink.result(meter.gain())

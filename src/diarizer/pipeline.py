@@ -149,7 +149,8 @@ class Diarizer:
     def diarize_samples(
         self, samples: np.ndarray, options: DiarizationOptions | None = None, progress: Progress | None = None
     ) -> Diarization:
-        """Same as `diarize` for 16 kHz mono float32 samples."""
+        """Same as `diarize` for 16 kHz mono float32 samples (raised to the working level first if quiet)."""
+        samples = audio_io.at_working_level(samples)
         if len(samples) < MIN_WINDOW_SAMPLES:
             result = Diarization([], len(samples) / SAMPLE_RATE)
         else:

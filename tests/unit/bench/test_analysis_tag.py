@@ -32,3 +32,14 @@ def test_stored_results_are_keyed_by_every_setting(monkeypatch):
     assert accuracy.config_tag(PipelineConfig()) == before
     monkeypatch.setattr(accuracy, "model_hashes", lambda: ["0" * 64] * 3)
     assert accuracy.config_tag(PipelineConfig()) != before
+
+
+def test_a_new_working_level_is_a_new_analysis(monkeypatch):
+    """Decoding raises quiet recordings to a working level before the models see them: another level is
+    other samples, so neither cached analyses nor stored results may be reused across it."""
+    from diarizer import audio
+
+    analysis, results = accuracy.analysis_tag(PipelineConfig()), accuracy.config_tag(PipelineConfig())
+    monkeypatch.setattr(audio, "WORKING_LEVEL_DB", audio.WORKING_LEVEL_DB - 5)
+    assert accuracy.analysis_tag(PipelineConfig()) != analysis
+    assert accuracy.config_tag(PipelineConfig()) != results

@@ -154,3 +154,42 @@ def test_nan_and_inf_samples_become_silence():
 def test_missing_file_is_a_decode_error(tmp_path):
     with pytest.raises(AudioDecodeError, match="no such audio file"):
         audio.decode(tmp_path / "nope.wav")
+
+
+def _loud_level(x: np.ndarray) -> float:
+    """The 99th percentile of 25 ms frame levels (dBFS), computed directly."""
+    frames = np.asarray(x[: len(x) // 400 * 400], np.float64).reshape(-1, 400)
+    return float(np.percentile(10 * np.log10(np.maximum((frames**2).mean(axis=1), 1e-20)), 99))
+
+
+def test_a_quiet_recording_is_raised_to_the_working_level(speech):
+    quiet = speech * np.float32(10 ** (-45 / 20))
+    decoded = audio.decode(af.encode(quiet, 16000, "WAV", "FLOAT"))
+    assert _loud_level(speech) > audio.WORKING_LEVEL_DB + 5  # the demo itself sits above it ...
+    assert _loud_level(decoded) == pytest.approx(audio.WORKING_LEVEL_DB, abs=0.3)  # ... 45 dB quieter, below
+    gain = decoded / np.where(quiet == 0, np.nan, quiet)
+    assert np.nanstd(gain) < 1e-4 * np.nanmean(gain)  # one gain for the whole recording, nothing else changed
+
+
+def test_a_recording_at_a_normal_level_is_left_exactly_as_it_is(speech):
+    pcm16 = np.round(speech * 32768) / 32768  # what a 16-bit FLAC stores (libsndfile reads it back / 32768)
+    assert np.array_equal(audio.decode(af.encode(pcm16, 16000, "FLAC")), pcm16.astype(np.float32))
+    samples = np.asarray(pcm16, np.float32)
+    assert audio.at_working_level(samples) is samples  # no copy, no gain
+
+
+def test_digital_silence_stays_silence_and_the_gain_is_capped():
+    assert not audio.decode(af.encode(np.zeros(16000, np.float32), 16000, "WAV", "FLOAT")).any()
+    faint = af.noise(2.0, amplitude=10 ** (-110 / 20), seed=3)  # far below any recording's noise floor
+    raised = audio.at_working_level(faint)
+    assert np.std(raised) / np.std(faint) == pytest.approx(10 ** (audio.MAX_GAIN_DB / 20), rel=1e-3)
+
+
+def test_a_long_quiet_recording_is_raised_on_disk(monkeypatch, speech):
+    data = af.encode(speech * np.float32(10 ** (-40 / 20)), 16000, "WAV", "FLOAT")
+    in_memory = audio.decode(data)
+    monkeypatch.setattr(audio, "SPILL_SECONDS", 1)
+    spilled = audio.decode(data)
+    assert isinstance(spilled, np.memmap) and not spilled.flags.writeable
+    assert np.array_equal(np.asarray(spilled), in_memory)
+    assert _loud_level(spilled) == pytest.approx(audio.WORKING_LEVEL_DB, abs=0.3)

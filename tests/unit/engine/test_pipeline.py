@@ -160,3 +160,15 @@ def test_distinct_seconds_counts_a_moment_once_however_many_windows_hear_it():
     assert distinct[0, 0] == pytest.approx(5.0, abs=0.1)  # heard by one window only: all of it counts
     assert distinct[1, 0] == pytest.approx(3.0, abs=0.1)  # heard by two windows: half in each
     assert not distinct[2].any()
+
+
+@pytest.mark.parametrize("quieter_db", [60])
+def test_a_quiet_recording_gets_the_answer_of_the_same_recording_at_a_normal_level(engine, quieter_db):
+    """Both models drift far below full scale (segmentation-3.0's input normalisation floor, CAM++'s log-mel
+    floor): without the working level, 28 % of this recording 60 dB quieter comes out otherwise than at full level."""
+    samples, _ = af.demo_recording("three-speakers")
+    normal = engine.diarize(af.encode(samples, 16000, "WAV", "FLOAT"))
+    quiet = engine.diarize(af.encode(samples * np.float32(10 ** (-quieter_db / 20)), 16000, "WAV", "FLOAT"))
+    assert quiet.num_speakers == normal.num_speakers == 3
+    reference = [(s.start, s.end, s.speaker_id) for s in normal.segments]
+    assert der(reference, quiet.segments, quiet.duration) < 0.01
