@@ -53,10 +53,12 @@ def _mel_banks() -> np.ndarray:
 
 
 def fbank(samples: np.ndarray, chunk_frames: int = 6000) -> np.ndarray:
-    """(num_frames, 80) float32 log-mel energies of 16 kHz mono samples in [-1, 1].
+    """(num_frames, 80) float32 log-mel energies of 16 kHz mono samples at full scale 1.0.
 
-    The samples stay in [-1, 1] (not Kaldi's 16-bit scale): 3D-Speaker trained CAM++ on such
-    input, and the log floor treats quiet frames differently at the two scales. Computed in chunks of frames so a long file never needs a (frames x 512) matrix at once.
+    The samples stay at full scale 1.0 (not Kaldi's 16-bit scale): 3D-Speaker trained CAM++ on such
+    input, and the log floor treats quiet frames differently at the two scales (which is why decoding raises
+    quiet recordings to a working level, `audio.at_working_level`; peaks may then pass 1.0, which changes
+    nothing here). Computed in chunks of frames so a long file never needs a (frames x 512) matrix at once.
     """
     total = num_frames(len(samples))
     out = np.empty((total, NUM_MEL_BINS), np.float32)
