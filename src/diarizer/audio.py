@@ -375,6 +375,7 @@ class LevelMeter:
 
     def add(self, block: np.ndarray) -> None:
         frames = np.asarray(block[: len(block) // _LEVEL_FRAME * _LEVEL_FRAME], np.float32).reshape(-1, _LEVEL_FRAME)
+        frames = frames - frames.mean(axis=1, keepdims=True)  # a recorder's DC offset is not loudness (both models remove it)
         power = np.einsum("ij,ij->i", frames, frames) / _LEVEL_FRAME
         levels = 10 * np.log10(np.maximum(power, 1e-20))
         self.counts += np.histogram(np.clip(levels, _LEVEL_BINS[0], _LEVEL_BINS[-1] - 0.01), _LEVEL_BINS)[0]

@@ -193,3 +193,10 @@ def test_a_long_quiet_recording_is_raised_on_disk(monkeypatch, speech):
     assert isinstance(spilled, np.memmap) and not spilled.flags.writeable
     assert np.array_equal(np.asarray(spilled), in_memory)
     assert _loud_level(spilled) == pytest.approx(audio.WORKING_LEVEL_DB, abs=0.3)
+
+
+def test_a_dc_offset_does_not_pass_for_loudness(speech):
+    """Cheap recorders add a constant offset; both models remove it, so it must not keep a quiet voice quiet."""
+    quiet = speech * np.float32(10 ** (-45 / 20))
+    decoded = audio.decode(af.encode(quiet + np.float32(0.05), 16000, "WAV", "FLOAT"))
+    assert _loud_level(decoded - decoded.mean()) == pytest.approx(audio.WORKING_LEVEL_DB, abs=0.5)
