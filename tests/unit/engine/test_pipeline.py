@@ -162,13 +162,12 @@ def test_distinct_seconds_counts_a_moment_once_however_many_windows_hear_it():
     assert not distinct[2].any()
 
 
-@pytest.mark.parametrize("quieter_db", [60])
-def test_a_quiet_recording_gets_the_answer_of_the_same_recording_at_a_normal_level(engine, quieter_db):
+def test_a_quiet_recording_gets_the_answer_of_the_same_recording_at_a_normal_level(engine):
     """Both models drift far below full scale (segmentation-3.0's input normalisation floor, CAM++'s log-mel
     floor): without the working level, 28 % of this recording 60 dB quieter comes out otherwise than at full level."""
     samples, _ = af.demo_recording("three-speakers")
     normal = engine.diarize(af.encode(samples, 16000, "WAV", "FLOAT"))
-    faint = samples * np.float32(10 ** (-quieter_db / 20))
+    faint = samples * np.float32(10 ** (-60 / 20))
     reference = [(s.start, s.end, s.speaker_id) for s in normal.segments]
     for quiet in (engine.diarize(af.encode(faint, 16000, "WAV", "FLOAT")), engine.diarize_samples(faint)):
         assert quiet.num_speakers == normal.num_speakers == 3

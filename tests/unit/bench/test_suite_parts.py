@@ -1,0 +1,55 @@
+"""The evaluation suite's make-up (bench/suite.py): parts kept apart by seed and speakers, and the quiet condition."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import audio_factory as af
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "bench"))
+
+import suite  # noqa: E402
+
+
+def test_no_seed_is_shared_between_parts_or_conditions():
+    seeds = [suite.SEED_BASE[part] + 10 * index
+             for part in suite.PARTS for index, c in enumerate(suite.CONDITIONS) if c.count.get(part)]
+    assert len(seeds) == len(set(seeds))
+    # and the parts' ranges of seeds never meet, so conditions added later cannot make one part reuse another's
+    ranges = {part: [suite.SEED_BASE[part], suite.SEED_BASE[part] + 10 * len(suite.CONDITIONS)] for part in suite.PARTS}
+    bounds = sorted(ranges.values())
+    assert all(a[1] < b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+def test_the_second_tuning_part_uses_the_tuning_speakers_only():
+    assert suite.POOL_OF == {"tune": "tune", "held": "held", "tune2": "tune"}
+    assert suite.AMI_SPLIT["tune2"] == ()  # every AMI meeting is already in one part
+    assert "ami" not in suite.condition_names("tune2", [])
+
+
+def test_conditions_keep_their_places_so_their_files_keep_their_seeds():
+    """A condition's seed follows its place in the list: a new one inserted in the middle would silently make
+    every later condition's files (and every figure measured on them) different on a fresh build."""
+    first = ["clean", "noisy", "tel8k", "mp3", "many", "dominant", "short_turns", "monologue", "long", "long60_6",
+             "long60_10", "quiet"]
+    assert [c.name for c in suite.CONDITIONS][: len(first)] == first
+
+
+def test_the_quiet_condition_rewrites_each_file_quieter_as_16_bit(tmp_path):
+    speech = af.demo_recording()[0][: 16000 * 3]
+    for i in range(3):
+        sf.write(tmp_path / f"q{i}.flac", speech, 16000, format="FLAC")
+    suite.make_quieter(tmp_path, 20.0, 40.0, seed=7)
+    for i in range(3):
+        quiet, rate = sf.read(tmp_path / f"q{i}.flac", dtype="float32")
+        assert rate == 16000 and sf.info(tmp_path / f"q{i}.flac").subtype == "PCM_16"
+        down = 20 * np.log10(np.std(speech) / np.std(quiet))
+        assert 20.0 - 0.1 <= down <= 40.0 + 0.1
+    again = tmp_path / "again"
+    again.mkdir()
+    sf.write(again / "q0.flac", speech, 16000, format="FLAC")
+    suite.make_quieter(again, 20.0, 40.0, seed=7)
+    assert np.array_equal(sf.read(again / "q0.flac")[0], sf.read(tmp_path / "q0.flac")[0])  # the same seed, the same file
