@@ -45,6 +45,8 @@ class Condition:
     what: str
     low_bitrate_mp3: bool = False  # re-encode the WAVs as MP3 at libsndfile's lowest bitrate
     quieter_db: tuple[float, float] | None = None  # re-write each file this much quieter (dB, drawn per file)
+    # one participant per conversation this much quieter than the others (bench/uneven_conversations.py)
+    uneven_db: tuple[float, float] | None = None
 
 
 CONDITIONS = [
@@ -65,6 +67,8 @@ CONDITIONS = [
     # Added last: a condition's seeds follow its place in this list, so new ones go at the end.
     Condition("quiet", ("--speakers", "2-5"), {"tune": 10, "held": 10, "tune2": 10},
               "2-5 speakers, recorded 20-40 dB below full scale (16-bit FLAC)", quieter_db=(20.0, 40.0)),
+    Condition("uneven", ("--speakers", "2-5"), {"tune": 10, "held": 10, "tune2": 10},
+              "2-5 speakers, one of them 15-25 dB quieter than the others", uneven_db=(15.0, 25.0)),
 ]
 AMI_SPLIT = {"tune": ("trn",), "held": ("dev", "sample"), "tune2": ()}
 SEED_BASE = {"tune": 1000, "held": 2000, "tune2": 3000}  # + 10 * condition index: no seed is shared between parts
@@ -134,8 +138,12 @@ def build(root: Path) -> None:
             if not count or (folder / "reference.rttm").is_file():
                 continue
             began = time.time()
+            generator = [str(SHARED_EVAL / "make_conversations.py")]
+            if condition.uneven_db:
+                generator = [str(Path(__file__).resolve().parent / "uneven_conversations.py"),
+                             "--quieter", "{}-{}".format(*condition.uneven_db)]
             subprocess.run(
-                [sys.executable, str(SHARED_EVAL / "make_conversations.py"), "--pool", str(pools[POOL_OF[part]]),
+                [sys.executable, *generator, "--pool", str(pools[POOL_OF[part]]),
                  "--out", str(folder), "--count", str(count), "--seed", str(SEED_BASE[part] + 10 * index),
                  "--prefix", f"{part}-{condition.name}-", *condition.args],
                 check=True, stdout=subprocess.DEVNULL,

@@ -34,7 +34,7 @@ def test_conditions_keep_their_places_so_their_files_keep_their_seeds():
     """A condition's seed follows its place in the list: a new one inserted in the middle would silently make
     every later condition's files (and every figure measured on them) different on a fresh build."""
     first = ["clean", "noisy", "tel8k", "mp3", "many", "dominant", "short_turns", "monologue", "long", "long60_6",
-             "long60_10", "quiet"]
+             "long60_10", "quiet", "uneven"]
     assert [c.name for c in suite.CONDITIONS][: len(first)] == first
 
 
@@ -53,3 +53,23 @@ def test_the_quiet_condition_rewrites_each_file_quieter_as_16_bit(tmp_path):
     sf.write(again / "q0.flac", speech, 16000, format="FLAC")
     suite.make_quieter(again, 20.0, 40.0, seed=7)
     assert np.array_equal(sf.read(again / "q0.flac")[0], sf.read(tmp_path / "q0.flac")[0])  # the same seed, the same file
+
+
+@af.requires_shared_eval
+def test_the_uneven_condition_makes_the_median_talker_quieter_and_nobody_else():
+    """bench/uneven_conversations.py wraps make_conversations.py's conversation step (../shared/eval)."""
+    import uneven_conversations as uneven
+    from make_conversations import Turn
+
+    loud, quiet, middle = np.ones(1600, np.float32), np.ones(800, np.float32), np.ones(1200, np.float32)
+    turns = [Turn("a", 0.0, loud), Turn("b", 1.0, quiet), Turn("c", 2.0, middle), Turn("a", 3.0, loud)]
+    wrapped = uneven.quieter_participant(lambda rng, pool, cache, args: (turns, 4.0), 15.0, 25.0)
+    out, length = wrapped(np.random.default_rng(0), None, None, None)
+    assert length == 4.0
+    assert [t.speaker for t in out] == ["a", "b", "c", "a"]
+    down = -20 * np.log10(out[2].audio.max())
+    assert 15.0 <= down <= 25.0  # "c" talks the median amount: 15-25 dB down
+    assert all(np.array_equal(o.audio, t.audio) for o, t in zip(out, turns) if t.speaker != "c")
+    two = uneven.quieter_participant(lambda *a: ([Turn("a", 0.0, loud), Turn("b", 1.0, quiet)], 2.0), 15.0, 25.0)
+    first, second = two(np.random.default_rng(1), None, None, None)[0]
+    assert np.array_equal(first.audio, loud) and second.audio.max() < 0.2  # of two, the one who talks less
