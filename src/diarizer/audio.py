@@ -403,8 +403,8 @@ def at_working_level(samples: np.ndarray) -> np.ndarray:
 
 def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Decode to 16 kHz mono float32 in [-1, 1], a quiet recording then raised to the working level (see
-    `at_working_level`; its peaks may pass 1.0). Raises AudioDecodeError with the reason, AudioTooLongError as soon as more than `max_seconds` have been
-    decoded (whatever the header said)."""
+    `at_working_level`; its peaks may pass 1.0). Raises AudioDecodeError with the reason, AudioTooLongError
+    as soon as more than `max_seconds` have been decoded (whatever the header said)."""
     max_seconds = min(max_seconds, MAX_SECONDS)
     handle, fmt, _ = _open(source, max_seconds)
     resampler = _BlockResampler(handle.samplerate)

@@ -144,13 +144,18 @@ class Diarizer:
     ) -> Diarization:
         """Who spoke when in `source` (path, bytes or binary file). Raises AudioDecodeError, and
         AudioTooLongError as soon as more than `max_seconds` has decoded (before any model runs)."""
-        return self.diarize_samples(audio_io.decode(source, max_seconds), options, progress)
+        return self._diarize_at_level(audio_io.decode(source, max_seconds), options, progress)  # decode levels it
 
     def diarize_samples(
         self, samples: np.ndarray, options: DiarizationOptions | None = None, progress: Progress | None = None
     ) -> Diarization:
         """Same as `diarize` for 16 kHz mono float32 samples (raised to the working level first if quiet)."""
-        samples = audio_io.at_working_level(samples)
+        return self._diarize_at_level(audio_io.at_working_level(samples), options, progress)
+
+    def _diarize_at_level(
+        self, samples: np.ndarray, options: DiarizationOptions | None, progress: Progress | None
+    ) -> Diarization:
+        """The diarization of samples already at the working level."""
         if len(samples) < MIN_WINDOW_SAMPLES:
             result = Diarization([], len(samples) / SAMPLE_RATE)
         else:
