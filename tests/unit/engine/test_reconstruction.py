@@ -2,13 +2,14 @@
 import numpy as np
 
 from diarizer.reconstruction import (
+    digital_silence,
     label_by_first_appearance,
     merge_same_speaker,
     select_speakers,
     speaker_count,
     to_segments,
 )
-from diarizer.segmentation import FRAME_STEP, frames_in, window_starts, WINDOW_SAMPLES
+from diarizer.segmentation import FRAME_DURATION, FRAME_STEP, SAMPLE_RATE, frames_in, window_starts, WINDOW_SAMPLES
 
 
 def test_window_layout_covers_the_audio_and_ends_at_its_end():
@@ -70,3 +71,27 @@ def test_merge_never_bridges_a_gap_where_someone_else_talks():
     turns = [(0, 0.0, 1.0), (1, 1.05, 1.15), (0, 1.2, 2.0), (0, 1.9, 2.5)]
     merged = sorted(merge_same_speaker(turns, max_gap=0.5), key=lambda t: (t[1], t[0]))
     assert merged == [(0, 0.0, 1.0), (1, 1.05, 1.15), (0, 1.2, 2.5)]  # overlapping runs still join
+
+
+def test_digital_silence_is_found_only_where_a_whole_frame_stays_under_the_peak(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = (0.05 * rng.standard_normal(SAMPLE_RATE * 4)).astype(np.float32)  # 4 s of sound
+    samples[SAMPLE_RATE : 2 * SAMPLE_RATE] = 0.0  # 1 s of digital silence
+    samples[int(2.5 * SAMPLE_RATE) : 3 * SAMPLE_RATE] = 1e-5 * rng.standard_normal(SAMPLE_RATE // 2)  # -100 dBFS dither
+    samples[int(2.75 * SAMPLE_RATE)] = 0.01  # one click: the frames around it are not silent
+    frames = int(4 / FRAME_STEP) + 20  # more frames than the audio: those past its end are never silent
+    silent = digital_silence(samples, frames, peak_db=-80.0)
+    start = np.arange(frames) * FRAME_STEP
+    inside = lambda a, b: (start >= a) & (start + FRAME_DURATION <= b)  # noqa: E731
+    assert silent[inside(1.0 + FRAME_STEP, 2.0 - 2 * FRAME_STEP)].all()
+    assert not silent[~inside(1.0, 2.0) & ~inside(2.5, 3.0)].any()
+    click = 2.75
+    assert not silent[(start <= click) & (start + FRAME_DURATION >= click)].any()
+    assert silent[inside(2.5 + FRAME_STEP, click - 2 * FRAME_DURATION)].all()
+    strict = digital_silence(samples, frames, peak_db=-110.0)  # the dither is above -110 dBFS, zeros are not
+    assert strict[inside(1.0 + FRAME_STEP, 2.0 - 2 * FRAME_STEP)].all() and not strict[start >= 2.0].any()
+    # Read in chunks from a memory map, the answer is the same.
+    path = tmp_path / "samples.f32"
+    samples.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r")
+    assert np.array_equal(digital_silence(mapped, frames, peak_db=-80.0, chunk_frames=7), silent)
