@@ -59,7 +59,8 @@ def with_overrides(config, overrides: list[str]):
         chain = [config]
         for name in parents:
             chain.append(getattr(chain[-1], name))
-        value = type(getattr(chain[-1], leaf))(json.loads(raw))
+        parsed = json.loads(raw)  # null switches off a setting that may be None (silence_peak_db)
+        value = parsed if parsed is None else type(getattr(chain[-1], leaf))(parsed)
         for obj, name in zip(reversed(chain), reversed(parents + [leaf])):
             value = dataclasses.replace(obj, **{name: value})
         config = value

@@ -43,3 +43,14 @@ def test_a_new_working_level_is_a_new_analysis(monkeypatch):
     monkeypatch.setattr(audio, "WORKING_LEVEL_DB", audio.WORKING_LEVEL_DB - 5)
     assert accuracy.analysis_tag(PipelineConfig()) != analysis
     assert accuracy.config_tag(PipelineConfig()) != results
+
+
+def test_overrides_reach_nested_settings_and_can_switch_one_off():
+    config = accuracy.with_overrides(
+        PipelineConfig(), ["clustering.min_similarity=0.5", "silence_peak_db=null", "refine_turns=false", "onset=0.7"]
+    )
+    assert config.clustering.min_similarity == 0.5 and config.clustering.same_voice == PipelineConfig().clustering.same_voice
+    assert config.silence_peak_db is None and config.refine_turns is False and config.onset == 0.7
+    assert accuracy.with_overrides(PipelineConfig(), ["silence_peak_db=-90"]).silence_peak_db == -90.0
+    # the stored results of a run with the rule off are not those of the default
+    assert accuracy.config_tag(config) != accuracy.config_tag(PipelineConfig())
