@@ -91,12 +91,36 @@ def split_pools(root: Path) -> dict[str, Path]:
 
 
 def reencode_mp3(folder: Path) -> None:
-    import soundfile as sf
+    """Re-encode each WAV as a low-bitrate MP3, and move the reference onto the MP3's own timeline.
 
+    At 24 kbit/s LAME's first frame has no room for the Xing/Info frame that tells a decoder to drop the
+    encoder's look-ahead and its own delay, so every decoder (libsndfile's mpg123, FFmpeg, a browser) plays
+    1105 samples (69 ms) of codec delay before the speech. The engine reports times on that timeline, the
+    one a user hears in any player; the generator's reference is on the WAV's. The shift is measured per
+    file against the WAV, not assumed."""
+    import numpy as np
+    import soundfile as sf
+    from scipy.signal import correlate
+
+    shifts = {}
     for wav in sorted(folder.glob("*.wav")):
         audio, rate = sf.read(wav, dtype="float32")
-        sf.write(wav.with_suffix(".mp3"), audio, rate, format="MP3", compression_level=0.9, bitrate_mode="CONSTANT")
+        mp3 = wav.with_suffix(".mp3")
+        sf.write(mp3, audio, rate, format="MP3", compression_level=0.9, bitrate_mode="CONSTANT")
+        decoded, _ = sf.read(mp3, dtype="float32")
+        most = rate // 4  # a codec delay is tens of milliseconds
+        n = min(len(audio), len(decoded)) - 2 * most
+        lag = int(np.argmax(correlate(decoded[: n + 2 * most], audio[most : most + n], mode="valid"))) - most
+        shifts[wav.stem] = lag / rate
         wav.unlink()
+    reference = folder / "reference.rttm"
+    lines = []
+    for line in reference.read_text().splitlines():
+        fields = line.split()
+        fields[3] = f"{float(fields[3]) + shifts.get(fields[1], 0.0):.3f}"
+        lines.append(" ".join(fields))
+    reference.write_text("\n".join(lines) + "\n")
+    (folder / "timeline-shift.json").write_text(json.dumps(shifts, indent=1) + "\n")
 
 
 def make_quieter(folder: Path, low: float, high: float, seed: int) -> None:

@@ -225,6 +225,28 @@ def _mp3_frames_only(data: bytes) -> bytes:
     return data
 
 
+def mp3(samples: np.ndarray, sr: int = RATE, level: float = 0.5, writer: str = "libsndfile") -> bytes:
+    """A constant-bitrate MP3 as libsndfile writes it (`level` is its compression level: 0.9 at 16 kHz is
+    24 kbit/s, too little for LAME to write its Xing/Info frame) or as FFmpeg does (`writer="ffmpeg"`, PyAV's
+    libmp3lame at 32 kbit/s, with FFmpeg's own Info frame)."""
+    if writer == "libsndfile":
+        buf = io.BytesIO()
+        sf.write(buf, samples, sr, format="MP3", compression_level=level, bitrate_mode="CONSTANT")
+        return buf.getvalue()
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=sr, layout="mono")
+        stream.bit_rate = 32000
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32)[None, :], format="flt",
+                                           layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def mp3_without_length_header(first: np.ndarray, rest: np.ndarray, sr: int = RATE) -> bytes:
     """A variable-bitrate MP3 with no Xing/Info header: `first` at the highest bitrate, then `rest` at the
     lowest. A decoder that sizes the file from its first frame's bitrate (libsndfile) under-states it."""

@@ -73,3 +73,20 @@ def test_the_uneven_condition_makes_the_median_talker_quieter_and_nobody_else():
     two = uneven.quieter_participant(lambda *a: ([Turn("a", 0.0, loud), Turn("b", 1.0, quiet)], 2.0), 15.0, 25.0)
     first, second = two(np.random.default_rng(1), None, None, None)[0]
     assert np.array_equal(first.audio, loud) and second.audio.max() < 0.2  # of two, the one who talks less
+
+
+def test_the_mp3_condition_moves_its_reference_by_the_lag_every_decoder_plays(tmp_path):
+    """24 kbit/s LAME carries no Xing/Info frame: decoders play 1105 samples (69 ms) of codec delay first. The
+    reference moves by the lag measured against the WAV, so a turn is where the MP3 really has it."""
+    speech = af.demo_recording("two-speakers")[0][: 16000 * 12]
+    sf.write(tmp_path / "a.wav", speech, 16000)
+    (tmp_path / "reference.rttm").write_text("SPEAKER a 1 1.000 2.000 <NA> <NA> alice <NA> <NA>\n"
+                                             "SPEAKER a 1 4.500 1.250 <NA> <NA> bob <NA> <NA>\n")
+    suite.reencode_mp3(tmp_path)
+    assert not (tmp_path / "a.wav").exists() and (tmp_path / "a.mp3").is_file()
+    decoded, rate = sf.read(tmp_path / "a.mp3", dtype="float32")
+    start = np.argmax(np.correlate(decoded[: 16000 * 2], speech[8000:12000], mode="valid")) - 8000  # the lag itself
+    assert start == 1105
+    starts = [float(line.split()[3]) for line in (tmp_path / "reference.rttm").read_text().splitlines()]
+    assert starts == pytest.approx([1.0 + 1105 / 16000, 4.5 + 1105 / 16000], abs=1e-3)
+    assert [line.split()[4] for line in (tmp_path / "reference.rttm").read_text().splitlines()] == ["2.000", "1.250"]

@@ -25,6 +25,38 @@ def test_every_variant_decodes_to_16k_mono(speech, name):
     assert np.abs(decoded).max() > 0.05  # real signal, not silence
 
 
+def lag_behind(source: np.ndarray, decoded: np.ndarray, most: int = 4000) -> int:
+    """How many samples later than in `source` the signal sits in `decoded` (cross-correlation)."""
+    from scipy.signal import correlate
+
+    n = min(len(source), len(decoded)) - 2 * most
+    return int(np.argmax(correlate(decoded[: n + 2 * most], source[most : most + n], mode="valid"))) - most
+
+
+@pytest.mark.parametrize("rate, level, writer, tagged", [
+    (16000, 0.9, "libsndfile", False),  # 24 kbit/s: LAME has no room for its Xing/Info frame
+    (8000, 0.9, "libsndfile", False),  # MPEG-2.5: the codec delay is 138 ms
+    (44100, 0.99, "libsndfile", False),
+    (16000, 0.0, "libsndfile", True),
+    (16000, None, "ffmpeg", True),  # FFmpeg writes its own Info frame
+])
+def test_an_mp3_is_on_the_timeline_every_player_gives_it(speech, rate, level, writer, tagged):
+    """Times are the file's as any player, editor or speech recogniser decodes it. A tagged MP3 starts where its
+    source did. An untagged one plays the encoder's look-ahead and the decoder's delay first (1105 samples at
+    its rate) in every decoder, and the engine keeps them, so the worker (libsndfile) and the transcoder
+    (FFmpeg, which browsers also use) agree with each other and with what the timeline page plays."""
+    import io
+
+    from diarizer import transcode
+
+    data = af.mp3(af.resample(speech, 16000, rate), rate, level, writer)
+    source = af.resample(af.resample(speech, 16000, rate), rate, 16000)  # the band the MP3 can carry
+    codec_delay = 0 if tagged else round(1105 * 16000 / rate)
+    assert abs(lag_behind(source, audio.decode(data)) - codec_delay) <= 3
+    transcoded = audio.decode(transcode.transcode_to_tempfile(io.BytesIO(data), "MP3"))
+    assert abs(lag_behind(source, transcoded) - codec_delay) <= 3
+
+
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
 def test_blockwise_resampling_equals_resampling_at_once(rate, monkeypatch):
     monkeypatch.setattr(audio, "BLOCK_SECONDS", 1)  # many blocks, many seams
