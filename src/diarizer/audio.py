@@ -52,6 +52,7 @@ MAX_GAIN_DB = 50.0  # digital near-silence is not raised into loud noise
 MIN_GAIN_DB = 1.0  # closer than this to the working level: left alone (the same array, no copy)
 _LEVEL_FRAME = 400  # 25 ms at 16 kHz
 _LEVEL_BINS = np.arange(-200.0, 20.05, 0.1)  # dBFS histogram edges: bounded memory for any length
+CANCELLED_DB = -20.0  # a downmix this far under unrelated channels' has cancelled them (see `downmix`)
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -401,6 +402,25 @@ def at_working_level(samples: np.ndarray) -> np.ndarray:
     return samples if gain == 1.0 else (np.asarray(samples, np.float32) * np.float32(gain))
 
 
+def downmix(block: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,) float32: the channels' mean, unless the mean cancels what the channels
+    hold, as it does when one channel is a polarity-inverted copy of another (a mis-wired balanced cable, a
+    "wide stereo" effect): then the loudest channel alone. The mean of such a file is digital silence, and
+    nobody would be found in it.
+
+    Cancelled means the mean keeps under CANCELLED_DB of the power it would have if the channels were
+    unrelated (1/channels² of their summed power): channels that merely differ, or one live channel among
+    silent ones, keep at least that much."""
+    if block.shape[1] == 1:
+        return block[:, 0]
+    mono = block.mean(axis=1)
+    power = np.einsum("ij,ij->j", block, block, dtype=np.float64)
+    unrelated = power.sum() / block.shape[1] ** 2
+    if unrelated > 0 and float(np.dot(mono, mono)) < unrelated * 10 ** (CANCELLED_DB / 10):
+        return np.ascontiguousarray(block[:, int(np.argmax(power))])
+    return mono
+
+
 def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Decode to 16 kHz mono float32 in [-1, 1], a quiet recording then raised to the working level (see
     `at_working_level`; its peaks may pass 1.0). Raises AudioDecodeError with the reason, AudioTooLongError
@@ -421,7 +441,7 @@ def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
                 if read > max_frames:
                     raise _too_long(fmt, max_seconds)
                 final = len(block) < block_frames
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                mono = downmix(block)
                 # NaN/inf samples (broken float WAVs) become silence rather than poisoning the models.
                 mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
                 np.clip(mono, -1.0, 1.0, out=mono)

@@ -14,7 +14,9 @@ import os
 import tempfile
 from typing import BinaryIO
 
-from diarizer.audio import check_header
+import numpy as np
+
+from diarizer.audio import check_header, downmix
 from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError
 
 TARGET_RATE = 16000
@@ -122,7 +124,9 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
     limit = int(max_seconds * TARGET_RATE)
     written = 0
     container = _open_container(av, source, fmt)
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=TARGET_RATE)
+    # The channels are kept and mixed by `downmix`, as libsndfile's formats are: FFmpeg's own mix is the plain
+    # mean, which turns a polarity-inverted stereo pair into silence.
+    resampler = av.AudioResampler(format="flt", layout=None, rate=TARGET_RATE)
     with container, sf.SoundFile(out, "w", samplerate=TARGET_RATE, channels=1, subtype="PCM_16",
                                  format=out_format) as sink:
         stream = container.streams.audio[0]
@@ -134,11 +138,11 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
                 if frame is not None:
                     check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)
                 for chunk in resampler.resample(frame):
-                    samples = chunk.to_ndarray().reshape(-1)
+                    samples = downmix(chunk.to_ndarray().reshape(-1, len(chunk.layout.channels)))
                     written += len(samples)
                     if written > limit:
                         raise AudioTooLongError(f"the {fmt} audio is longer than {max_seconds:g} s", max_seconds)
-                    sink.write(samples)
+                    sink.write(np.clip(samples, -1.0, 1.0))
         except av.FFmpegError as exc:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(exc)}") from exc
     if not written:

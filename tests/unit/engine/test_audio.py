@@ -232,3 +232,22 @@ def test_a_dc_offset_does_not_pass_for_loudness(speech):
     quiet = speech * np.float32(10 ** (-45 / 20))
     decoded = audio.decode(af.encode(quiet + np.float32(0.05), 16000, "WAV", "FLOAT"))
     assert _loud_level(decoded - decoded.mean()) == pytest.approx(audio.WORKING_LEVEL_DB, abs=0.5)
+
+
+def test_a_polarity_inverted_stereo_pair_is_not_mixed_into_silence(speech):
+    """A mis-wired balanced cable or a "wide stereo" effect leaves one channel the other's negative: their mean
+    is digital silence, in which nobody would be found. Both decoders (libsndfile's formats here, FFmpeg's in
+    the transcoder) then take the louder channel; channels that merely differ are still averaged."""
+    import io
+
+    from diarizer import transcode
+
+    inverted = np.stack([speech, -speech], axis=1)
+    for decoded in (audio.decode(af.encode(inverted, format="WAV", subtype="FLOAT")),
+                    audio.decode(transcode.transcode_to_tempfile(io.BytesIO(af.encode(inverted, format="FLAC")), "FLAC"))):
+        assert np.corrcoef(decoded, speech)[0, 1] > 0.999
+        assert abs(20 * np.log10(np.std(decoded) / np.std(speech))) < 0.1
+    assert np.allclose(audio.downmix(np.stack([speech, 0.8 * speech], axis=1)), 0.9 * speech)
+    one_live = np.zeros((len(speech), 8), np.float32)
+    one_live[:, 3] = speech
+    assert np.allclose(audio.downmix(one_live), speech / 8)  # quieter, not cancelled: the working level raises it
