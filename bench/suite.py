@@ -162,20 +162,26 @@ def build(root: Path) -> None:
             if not count or (folder / "reference.rttm").is_file():
                 continue
             began = time.time()
+            # Made in a scratch folder and renamed when whole: a build stopped half way (say, between the
+            # generator and the MP3 re-encoding) must not leave a folder that a re-run takes as finished.
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
             generator = [str(SHARED_EVAL / "make_conversations.py")]
             if condition.uneven_db:
                 generator = [str(Path(__file__).resolve().parent / "uneven_conversations.py"),
                              "--quieter", "{}-{}".format(*condition.uneven_db)]
             subprocess.run(
                 [sys.executable, *generator, "--pool", str(pools[POOL_OF[part]]),
-                 "--out", str(folder), "--count", str(count), "--seed", str(SEED_BASE[part] + 10 * index),
+                 "--out", str(partial), "--count", str(count), "--seed", str(SEED_BASE[part] + 10 * index),
                  "--prefix", f"{part}-{condition.name}-", *condition.args],
                 check=True, stdout=subprocess.DEVNULL,
             )
             if condition.low_bitrate_mp3:
-                reencode_mp3(folder)
+                reencode_mp3(partial)
             if condition.quieter_db:
-                make_quieter(folder, *condition.quieter_db, seed=SEED_BASE[part] + 10 * index)
+                make_quieter(partial, *condition.quieter_db, seed=SEED_BASE[part] + 10 * index)
+            shutil.rmtree(folder, ignore_errors=True)  # only ever an unfinished folder of an older build
+            partial.rename(folder)
             print(f"{part}/{condition.name}: {count} files in {time.time() - began:.0f} s", flush=True)
 
 

@@ -90,3 +90,33 @@ def test_the_mp3_condition_moves_its_reference_by_the_lag_every_decoder_plays(tm
     starts = [float(line.split()[3]) for line in (tmp_path / "reference.rttm").read_text().splitlines()]
     assert starts == pytest.approx([1.0 + 1105 / 16000, 4.5 + 1105 / 16000], abs=1e-3)
     assert [line.split()[4] for line in (tmp_path / "reference.rttm").read_text().splitlines()] == ["2.000", "1.250"]
+
+
+def test_a_build_stopped_half_way_is_made_again_not_taken_as_finished(tmp_path, monkeypatch):
+    """The generator has written the WAVs and the WAV-timeline reference, then the re-encoding dies: a re-run
+    must redo the condition, not score MP3s against a reference on the wrong timeline."""
+    speech = af.demo_recording("two-speakers")[0][: 16000 * 6]
+
+    def generator(command, **_):
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        sf.write(out / "c-000.wav", speech, 16000)
+        (out / "reference.rttm").write_text("SPEAKER c-000 1 1.000 2.000 <NA> <NA> alice <NA> <NA>\n")
+
+    monkeypatch.setattr(suite, "split_pools", lambda root: {"tune": root, "held": root})
+    monkeypatch.setattr(suite, "CONDITIONS", [c for c in suite.CONDITIONS if c.name == "mp3"])
+    monkeypatch.setattr(suite, "PARTS", ("tune",))
+    monkeypatch.setattr(suite, "AMI_SPLIT", {"tune": ()})
+    monkeypatch.setattr(suite.subprocess, "run", generator)
+    real_reencode = suite.reencode_mp3
+    monkeypatch.setattr(suite, "reencode_mp3", lambda folder: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        suite.build(tmp_path)
+    assert not (tmp_path / "tune" / "mp3").exists()
+
+    monkeypatch.setattr(suite, "reencode_mp3", real_reencode)
+    suite.build(tmp_path)
+    folder = tmp_path / "tune" / "mp3"
+    assert sorted(p.name for p in folder.iterdir()) == ["c-000.mp3", "reference.rttm", "timeline-shift.json"]
+    assert float((folder / "reference.rttm").read_text().split()[3]) == pytest.approx(1.0 + 1105 / 16000, abs=1e-3)
+    assert not (tmp_path / "tune" / "mp3.partial").exists()
