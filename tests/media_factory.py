@@ -15,6 +15,7 @@ KINDS = {
     "mp4": ("mp4", ".mp4", "aac", 48000, True),
     "webm": ("webm", ".webm", "libopus", 48000, False),
     "ogg-opus": ("ogg", ".opus", "libopus", 48000, False),
+    "aac": ("adts", ".aac", "aac", 44100, False),  # bare ADTS frames behind an ID3 tag, as HLS segments carry them
 }
 # name -> (container format, file suffix, audio codec, rate, layout): what phones and dictaphones write
 SPEECH_KINDS = {
@@ -77,7 +78,14 @@ def make_media(source: Path, kind: str, out_dir: Path) -> Path:
                     container.mux(packet)
             for packet in video.encode(None):
                 container.mux(packet)
+    if kind == "aac":
+        out_path.write_bytes(ID3_TAG + out_path.read_bytes())
     return out_path
+
+
+# An ID3v2.4 tag holding one text frame (TIT2 "call"), padded to 128 bytes as taggers leave room to grow.
+_TIT2 = b"TIT2" + (6).to_bytes(4, "big") + b"\x00\x00" + b"\x03call\x00"
+ID3_TAG = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + (_TIT2 + b"\x00" * 128)[:128]
 
 
 def webm_claiming(source: Path, out_dir: Path, claimed_ms: float) -> bytes:

@@ -139,8 +139,21 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
     else:
         stream = source
     head = stream.read(16)
+    fmt = detect_format(head)
+    if head[:3] == b"ID3":
+        fmt = _after_id3(stream, head) or fmt
     stream.seek(0)
-    return stream, detect_format(head)
+    return stream, fmt
+
+
+def _after_id3(stream: BinaryIO, head: bytes) -> str | None:
+    """The format of the audio behind an ID3v2 tag, which taggers also put before AAC (ADTS: HLS segments,
+    phone recorders) and FLAC; None where those bytes name nothing (padding before the first MP3 frame)."""
+    stream.seek(scan.id3v2_size(head))
+    try:
+        return detect_format(stream.read(16))
+    except AudioDecodeError:
+        return None
 
 
 def open_source(source: AudioSource) -> tuple[BinaryIO, str]:

@@ -59,7 +59,8 @@ def _mp3_frame(header: bytes) -> tuple[int, int, int] | None:
     return size, 1152 if mpeg1 else 576, rate
 
 
-def _id3v2_size(head: bytes) -> int:
+def id3v2_size(head: bytes) -> int:
+    """Bytes of the ID3v2 tag these first 10 bytes begin (header, body and footer), or 0 when there is none."""
     if len(head) < 10 or head[:3] != b"ID3":
         return 0
     body = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
@@ -70,7 +71,7 @@ def mp3_frames(stream: BinaryIO) -> int | None:
     """Samples per channel in the layer III frames of `stream`, or None when the first frame is not one.
     Stops at the first byte that is not a frame header (an ID3v1/APE tag, garbage, a cut frame)."""
     stream.seek(0)
-    reader = _Reader(stream, _id3v2_size(stream.read(10)))
+    reader = _Reader(stream, id3v2_size(stream.read(10)))
     samples, rate = 0, None
     while reader.has(4):
         frame = _mp3_frame(reader.peek(4))

@@ -16,7 +16,8 @@ from diarizer.types import AudioDecodeError, EmptyAudioError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 THREE_SPEAKERS = REPO_ROOT / "demo" / "three-speakers.flac"
-EXPECTED_FORMAT = {"m4a": "MP4/M4A", "mp4": "MP4/M4A", "webm": "WebM/Matroska", "ogg-opus": "OGG"}  # Opus: libsndfile
+EXPECTED_FORMAT = {"m4a": "MP4/M4A", "mp4": "MP4/M4A", "webm": "WebM/Matroska", "ogg-opus": "OGG",  # Opus: libsndfile
+                   "aac": "AAC"}
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +26,25 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return {kind: make_media(THREE_SPEAKERS, kind, out) for kind in KINDS}
 
 
+def aligned_correlation(source: np.ndarray, decoded: np.ndarray, most: int = 1600) -> float:
+    """Correlation of the two signals once `decoded` is moved by the codec's delay (up to `most` samples either
+    way, found to the sample: AAC's 1024 priming samples at 44.1 kHz are 371.5 at 16 kHz)."""
+    from scipy.signal import correlate
+
+    n = min(len(source), len(decoded)) - 2 * most
+    lag = int(np.argmax(correlate(decoded[: n + 2 * most], source[most : most + n], mode="valid"))) - most
+    return float(np.corrcoef(source[most : most + n], decoded[most + lag : most + lag + n])[0, 1])
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_containers_probe_and_decode_like_the_source(media, kind):
     info = probe_audio(media[kind])
     assert info.format == EXPECTED_FORMAT[kind]
     assert info.channels == 2 and info.sample_rate in (44100, 48000)
-    assert abs(info.duration - 31.64) < 0.1
+    assert abs(info.duration - 31.64) < (0.3 if kind == "aac" else 0.1)  # bare ADTS: FFmpeg guesses from the bitrate
     source, decoded = decode(THREE_SPEAKERS), decode(media[kind])
     assert abs(len(decoded) - len(source)) < 0.05 * 16000  # codec priming/padding only
-    # Lossy, but the same signal: strong correlation once aligned by the codec's delay.
-    n = min(len(source), len(decoded)) - 2000
-    best = max(np.corrcoef(source[lag:lag + n], decoded[:n])[0, 1] for lag in range(0, 1600, 8))
-    best = max(best, max(np.corrcoef(source[:n], decoded[lag:lag + n])[0, 1] for lag in range(0, 1600, 8)))
-    assert best > 0.9
+    assert aligned_correlation(source, decoded) > 0.9  # lossy, but the same signal
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -59,10 +66,7 @@ def test_phone_and_dictaphone_formats_decode_like_the_source(tmp_path, kind, fmt
     assert not info.length_known  # a container's claim: the limits apply to what decodes
     source, decoded = decode(THREE_SPEAKERS), decode(path.read_bytes())
     assert abs(len(decoded) - len(source)) < 0.05 * 16000
-    n = min(len(source), len(decoded)) - 2000
-    best = max(max(np.corrcoef(source[lag:lag + n], decoded[:n])[0, 1] for lag in range(0, 1600, 8)),
-               max(np.corrcoef(source[:n], decoded[lag:lag + n])[0, 1] for lag in range(0, 1600, 8)))
-    assert best > least_alike
+    assert aligned_correlation(source, decoded) > least_alike
     assert set(SPEECH_KINDS) == {"amr", "wma", "caf"}
     if kind == "amr":  # written as phones write it: comfort-noise frames in the pauses
         assert amr_frame_types(path.read_bytes())[AMR_NB_SID] > 10
@@ -113,6 +117,20 @@ def test_only_the_real_magic_is_taken_for_amr_or_caf():
             detect_format(text)
     assert detect_format(b"caff\x00\x01\x00\x00desc") == "CAF"
     assert detect_format(b"#!AMR-WB\n\x04") == detect_format(b"#!AMR\n\x3c") == "AMR"
+
+
+def test_an_id3_tag_names_the_audio_behind_it(media):
+    """Taggers put ID3v2 before AAC and FLAC too: the format is the audio's, not the tag's (an ADTS stream
+    behind one was refused as an MP3 libsndfile could not read)."""
+    from media_factory import ID3_TAG
+
+    adts = media["aac"].read_bytes()[len(ID3_TAG):]
+    assert probe_audio(adts).format == probe_audio(ID3_TAG + adts).format == "AAC"
+    flac = THREE_SPEAKERS.read_bytes()
+    assert probe_audio(ID3_TAG + flac).format == "FLAC"
+    assert np.array_equal(decode(ID3_TAG + flac), decode(flac))
+    with pytest.raises(AudioDecodeError, match="MP3"):  # a tag before nothing known: libsndfile's own refusal
+        decode(ID3_TAG + b"hello world" * 20)
 
 
 def test_truncated_container_is_a_clear_error(media):
