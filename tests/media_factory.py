@@ -1,6 +1,7 @@
 """Real M4A, MP4 (with a video track), WebM/Opus and Ogg/Opus files made from a WAV/FLAC with PyAV's encoders
 (FFmpeg's own aac, libopus and mpeg4), the way phones, Zoom/Teams and browsers write them; and the speech formats of
-call recorders and dictaphones (AMR-NB at 8 kHz mono with DTX, WMA, CAF with ALAC) in `SPEECH_KINDS`."""
+call recorders and dictaphones (AMR-NB at 8 kHz mono with DTX, WMA, CAF with ALAC, WAVs holding G.723.1 or G.722) in
+`SPEECH_KINDS`."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -22,10 +23,14 @@ SPEECH_KINDS = {
     "amr": ("amr", ".amr", "libopencore_amrnb", 8000, "mono"),
     "wma": ("asf", ".wma", "wmav2", 44100, "stereo"),
     "caf": ("caf", ".caf", "alac", 44100, "stereo"),
+    # call-centre recorders' WAVs: G.723.1 (6.3 kbit/s) and wideband G.722, codecs libsndfile does not read
+    "wav-g723": ("wav", ".wav", "g723_1", 8000, "mono"),
+    "wav-g722": ("wav", ".wav", "g722", 16000, "mono"),
 }
 # Phones' call recorders stop sending speech frames in pauses (discontinuous transmission): comfort-noise (SID)
 # and no-data frames, which FFmpeg's own AMR decoder refuses ("Not yet implemented in FFmpeg").
 CODEC_OPTIONS = {"amr": {"dtx": "1"}}
+BIT_RATES = {"wav-g723": 6300}  # G.723.1 has two rates; the others take 64 kbit/s or their nearest mode
 
 
 def make_media(source: Path, kind: str, out_dir: Path) -> Path:
@@ -50,7 +55,7 @@ def make_media(source: Path, kind: str, out_dir: Path) -> Path:
             video = container.add_stream("mpeg4", rate=5)
             video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         if kind in SPEECH_KINDS:
-            audio.bit_rate = 64000  # wmav2 will not open without one; AMR-NB takes its nearest mode (12.2 kbit/s)
+            audio.bit_rate = BIT_RATES.get(kind, 64000)  # wmav2 will not open without one; AMR-NB takes its nearest mode
         # speech codecs take fixed-size frames (AMR: 160 samples)
         frame_size = (audio.codec_context.frame_size or None) if kind in SPEECH_KINDS else None
         resampler = av.AudioResampler(format=audio.codec_context.format.name, layout=layout, rate=rate,

@@ -83,6 +83,15 @@ _TRANSCODED_MAGIC = (
     (0, b"caff\x00\x01\x00\x00", "CAF"),  # Apple Core Audio files: "caff", version 1, flags 0
 )
 TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC)
+# WAV codecs (format tags) libsndfile decodes; a WAV holding another goes through the transcoder, named by its codec.
+_SNDFILE_WAV_CODECS = frozenset({
+    0x0001, 0x0003,  # PCM, IEEE float
+    0x0006, 0x0007,  # G.711 A-law, mu-law
+    0x0002, 0x0011, 0x0038, 0x0040,  # Microsoft, IMA, NMS VBX and G.721 ADPCM
+    0x0031, 0x0055,  # GSM 6.10, MPEG layer III
+})
+_WAV_CODEC_NAMES = {0x0014: "G.723 ADPCM", 0x0042: "G.723.1", 0x0045: "G.726", 0x0064: "G.726", 0x0083: "G.729",
+                    0x0133: "G.729", 0x028F: "G.722", 0x0020: "Yamaha ADPCM", 0x00FF: "AAC", 0x1610: "AAC"}
 _UNSUPPORTED_MAGIC = (
     (0, b"MThd", "MIDI (notes, not a recording)"),
 )
@@ -142,8 +151,18 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
     fmt = detect_format(head)
     if head[:3] == b"ID3":
         fmt = _after_id3(stream, head) or fmt
+    if fmt == "WAV":
+        codec = scan.wav_codec(stream)
+        if codec is not None and codec not in _SNDFILE_WAV_CODECS:
+            fmt = f"WAV ({_WAV_CODEC_NAMES.get(codec, f'codec 0x{codec:04X}')})"
     stream.seek(0)
     return stream, fmt
+
+
+def transcoded(fmt: str) -> bool:
+    """True for the formats only the transcoder decodes: the containers libsndfile cannot read, and WAVs holding
+    a codec it lacks (named "WAV (G.729)" and so on)."""
+    return fmt in TRANSCODED_FORMATS or fmt.startswith("WAV (")
 
 
 def _after_id3(stream: BinaryIO, head: bytes) -> str | None:
@@ -167,7 +186,7 @@ def _open(source: AudioSource, max_seconds: float = MAX_SECONDS) -> tuple[sf.Sou
     stops past `max_seconds`."""
     stream, fmt = _stream(source)
     why = None
-    if fmt not in TRANSCODED_FORMATS:
+    if not transcoded(fmt):
         handle, frames, why = _sndfile(stream, fmt)
         if why is None:
             return handle, fmt, frames
@@ -222,7 +241,7 @@ def needs_transcoder(source: AudioSource) -> bool:
     """True where only the transcoder decodes this audio whole: M4A/MP4/WebM, and the FLAC and MP3 files
     libsndfile would fail on or cut short (see `_sndfile`). Raises AudioDecodeError for non-audio."""
     stream, fmt = _stream(source)
-    if fmt in TRANSCODED_FORMATS:
+    if transcoded(fmt):
         return True
     handle, _, why = _sndfile(stream, fmt)
     handle.close()
@@ -255,7 +274,7 @@ def probe_audio(source: AudioSource) -> AudioInfo:
     """Read only the header (an MP3's frame headers): format, rate, channels, duration. Where the length is
     not known without decoding, `length_known` is False. Raises AudioDecodeError."""
     stream, fmt = _stream(source)
-    if fmt in TRANSCODED_FORMATS:
+    if transcoded(fmt):
         from diarizer import transcode
 
         rate, channels, duration = transcode.probe(stream, fmt)

@@ -5,10 +5,12 @@
   the rest silently and a large ID3 tag (cover art) inflates it. Each MPEG audio frame header says its own
   size and holds a fixed number of samples: walking them gives the real count. Only layer III is walked
   (what `audio.detect_format` accepts); anything else gives None and libsndfile's figure stands.
+- Which codec a WAV holds: libsndfile reads PCM, float, G.711, the ADPCMs, GSM 6.10 and MP3 in a WAV, but
+  refuses what call recorders also write (G.723.1, G.726, G.729, G.722), which FFmpeg decodes.
 - How many logical streams an Ogg file chains (`cat a.ogg b.ogg`, internet radio recordings): libsndfile
   reads the first only, and may report its length as the whole file's.
 
-Both read in CHUNK_BYTES pieces and put the stream back at 0.
+The walks read in CHUNK_BYTES pieces; every function puts the stream back at 0.
 """
 from __future__ import annotations
 
@@ -82,6 +84,37 @@ def mp3_frames(stream: BinaryIO) -> int | None:
         reader.pos += size
     stream.seek(0)
     return samples if rate is not None else None
+
+
+_WAV_CHUNKS_READ = 64  # the fmt chunk comes first or nearly (after JUNK, bext, LIST): never a walk of the file
+_EXTENSIBLE = 0xFFFE
+
+
+def wav_codec(stream: BinaryIO) -> int | None:
+    """The format tag of a RIFF/RIFX/RF64 WAVE stream's fmt chunk (an extensible one's sub-format), or None
+    where there is no readable fmt chunk (libsndfile then names the fault)."""
+    stream.seek(0)
+    head = stream.read(12)
+    order = "big" if head[:4] == b"RIFX" else "little"
+    position = 12
+    for _ in range(_WAV_CHUNKS_READ):
+        stream.seek(position)
+        chunk = stream.read(8)
+        if len(chunk) < 8:
+            break
+        size = int.from_bytes(chunk[4:], order)
+        if chunk[:4] == b"fmt ":
+            body = stream.read(min(size, 40))
+            if len(body) < 2:
+                break
+            tag = int.from_bytes(body[:2], order)
+            if tag == _EXTENSIBLE and len(body) >= 26:
+                tag = int.from_bytes(body[24:26], order)  # the sub-format GUID begins with the tag it stands for
+            stream.seek(0)
+            return tag
+        position += 8 + size + (size & 1)  # chunks are padded to an even size
+    stream.seek(0)
+    return None
 
 
 def ogg_streams(stream: BinaryIO) -> int:

@@ -91,7 +91,7 @@ def same_speakers(result: dict, reference: dict) -> None:
         assert abs(spoken[sid] - expected[sid]) < 1.0, (sid, spoken, expected)
 
 
-@pytest.mark.parametrize("kind", ["m4a", "mp4", "webm", "flac-no-length", "amr", "wma"])
+@pytest.mark.parametrize("kind", ["m4a", "mp4", "webm", "flac-no-length", "amr", "wma", "wav-g723"])
 def test_container_audio_goes_through_the_transcoder_and_gives_the_flac_speakers(
         transcode_stack, api_handler, worker_handler, transcode_handler, webhook_receiver, media, flac_result,
         monkeypatch, kind):
@@ -131,7 +131,7 @@ def test_container_audio_goes_through_the_transcoder_and_gives_the_flac_speakers
     stack.run_worker(worker_handler, event)
     [hit] = webhook_receiver.received  # exactly one webhook
     assert verify_signature(stack.key.record.webhook_secret, hit.headers, hit.body)
-    if kind in SPEECH_KINDS:  # a speech codec (AMR: 8 kHz) keeps the voices and turns, not every edge
+    if kind in SPEECH_KINDS:  # a speech codec (AMR, G.723.1: 8 kHz) keeps the voices and turns, not every edge
         assert hit.json()["response"]["num_speakers"] == 3
         assert frame_agreement(hit.json()["response"], flac_result) > 0.85
     else:

@@ -134,3 +134,31 @@ def test_chained_ogg_is_decoded_whole(subtype):
     single = ogg(af.noise(20.0, seed=4))  # one stream: libsndfile's, and the scan must not disturb its reads
     assert not audio.needs_transcoder(single)
     assert audio.check_decodes(single).duration == pytest.approx(20.0, abs=0.1)
+
+
+def test_the_wav_codec_is_read_from_the_fmt_chunk_wherever_it_sits(speech):
+    """JUNK/LIST chunks before fmt (broadcast recorders), extensible WAVs (more than two channels, 24-bit) and
+    big-endian RIFX all name their codec; PCM stays with libsndfile, a call recorder's codec goes to FFmpeg."""
+    import io
+    import struct
+
+    import soundfile as sf
+
+    from diarizer import scan
+
+    def codec(data: bytes) -> int | None:
+        return scan.wav_codec(io.BytesIO(data))
+
+    pcm = af.encode(speech[:1600], format="WAV", subtype="PCM_16")
+    assert codec(pcm) == 0x0001
+    junk = b"JUNK" + struct.pack("<I", 27) + bytes(27) + b"\x00"  # an odd size, padded to even
+    assert codec(pcm[:12] + junk + pcm[12:]) == 0x0001
+    wide = io.BytesIO()
+    sf.write(wide, np.zeros((1600, 3), np.float32), 16000, format="WAVEX", subtype="PCM_24")  # WAVE_FORMAT_EXTENSIBLE
+    assert wide.getvalue()[20:22] == b"\xfe\xff" and codec(wide.getvalue()) == 0x0001
+    rifx = b"RIFX" + struct.pack(">I", 36) + b"WAVE" + b"fmt " + struct.pack(">IHHIIHH", 16, 0x42, 1, 8000, 800, 24, 0)
+    assert codec(rifx) == 0x0042
+    assert codec(pcm[:21]) is None and codec(b"RIFF\x00\x00\x00\x00WAVE") is None  # cut inside the tag, or no fmt
+    g723 = pcm[:20] + struct.pack("<H", 0x0042) + pcm[22:]
+    assert audio.probe_audio(g723).format == "WAV (G.723.1)" and audio.needs_transcoder(g723)
+    assert audio.probe_audio(pcm).format == "WAV" and not audio.needs_transcoder(pcm)

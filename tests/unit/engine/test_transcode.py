@@ -58,6 +58,8 @@ def test_bytes_and_streams_work_as_well_as_paths(media, kind):
     ("amr", "AMR", 8000, 1, 0.8),  # AMR-NB: 8 kHz speech codec, the top half of the band is gone
     ("wma", "WMA/ASF", 44100, 2, 0.85),
     ("caf", "CAF", 44100, 2, 0.99),  # ALAC: lossless
+    ("wav-g723", "WAV (G.723.1)", 8000, 1, 0.8),  # a call recorder's 6.3 kbit/s speech codec
+    ("wav-g722", "WAV (G.722)", 16000, 1, 0.9),
 ])
 def test_phone_and_dictaphone_formats_decode_like_the_source(tmp_path, kind, fmt, rate, channels, least_alike):
     path = make_media(THREE_SPEAKERS, kind, tmp_path)
@@ -67,7 +69,7 @@ def test_phone_and_dictaphone_formats_decode_like_the_source(tmp_path, kind, fmt
     source, decoded = decode(THREE_SPEAKERS), decode(path.read_bytes())
     assert abs(len(decoded) - len(source)) < 0.05 * 16000
     assert aligned_correlation(source, decoded) > least_alike
-    assert set(SPEECH_KINDS) == {"amr", "wma", "caf"}
+    assert set(SPEECH_KINDS) == {"amr", "wma", "caf", "wav-g723", "wav-g722"}
     if kind == "amr":  # written as phones write it: comfort-noise frames in the pauses
         assert amr_frame_types(path.read_bytes())[AMR_NB_SID] > 10
 
