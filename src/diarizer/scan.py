@@ -6,7 +6,7 @@
   size and holds a fixed number of samples: walking them gives the real count. Only layer III is walked
   (what `audio.detect_format` accepts); anything else gives None and libsndfile's figure stands.
 - Which codec a WAV holds: libsndfile reads PCM, float, G.711, the ADPCMs, GSM 6.10 and MP3 in a WAV, but
-  refuses what call recorders also write (G.723.1, G.726, G.729, G.722), which FFmpeg decodes.
+  refuses other codecs call recorders write (G.723.1, G.726, G.722), which FFmpeg decodes.
 - How many logical streams an Ogg file chains (`cat a.ogg b.ogg`, internet radio recordings): libsndfile
   reads the first only, and may report its length as the whole file's.
 
