@@ -17,7 +17,13 @@ KINDS = {
     "webm": ("webm", ".webm", "libopus", 48000, False),
     "ogg-opus": ("ogg", ".opus", "libopus", 48000, False),
     "aac": ("adts", ".aac", "aac", 44100, False),  # bare ADTS frames behind an ID3 tag, as HLS segments carry them
+    # cameras: AVCHD's transport stream with AC-3 (.mts, 192-byte packets), a DVD-style program stream, an AVI
+    "mts": ("mpegts", ".mts", "ac3", 48000, True),
+    "mpg": ("mpeg", ".mpg", "mp2", 48000, True),
+    "avi": ("avi", ".avi", "libmp3lame", 44100, True),
 }
+CONTAINER_OPTIONS = {"mts": {"mpegts_m2ts_mode": "1"}}
+VIDEO = {"mts": ("mpeg2video", 25), "mpg": ("mpeg2video", 25)}  # (codec, frames per second); else MPEG-4 at 5
 # name -> (container format, file suffix, audio codec, rate, layout): what phones and dictaphones write
 SPEECH_KINDS = {
     "amr": ("amr", ".amr", "libopencore_amrnb", 8000, "mono"),
@@ -48,11 +54,12 @@ def make_media(source: Path, kind: str, out_dir: Path) -> Path:
     # stereo, as most recorders write it (the decoder must downmix); AMR is mono only
     planes = np.stack([samples, samples]) if layout == "stereo" else samples[None, :]
     out_path = out_dir / f"{source.stem}-{kind}{suffix}"
-    with av.open(str(out_path), "w", format=container_format) as container:
+    with av.open(str(out_path), "w", format=container_format, options=CONTAINER_OPTIONS.get(kind, {})) as container:
         audio = container.add_stream(codec, rate=rate, layout=layout, options=CODEC_OPTIONS.get(kind, {}))
         video = None
+        video_codec, fps = VIDEO.get(kind, ("mpeg4", 5))
         if with_video:
-            video = container.add_stream("mpeg4", rate=5)
+            video = container.add_stream(video_codec, rate=fps)
             video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         if kind in SPEECH_KINDS:
             audio.bit_rate = BIT_RATES.get(kind, 64000)  # wmav2 will not open without one; AMR-NB takes its nearest mode
@@ -76,7 +83,7 @@ def make_media(source: Path, kind: str, out_dir: Path) -> Path:
             container.mux(packet)
         if video is not None:
             seconds = int(np.ceil(len(samples) / source_rate))
-            for index in range(seconds * 5):
+            for index in range(seconds * fps):
                 picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index % 255, np.uint8), format="rgb24")
                 picture.pts = index
                 for packet in video.encode(picture):

@@ -81,8 +81,13 @@ _TRANSCODED_MAGIC = (
     (0, b"#!AMR-WB\n", "AMR"),
     (0, b"0&\xb2u\x8ef\xcf\x11", "WMA/ASF"),  # Windows voice recorders and dictaphones (the ASF header GUID)
     (0, b"caff\x00\x01\x00\x00", "CAF"),  # Apple Core Audio files: "caff", version 1, flags 0
+    # camcorders and older cameras: AVI (a RIFF form like WAVE), MPEG program streams (DVD, .mpg)
+    (8, b"AVI ", "AVI"),
+    (0, b"\x00\x00\x01\xba", "MPEG-PS"),
 )
-TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC)
+_TS_PACKET = 188  # MPEG transport stream packets (.ts: broadcast, HLS); AVCHD's .mts/.m2ts put 4 bytes before each
+HEAD_BYTES = 256  # how much of the start names the format: two transport-stream packets' sync bytes
+TRANSCODED_FORMATS = frozenset(name for _, _, name in _TRANSCODED_MAGIC) | {"MPEG-TS"}  # (the last by its packets)
 # WAV codecs (format tags) libsndfile decodes; a WAV holding another goes through the transcoder, named by its codec.
 _SNDFILE_WAV_CODECS = frozenset({
     0x0001, 0x0003,  # PCM, IEEE float
@@ -95,7 +100,7 @@ _WAV_CODEC_NAMES = {0x0014: "G.723 ADPCM", 0x0042: "G.723.1", 0x0045: "G.726", 0
 _UNSUPPORTED_MAGIC = (
     (0, b"MThd", "MIDI (notes, not a recording)"),
 )
-SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/MOV, WebM, AMR, WMA or CAF"
+SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/MOV, WebM, AMR, WMA, CAF, AVI, MPEG-TS or MPEG-PS"
 
 
 # What libsndfile reports as the length of a stream whose header gives none (a FLAC written to a pipe has
@@ -129,6 +134,10 @@ def detect_format(head: bytes) -> str:
     for offset, magic, name in _TRANSCODED_MAGIC:
         if head[offset : offset + len(magic)] == magic:
             return name
+    for lead in (0, 4):  # the sync byte (0x47) of two packets in a row: plain, or AVCHD's with a timestamp before each
+        size = _TS_PACKET + lead
+        if len(head) > lead + size and head[lead] == head[lead + size] == 0x47:
+            return "MPEG-TS"
     for offset, magic, name in _UNSUPPORTED_MAGIC:
         if head[offset : offset + len(magic)] == magic:
             raise AudioDecodeError(f"{name} audio is not supported; send {SUPPORTED_FORMATS}")
@@ -147,7 +156,7 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
     else:
         stream = source
-    head = stream.read(16)
+    head = stream.read(HEAD_BYTES)
     fmt = detect_format(head)
     if head[:3] == b"ID3":
         fmt = _after_id3(stream, head) or fmt
@@ -170,7 +179,7 @@ def _after_id3(stream: BinaryIO, head: bytes) -> str | None:
     phone recorders) and FLAC; None where those bytes name nothing (padding before the first MP3 frame)."""
     stream.seek(scan.id3v2_size(head))
     try:
-        return detect_format(stream.read(16))
+        return detect_format(stream.read(HEAD_BYTES))
     except AudioDecodeError:
         return None
 

@@ -1,4 +1,5 @@
-"""The transcode step on AWS: container audio (M4A/AAC, MP4/MOV, WebM, AMR, WMA, CAF) -> 16 kHz mono FLAC.
+"""The transcode step on AWS: container audio (M4A/AAC, MP4/MOV, WebM, AMR, WMA, CAF, AVI, MPEG-TS/PS, and WAVs of
+codecs libsndfile lacks) -> 16 kHz mono FLAC.
 
 PyAV does not fit in the worker beside the engine (Lambda's 250 MB), so the worker forwards such a job to the
 transcode queue (`forward`) and TranscodeFunction (`Transcoder.handle_message`) converts it, points the job at
