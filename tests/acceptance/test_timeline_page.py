@@ -273,3 +273,26 @@ def test_html_report_with_known_voices_opens_and_shows_the_timeline(tmp_path, br
     state = wait_for(lambda: (lambda s: s if not s["paused"] and s["t"] > first["start"] else None)(
         audio_state(browser)), 20, "the audio to play the first turn")
     assert state["t"] <= first["end"] + 0.3
+
+
+def test_a_recording_the_browser_cannot_play_says_so_and_keeps_its_timeline(tmp_path, browser):
+    """The service reads AMR (phones' call recorders); Chromium does not play it. The page says so instead of
+    leaving a player that does nothing, and the timeline and the downloads are all there."""
+    from media_factory import make_media
+
+    audio = make_media(THREE_SPEAKERS, "amr", tmp_path)
+    out = tmp_path / "call.html"
+    done = subprocess.run([sys.executable, "-m", "diarizer.cli", str(audio), "--html", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    browser.get(out.as_uri())
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".tl-lane"), 10, "the timeline")
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".tl-lane")) == 3
+    notice = browser.find_element(By.CSS_SELECTOR, ".tl-audio-error")
+    wait_for(lambda: notice.is_displayed(), 10, "the notice that this browser cannot play AMR")
+    assert "cannot play this recording's format" in notice.text
+    assert browser.execute_script("return document.querySelector('.tl-audio').error.code") == 4  # SRC_NOT_SUPPORTED
+    assert "speaker1" in browser.execute_script("return window.diarizerReport.export('rttm')")
+
+    browser.execute_script("window.diarizerReport.setAudio(arguments[0])", THREE_SPEAKERS.as_uri())
+    wait_for(lambda: not notice.is_displayed(), 10, "the notice to go with a playable copy")

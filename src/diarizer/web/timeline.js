@@ -124,6 +124,13 @@
 
     // ---- audio + toolbar ----
     const audio = el("audio", { class: "tl-audio", controls: "", preload: "metadata" });
+    // Browsers play WAV, MP3, FLAC, Ogg and M4A, but not AMR, WMA, AVI or a call recorder's G.723.1 WAV, which the
+    // service reads: say so rather than leave a player that silently does nothing.
+    const unplayable = el("p", { class: "tl-audio-error", role: "status", hidden: "",
+      text: "This browser cannot play this recording's format. The timeline and the downloads work without it; " +
+            "a WAV, MP3 or M4A copy of the recording plays here." });
+    audio.addEventListener("error", () => { if (audio.getAttribute("src")) unplayable.hidden = false; });
+    audio.addEventListener("loadedmetadata", () => { unplayable.hidden = true; });
     if (options.audioSrc) audio.src = options.audioSrc;
     const time = el("span", { class: "tl-time", "aria-live": "off", text: `0:00.0 / ${clock(duration)}` });
     const zoomLabel = el("span", { class: "muted" });
@@ -214,7 +221,7 @@
     help.innerHTML = "Click a turn to play it. Keys on the timeline: <kbd>Space</kbd> play/pause, " +
       "<kbd>←</kbd>/<kbd>→</kbd> 5 s, <kbd>N</kbd>/<kbd>P</kbd> next/previous turn, <kbd>+</kbd>/<kbd>−</kbd> zoom. " +
       "Tab reaches each turn; Enter plays it.";
-    root.append(toolbar, audio, el("div", { class: "tl-body" }, [nameColumn, scroller]), detail, clash, legend, summary, help);
+    root.append(toolbar, audio, unplayable, el("div", { class: "tl-body" }, [nameColumn, scroller]), detail, clash, legend, summary, help);
 
     function relabel() {
       turnButtons.forEach((b, i) => {
@@ -377,7 +384,7 @@
 
     return {
       audio, names, speakers, segments,
-      setAudio(src) { audio.src = src; },
+      setAudio(src) { unplayable.hidden = true; audio.src = src; },
       export(kind) { return exporters[kind](diarized, names, fileId); },
       playTurn, zoom, fit,
     };
