@@ -225,6 +225,15 @@ def _mp3_frames_only(data: bytes) -> bytes:
     return data
 
 
+def lag_behind(source: np.ndarray, decoded: np.ndarray, most: int = 4000) -> int:
+    """How many samples later than in `source` the signal sits in `decoded` (cross-correlation, up to `most`
+    samples either way): a codec's delay, found to the sample."""
+    from scipy.signal import correlate
+
+    n = min(len(source), len(decoded)) - 2 * most
+    return int(np.argmax(correlate(decoded[: n + 2 * most], source[most : most + n], mode="valid"))) - most
+
+
 def mp3(samples: np.ndarray, sr: int = RATE, level: float = 0.5, writer: str = "libsndfile") -> bytes:
     """A constant-bitrate MP3 as libsndfile writes it (`level` is its compression level: 0.9 at 16 kHz is
     24 kbit/s, too little for LAME to write its Xing/Info frame) or as FFmpeg does (`writer="ffmpeg"`, PyAV's

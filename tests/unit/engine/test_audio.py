@@ -25,14 +25,6 @@ def test_every_variant_decodes_to_16k_mono(speech, name):
     assert np.abs(decoded).max() > 0.05  # real signal, not silence
 
 
-def lag_behind(source: np.ndarray, decoded: np.ndarray, most: int = 4000) -> int:
-    """How many samples later than in `source` the signal sits in `decoded` (cross-correlation)."""
-    from scipy.signal import correlate
-
-    n = min(len(source), len(decoded)) - 2 * most
-    return int(np.argmax(correlate(decoded[: n + 2 * most], source[most : most + n], mode="valid"))) - most
-
-
 @pytest.mark.parametrize("rate, level, writer, tagged", [
     (16000, 0.9, "libsndfile", False),  # 24 kbit/s: LAME has no room for its Xing/Info frame
     (8000, 0.9, "libsndfile", False),  # MPEG-2.5: the codec delay is 138 ms
@@ -52,9 +44,9 @@ def test_an_mp3_is_on_the_timeline_every_player_gives_it(speech, rate, level, wr
     data = af.mp3(af.resample(speech, 16000, rate), rate, level, writer)
     source = af.resample(af.resample(speech, 16000, rate), rate, 16000)  # the band the MP3 can carry
     codec_delay = 0 if tagged else round(1105 * 16000 / rate)
-    assert abs(lag_behind(source, audio.decode(data)) - codec_delay) <= 3
+    assert abs(af.lag_behind(source, audio.decode(data)) - codec_delay) <= 3
     transcoded = audio.decode(transcode.transcode_to_tempfile(io.BytesIO(data), "MP3"))
-    assert abs(lag_behind(source, transcoded) - codec_delay) <= 3
+    assert abs(af.lag_behind(source, transcoded) - codec_delay) <= 3
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
