@@ -85,8 +85,7 @@ def test_the_mp3_condition_moves_its_reference_by_the_lag_every_decoder_plays(tm
     suite.reencode_mp3(tmp_path)
     assert not (tmp_path / "a.wav").exists() and (tmp_path / "a.mp3").is_file()
     decoded, rate = sf.read(tmp_path / "a.mp3", dtype="float32")
-    start = np.argmax(np.correlate(decoded[: 16000 * 2], speech[8000:12000], mode="valid")) - 8000  # the lag itself
-    assert start == 1105
+    assert af.lag_behind(speech, decoded) == 1105  # the lag itself, as every decoder plays it
     starts = [float(line.split()[3]) for line in (tmp_path / "reference.rttm").read_text().splitlines()]
     assert starts == pytest.approx([1.0 + 1105 / 16000, 4.5 + 1105 / 16000], abs=1e-3)
     assert [line.split()[4] for line in (tmp_path / "reference.rttm").read_text().splitlines()] == ["2.000", "1.250"]
