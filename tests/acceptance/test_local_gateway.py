@@ -162,6 +162,68 @@ def test_chunked_and_malformed_lengths_are_refused(server, handler):
     assert handler.events == []
 
 
+def json_answer(answer: bytes) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of one raw HTTP/1.1 answer; fails unless it has a status line and JSON."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    assert status_line.startswith("HTTP/1.1 "), answer[:200]
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert headers["Content-Type"] == "application/json" and int(headers["Content-Length"]) == len(body)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize("length", ["9" * 4301, "0" * 5000 + "99999999999", "9" * 16])
+def test_a_content_length_of_thousands_of_digits_is_413_not_a_dropped_connection(server, handler, length):
+    # int() refuses more than 4,300 digits with a ValueError, which used to kill the request unanswered
+    for expect in (b"", b"Expect: 100-continue\r\n"):
+        answer = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + length.encode() +
+                              b"\r\n" + expect + b"\r\nx")
+        status, headers, body = json_answer(answer)
+        assert (status, body["error"]["code"]) == (413, "body_too_large") and headers["Connection"] == "close"
+    assert handler.events == []
+
+
+def test_leading_zeros_in_a_content_length_are_still_the_length(server, handler):
+    answer = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " +
+                          b"0" * 5000 + b"2\r\n\r\n{}")
+    assert json_answer(answer)[0] == 201 and handler.events[0]["body"] == "{}"
+
+
+def test_conflicting_content_lengths_are_refused_and_the_connection_closed(server, handler):
+    # RFC 9112 6.3: a proxy in front might frame the request by the other one (request smuggling)
+    answer = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 50\r\n"
+                                  b"\r\n{}")
+    status, headers, body = json_answer(answer)
+    assert (status, body["error"]["code"], headers["Connection"]) == (400, "invalid_content_length", "close")
+    assert handler.events == []
+    same_twice = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n"
+                                      b"Content-Length: 2\r\n\r\n{}")
+    assert json_answer(same_twice)[0] == 201
+
+
+@pytest.mark.parametrize("request_bytes, status, code", [
+    (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    (b"QUERY /audio/generic/api/v2/voiceprints HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    (b"GET / HTTP/2.0\r\n\r\n", 400, "http_version_not_supported"),
+    (b"GET /x HTTP/1.1 x\r\n\r\n", 400, "bad_request"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "uri_too_long"),
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, "headers_too_large"),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431, "headers_too_large"),
+])
+def test_what_http_server_itself_refuses_is_a_json_4xx_with_a_status_line(server, handler, request_bytes, status,
+                                                                          code):
+    got, headers, body = json_answer(raw_exchange(server, request_bytes))
+    assert (got, body["error"]["code"]) == (status, code)
+    if status == 405:
+        assert "POST" in headers["Allow"] and "TRACE" not in headers["Allow"]
+    assert handler.events == []
+
+
+def test_an_api_key_in_a_refused_request_line_is_not_echoed(server):
+    answer = raw_exchange(server, b"GET /x?apikey=dk_0123456789abcdef_secretsecretsecretsecret HTTP/1.1 x\r\n\r\n")
+    assert json_answer(answer)[0] == 400 and b"secretsecret" not in answer
+
+
 def test_a_client_that_stops_sending_gets_408_and_is_dropped(server, handler):
     began = time.monotonic()
     answer = raw_exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -92,6 +93,7 @@ def test_uploads_in_local_mode_with_the_limits_and_formats(start_server, media):
     assert refused(url.replace("signature=", "signature=0"), 4) == 403  # tampered
     assert refused(url.replace("/uploads/", "/uploads/x"), 4) == 403  # another key's folder
     assert refused(url, 4, method="POST") == 405
+    assert refused(re.sub(r"expires=\d+", "expires=" + "9" * 4301, url), 4) == 403  # int() would raise on it
     assert put(url, b"RIFF")[0] == 200  # the URL itself was good
     # An upload that is not audio: a clear failure naming the formats, never a crash.
     status, answer = server.request("POST", ASYNC, body={"upload_id": upload(server, b"MThd" + bytes(5000))},

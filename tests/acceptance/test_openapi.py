@@ -14,7 +14,8 @@ OPENAPI_FILE = REPO_ROOT / "src" / "diarizer_service" / "openapi.json"
 HTTP_METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 # Error codes produced by the local HTTP front itself (gateway.py), not by the API handler.
 GATEWAY_CODES = {"length_required", "invalid_content_length", "body_too_large", "request_timeout",
-                 "too_many_connections", "engine_busy", "invalid_signature", "method_not_allowed", "upload_too_large"}
+                 "too_many_connections", "engine_busy", "invalid_signature", "method_not_allowed", "upload_too_large",
+                 "bad_request", "http_version_not_supported", "uri_too_long", "headers_too_large"}
 
 
 @pytest.fixture(scope="module")

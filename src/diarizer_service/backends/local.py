@@ -214,7 +214,8 @@ class FileBlobStore:
 
     def check_upload(self, key: str, expires: str, signature: str) -> bool:
         """True when (key, expires, signature) came from presign_put and has not expired."""
-        if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
+        # At most 12 digits: int() of thousands would raise instead of refusing, and no real expiry is that far.
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
             return False
         return hmac.compare_digest(self._sign(key, int(expires)), signature)
 

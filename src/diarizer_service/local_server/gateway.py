@@ -16,6 +16,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
@@ -31,6 +32,16 @@ MAX_BODY_BYTES = MAX_REQUEST_BODY_BYTES + 1024 * 1024
 SOCKET_TIMEOUT_SECONDS = 30.0  # per read: an idle or stalled client is dropped
 BODY_DEADLINE_SECONDS = 120.0  # the whole body: a client trickling bytes cannot hold a thread forever
 MAX_CONNECTIONS = 32
+_HANDLED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # GatewayHandler's do_* methods
+# http.server's own refusals (GatewayHandler.send_error): status and error code.
+_OWN_REFUSALS = {
+    HTTPStatus.BAD_REQUEST: (400, "bad_request"),
+    HTTPStatus.REQUEST_URI_TOO_LONG: (414, "uri_too_long"),
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: (431, "headers_too_large"),
+    HTTPStatus.NOT_IMPLEMENTED: (405, "method_not_allowed"),  # a method no route has, such as TRACE
+    HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: (400, "http_version_not_supported"),  # HTTP/2 prior knowledge, ...
+}
+_LENGTH_DIGITS = 15  # a Content-Length with more digits (after leading zeros) is over every limit here
 OPENAPI_PATH = "/openapi.json"
 # (method, resource) of the requests that run the engine
 SYNC_ROUTES = {("POST", "/audio/generic/api/v1/sync/diarize"), ("POST", "/audio/generic/api/v2/sync/diarize"),
@@ -251,6 +262,21 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals -- a malformed request line, a URI or headers too long, a method or an HTTP
+        version it does not speak -- as JSON like every other answer, and as the client's mistake (4xx): its HTML
+        page, a 501 or 505, and, before the request line was understood, no status line at all, told clients
+        nothing they could parse."""
+        status, reason = _OWN_REFUSALS.get(code, (code if code < 500 else 400, "bad_request"))
+        if self.request_version in ("", "HTTP/0.9"):  # unparsed: http.server would leave out the status line
+            self.request_version = "HTTP/1.1"
+        self.log_error("code %d, message %s", code, message)
+        detail = redact_secrets(message or HTTPStatus(code).phrase)
+        headers = [("Content-Type", "application/json")]
+        if status == 405:
+            headers.append(("Allow", ", ".join(_HANDLED_METHODS)))
+        self._send(status, error_body(reason, f"{detail}."), close=True, headers=headers)
+
     def handle_expect_100(self) -> bool:
         # Refuse an oversized or unmeasured body before the client sends it (curl sends Expect for >1 MB).
         problem = self._upload_problem() if self._is_upload() else self._body_problem()
@@ -292,18 +318,30 @@ class GatewayHandler(BaseHTTPRequestHandler):
         self._send_proxy_response(response, request_id)
 
     # ---- request body --------------------------------------------------------------------------------------
+    def _declared_length(self) -> tuple[int | None, tuple[int, bytes] | None]:
+        """The body length the Content-Length header declares (None without one), or the answer to a bad header."""
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return None, None
+        if len(values) > 1:  # RFC 9112 6.3: a proxy may have taken the other one (request smuggling)
+            return None, (400, error_body("invalid_content_length", "The request has conflicting Content-Length "
+                                                                    "headers."))
+        raw = values.pop()
+        if not (raw.isascii() and raw.isdigit()):  # isdigit() alone passes "²", which int() refuses
+            return None, (400, error_body("invalid_content_length", "Content-Length must be a non-negative integer."))
+        digits = raw.lstrip("0") or "0"
+        # int() refuses more than 4,300 digits (a ValueError that would drop the connection unanswered), and any
+        # length that long is over every limit anyway.
+        return (int(digits) if len(digits) <= _LENGTH_DIGITS else 10**_LENGTH_DIGITS), None
+
     def _body_problem(self) -> tuple[int, bytes] | None:
         if self.headers.get("Transfer-Encoding"):
             return 411, error_body("length_required", "Send the body with a Content-Length (chunked bodies are "
                                                       "not accepted).")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return None
-        if not (raw.strip().isascii() and raw.strip().isdigit()):  # isdigit() alone passes "²", which int() refuses
-            return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
-        if int(raw) > MAX_BODY_BYTES:
+        length, problem = self._declared_length()
+        if problem is None and length is not None and length > MAX_BODY_BYTES:
             return 413, error_body("body_too_large", BODY_TOO_LARGE_MESSAGE)
-        return None
+        return problem
 
     def _read_body(self) -> bytes | None:
         """The body, or None after an error answer was sent (the connection is then closed)."""
@@ -311,7 +349,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if problem is not None:
             self._send(*problem, close=True)
             return None
-        remaining = int(self.headers.get("Content-Length") or 0)
+        remaining = self._declared_length()[0] or 0
         chunks, deadline = [], time.monotonic() + self.server.body_deadline
         try:
             while remaining > 0:
@@ -337,12 +375,12 @@ class GatewayHandler(BaseHTTPRequestHandler):
             return None
         if self.command != "PUT":
             return 405, error_body("method_not_allowed", "Upload URLs take PUT.")
-        raw = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or raw is None:
+        length, problem = self._declared_length()
+        if self.headers.get("Transfer-Encoding") or (length is None and problem is None):
             return 411, error_body("length_required", "Send the file with a Content-Length.")
-        if not (raw.strip().isascii() and raw.strip().isdigit()):  # isdigit() alone passes "²", which int() refuses
-            return 400, error_body("invalid_content_length", "Content-Length must be a non-negative integer.")
-        if int(raw) > self.server.gateway.max_upload_bytes:
+        if problem is not None:
+            return problem
+        if length > self.server.gateway.max_upload_bytes:
             return 413, error_body("upload_too_large",
                                    f"The file is over {self.server.gateway.max_upload_bytes} bytes.")
         parts = urlsplit(self.path)
@@ -363,7 +401,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if self.command == "OPTIONS":  # a page on another origin (localhost vs 127.0.0.1) asks first
             self._send(204, b"", headers=cors)
             return
-        remaining = int(self.headers["Content-Length"])
+        remaining = self._declared_length()[0]
         # Like S3: a slow client gets time in proportion to the size (at least 64 kB/s), never forever.
         deadline = time.monotonic() + self.server.body_deadline + remaining / (64 * 1024)
 
