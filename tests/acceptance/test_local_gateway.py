@@ -219,6 +219,21 @@ def test_what_http_server_itself_refuses_is_a_json_4xx_with_a_status_line(server
     assert handler.events == []
 
 
+@pytest.mark.parametrize("method, path, allow", [
+    ("PATCH", "/audio/generic/api/v2/voiceprints?apikey=k", "GET, HEAD, POST"),
+    ("PUT", "/audio/generic/api/v2/voiceprints/vp%201", "DELETE"),
+    ("DELETE", "/audio/generic/api/v2/async/diarize/r1", "GET, HEAD"),
+    ("OPTIONS", "/audio/generic/api/v2/sync/diarize", "POST"),
+])
+def test_a_method_a_route_does_not_take_is_405_with_allow(server, handler, method, path, allow):
+    status, headers, body = call(server, method, path)
+    assert status == 405 and dict(headers)["Allow"] == allow
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
+    assert handler.events == []
+    assert call(server, "POST", "/nowhere")[0] == 201 and handler.events[0]["resource"] == "/nowhere"  # no route: the handler's 404
+    assert call(server, "HEAD", "/audio/generic/api/v2/async/diarize/r1")[0] == 201  # HEAD is GET
+
+
 def test_an_api_key_in_a_refused_request_line_is_not_echoed(server):
     answer = raw_exchange(server, b"GET /x?apikey=dk_0123456789abcdef_secretsecretsecretsecret HTTP/1.1 x\r\n\r\n")
     assert json_answer(answer)[0] == 400 and b"secretsecret" not in answer

@@ -162,6 +162,13 @@ class Gateway:
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.openapi.get("paths", {}))
 
+    def methods_of(self, path: str) -> set[str]:
+        """The methods the document gives the route `path` belongs to (HEAD with GET); empty for no route."""
+        template, _ = self.routes.match(unquote(path) or "/")
+        methods = {method.upper() for method in self.openapi.get("paths", {}).get(template, {})
+                   if method in ("get", "post", "put", "patch", "delete")}
+        return methods | ({"HEAD"} if "GET" in methods else set())
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is being handled; False if one still is after `timeout` seconds."""
         with self._idle:
@@ -304,6 +311,11 @@ class GatewayHandler(BaseHTTPRequestHandler):
         method = "GET" if self.command == "HEAD" else self.command
         if method == "GET" and urlsplit(self.path).path == OPENAPI_PATH:
             self._send(200, json.dumps(self.server.gateway.openapi, indent=2).encode())
+            return
+        allowed = self.server.gateway.methods_of(urlsplit(self.path).path)
+        if allowed and method not in allowed:  # API Gateway's own answer would be a bare 403; this one says why
+            self._send(405, error_body("method_not_allowed", f"{self.command} is not a method of this route."),
+                       headers=[("Content-Type", "application/json"), ("Allow", ", ".join(sorted(allowed)))])
             return
         request_id = str(uuid.uuid4())
         event = build_api_event(method, self.path, list(self.headers.items()), body,
