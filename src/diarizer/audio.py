@@ -106,6 +106,10 @@ SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, AU, M4A/AAC, MP4/
 # What libsndfile reports as the length of a stream whose header gives none (a FLAC written to a pipe has
 # total_samples = 0, chained Ogg): "unknown", not 213 million years.
 _UNKNOWN_FRAMES = 2**63 - 1
+# Samples an MP3's frames hold beyond the length its Xing/Info header gives: that frame itself, the encoder's
+# delay and its end padding (at most 3,328 seen from LAME and FFmpeg at 8-48 kHz); more means the header
+# under-states the file.
+_MP3_UNCOUNTED_SAMPLES = 6 * 1152
 
 
 @dataclass(frozen=True)
@@ -217,10 +221,14 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str 
     why = None
     if fmt == "MP3":
         # An MP3's length is its walked frames. libsndfile sizes one without a Xing/Info header from the first
-        # frame's bitrate and stops reading there: a variable bitrate would silently lose the rest.
+        # frame's bitrate and stops reading there: a variable bitrate would silently lose the rest. It also
+        # believes a Xing/Info header's frame count, so a header that under-states it (or that it cannot read:
+        # the length is then "unknown" and it decodes nothing) would cut the audio short just as silently.
         frames = mpeg_frames
-        if mpeg_frames is not None and mpeg_frames > handle.frames + handle.samplerate:
-            why = "changes bitrate and has no length header (Xing/Info), so the decoder here would stop early"
+        if _header_frames(handle) is None or (mpeg_frames is not None
+                                              and mpeg_frames > handle.frames + _MP3_UNCOUNTED_SAMPLES):
+            why = ("has a length header (Xing/Info) that does not match its frames, or changes bitrate without one, "
+                   "so the decoder here would stop early")
     else:
         frames = _header_frames(handle)
         if frames is None:  # libsndfile seeks for the length and fails (a FLAC written to a pipe)
@@ -321,12 +329,19 @@ def check_decodes(source: AudioSource, max_seconds: float = MAX_SECONDS) -> Audi
         except (sf.LibsndfileError, RuntimeError) as err:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(err)}") from err
         rate, channels = handle.samplerate, handle.channels
-    # A header's exact length that the body does not fill is a cut file. An MP3 has no such header: its walked
-    # frames include a Xing/Info frame and the encoder's padding, which decode to nothing.
+    _check_complete(fmt, frames, decoded)
+    return AudioInfo(fmt, rate, channels, decoded, decoded / rate)
+
+
+def _check_complete(fmt: str, frames: int | None, decoded: int) -> None:
+    """After decoding `decoded` frames: no audio at all is EmptyAudioError, and a header's exact length that the
+    body does not fill is a cut or corrupt file. An MP3 has no such header: its walked frames include a Xing/Info
+    frame and the encoder's padding, which decode to nothing."""
     if frames and fmt != "MP3" and decoded < frames:
         raise AudioDecodeError(f"the {fmt} audio is truncated: {decoded} of the {frames} frames its header "
                                "announces")
-    return AudioInfo(fmt, rate, channels, decoded, decoded / rate)
+    if decoded == 0:
+        raise EmptyAudioError(f"the {fmt} file contains no audio samples")
 
 
 class _BlockResampler:
@@ -467,7 +482,7 @@ def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     `at_working_level`; its peaks may pass 1.0). Raises AudioDecodeError with the reason, AudioTooLongError
     as soon as more than `max_seconds` have been decoded (whatever the header said)."""
     max_seconds = min(max_seconds, MAX_SECONDS)
-    handle, fmt, _ = _open(source, max_seconds)
+    handle, fmt, frames = _open(source, max_seconds)
     resampler = _BlockResampler(handle.samplerate)
     sink = _SampleSink()
     meter = LevelMeter()
@@ -493,4 +508,5 @@ def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
                     break
         except (sf.LibsndfileError, RuntimeError) as err:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(err)}") from err
+    _check_complete(fmt, frames, read)
     return sink.result(meter.gain())

@@ -9,6 +9,8 @@
   refuses other codecs call recorders write (G.723.1, G.726, G.722), which FFmpeg decodes.
 - How many logical streams an Ogg file chains (`cat a.ogg b.ogg`, internet radio recordings): libsndfile
   reads the first only, and may report its length as the whole file's.
+- Whether an MP4/MOV's sample tables claim more samples than the file can hold: FFmpeg builds an index entry
+  per claimed sample when it opens the file, so 991 bytes claiming 89 million one-byte samples took 1.1 GB.
 
 The walks read in CHUNK_BYTES pieces; every function puts the stream back at 0.
 """
@@ -71,19 +73,49 @@ def id3v2_size(head: bytes) -> int:
 
 def mp3_frames(stream: BinaryIO) -> int | None:
     """Samples per channel in the layer III frames of `stream`, or None when the first frame is not one.
-    Stops at the first byte that is not a frame header (an ID3v1/APE tag, garbage, a cut frame)."""
+    Past bytes that are not a frame (a damaged header, garbage), the walk finds the next frame as decoders
+    do (`_resync`), so one bad byte cannot make a long file look short; it ends where no frame follows (an
+    ID3v1/APE tag, a cut frame, the end)."""
     stream.seek(0)
     reader = _Reader(stream, id3v2_size(stream.read(10)))
     samples, rate = 0, None
     while reader.has(4):
         frame = _mp3_frame(reader.peek(4))
         if frame is None or (rate is not None and frame[2] != rate) or not reader.has(frame[0]):
-            break
+            if rate is None or not _resync(reader, rate):
+                break
+            continue
         size, count, rate = frame
         samples += count
         reader.pos += size
     stream.seek(0)
     return samples if rate is not None else None
+
+
+_RESYNC_BYTES = 1 << 16  # how far past a bad frame the next one is looked for (mpg123 also gives up after a while)
+
+
+def _resync(reader: _Reader, rate: int) -> bool:
+    """Move `reader` to the next frame at `rate` after the current (bad) position: a frame header whose frame is
+    followed by another header at the same rate, or by the end of the stream; a chance 0xFF in data seldom is.
+    False (position unchanged) when none comes within _RESYNC_BYTES."""
+    reader.has(_RESYNC_BYTES)
+    window = reader.peek(_RESYNC_BYTES)
+    at = window.find(b"\xff", 1)
+    while at != -1 and at + 4 <= len(window):
+        frame = _mp3_frame(window[at : at + 4])
+        if frame is not None and frame[2] == rate:
+            following = at + frame[0]  # offsets from the reader's position, which `has` may move in its buffer
+            if reader.has(following + 4):
+                header = reader.peek(following + 4)[following:]
+                confirmed = (_mp3_frame(header) or (0, 0, 0))[2] == rate
+            else:
+                confirmed = reader.has(following) and not reader.has(following + 1)  # the last frame
+            if confirmed:
+                reader.pos += at
+                return True
+        at = window.find(b"\xff", at + 1)
+    return False
 
 
 _WAV_CHUNKS_READ = 64  # the fmt chunk comes first or nearly (after JUNK, bext, LIST): never a walk of the file
@@ -133,3 +165,53 @@ def ogg_streams(stream: BinaryIO) -> int:
         reader.pos += size
     stream.seek(0)
     return streams
+
+
+_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}  # the boxes on the way to each track's sample sizes
+_MP4_DEPTH = 6
+
+
+def mp4_sample_tables_fit(stream: BinaryIO) -> bool:
+    """False when an MP4/MOV track's sample-size box (stsz, stz2) claims more samples than the file can hold:
+    a constant size times the count over the file's size, or a per-sample table longer than its box. Boxes
+    are walked by their headers (seeking, never reading a box whole); a malformed one ends its level's walk
+    and is left for FFmpeg to refuse."""
+    size = stream.seek(0, 2)
+    fits = _boxes_fit(stream, 0, size, size, 0)
+    stream.seek(0)
+    return fits
+
+
+def _boxes_fit(stream: BinaryIO, start: int, stop: int, file_size: int, depth: int) -> bool:
+    position = start
+    while position + 8 <= stop:
+        stream.seek(position)
+        head = stream.read(16)
+        if len(head) < 8:
+            break
+        size, kind, header = int.from_bytes(head[:4], "big"), head[4:8], 8
+        if size == 1 and len(head) == 16:  # a 64-bit size follows the type
+            size, header = int.from_bytes(head[8:16], "big"), 16
+        elif size == 0:  # to the end of the enclosing box
+            size = stop - position
+        if size < header:
+            break
+        end = min(position + size, stop)  # as FFmpeg does, a box ends with its parent at the latest
+        if kind in _MP4_CONTAINERS and depth < _MP4_DEPTH:
+            if not _boxes_fit(stream, position + header, end, file_size, depth + 1):
+                return False
+        elif kind in (b"stsz", b"stz2"):
+            stream.seek(position + header)
+            body = stream.read(12)  # version and flags, then stsz: size, count; stz2: 3 reserved, field bits, count
+            if len(body) == 12:
+                count = int.from_bytes(body[8:12], "big")
+                table = end - position - header - 12
+                if kind == b"stsz":
+                    constant = int.from_bytes(body[4:8], "big")
+                    claimed = constant * count if constant else 0
+                    if claimed > file_size or (not constant and 4 * count > table):
+                        return False
+                elif count * body[7] > 8 * table:
+                    return False
+        position = end
+    return True

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from diarizer import scan
 from diarizer.audio import check_header, downmix
 from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError
 
@@ -50,6 +51,8 @@ def _reason(exc: Exception) -> str:
 
 
 def _open_container(av, source: BinaryIO, fmt: str):
+    if fmt in ("MP4/M4A", "MOV") and not scan.mp4_sample_tables_fit(source):
+        raise AudioDecodeError(f"the {fmt} file is corrupt: its sample table claims more samples than the file holds")
     source.seek(0)
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")
@@ -82,6 +85,30 @@ def _decoded_frames(av, container, stream):
         for packet in container.demux(stream):  # the last packet is empty: it flushes the decoder
             yield from context.decode(packet)
     yield None
+
+
+def _resampled(av, frames, fmt: str):
+    """`frames` (then None) as 16 kHz float chunks with their channels kept: `downmix` mixes them, as it does
+    libsndfile's formats, where FFmpeg's own mix is the plain mean, which turns a polarity-inverted stereo pair
+    into silence. A stream may change rate or channels mid-way (ADTS or MP3 cut together from two recordings),
+    and PyAV's resampler refuses a frame unlike its first: the old one is flushed and a new one takes over."""
+    resampler, shape = None, None
+    try:
+        for frame in frames:
+            if frame is not None:
+                check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)
+                if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:
+                    if resampler is not None:
+                        yield from resampler.resample(None)
+                    resampler = av.AudioResampler(format="flt", layout=None, rate=TARGET_RATE)
+                    shape = (frame.sample_rate, frame.layout.name, frame.format.name)
+            if resampler is not None:
+                yield from resampler.resample(frame)
+    except (IndexError, ValueError) as exc:
+        if isinstance(exc, (AudioDecodeError, av.FFmpegError)):  # (PyAV's errors are ValueErrors too)
+            raise
+        # PyAV's own faults on some malformed streams (a chained Ogg whose streams interleave: IndexError)
+        raise AudioDecodeError(f"the {fmt} audio is corrupt: {exc}") from exc
 
 
 def probe(source: BinaryIO, fmt: str) -> tuple[int, int, float]:
@@ -124,9 +151,6 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
     limit = int(max_seconds * TARGET_RATE)
     written = 0
     container = _open_container(av, source, fmt)
-    # The channels are kept and mixed by `downmix`, as libsndfile's formats are: FFmpeg's own mix is the plain
-    # mean, which turns a polarity-inverted stereo pair into silence.
-    resampler = av.AudioResampler(format="flt", layout=None, rate=TARGET_RATE)
     with container, sf.SoundFile(out, "w", samplerate=TARGET_RATE, channels=1, subtype="PCM_16",
                                  format=out_format) as sink:
         stream = container.streams.audio[0]
@@ -134,15 +158,12 @@ def transcode(source: BinaryIO, fmt: str, out: BinaryIO, *, out_format: str = "W
         # into thousands of times its samples in one call (a 150 KB file took 2.7 GB before the length check).
         check_header(fmt, stream.codec_context.sample_rate or stream.rate or 0, stream.codec_context.channels or 0, 0)
         try:
-            for frame in _decoded_frames(av, container, stream):
-                if frame is not None:
-                    check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)
-                for chunk in resampler.resample(frame):
-                    samples = downmix(chunk.to_ndarray().reshape(-1, len(chunk.layout.channels)))
-                    written += len(samples)
-                    if written > limit:
-                        raise AudioTooLongError(f"the {fmt} audio is longer than {max_seconds:g} s", max_seconds)
-                    sink.write(np.clip(samples, -1.0, 1.0))
+            for chunk in _resampled(av, _decoded_frames(av, container, stream), fmt):
+                samples = downmix(chunk.to_ndarray().reshape(-1, len(chunk.layout.channels)))
+                written += len(samples)
+                if written > limit:
+                    raise AudioTooLongError(f"the {fmt} audio is longer than {max_seconds:g} s", max_seconds)
+                sink.write(np.clip(samples, -1.0, 1.0))
         except av.FFmpegError as exc:
             raise AudioDecodeError(f"the {fmt} audio is corrupt or truncated: {_reason(exc)}") from exc
     if not written:
