@@ -95,13 +95,12 @@ def _resampled(av, frames, fmt: str):
     resampler, shape = None, None
     try:
         for frame in frames:
-            if frame is not None:
-                check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)
-                if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:
-                    if resampler is not None:
-                        yield from resampler.resample(None)
-                    resampler = av.AudioResampler(format="flt", layout=None, rate=TARGET_RATE)
-                    shape = (frame.sample_rate, frame.layout.name, frame.format.name)
+            if frame is not None and (frame.sample_rate, frame.layout.name, frame.format.name) != shape:
+                check_header(fmt, frame.sample_rate, len(frame.layout.channels), 0)  # the same for the same shape
+                if resampler is not None:
+                    yield from resampler.resample(None)
+                resampler = av.AudioResampler(format="flt", layout=None, rate=TARGET_RATE)
+                shape = (frame.sample_rate, frame.layout.name, frame.format.name)
             if resampler is not None:
                 yield from resampler.resample(frame)
     except (IndexError, ValueError) as exc:
