@@ -212,7 +212,7 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str 
     """libsndfile's handle on the stream, the true length in frames where known, and why libsndfile would
     not decode it whole (None when it will)."""
     # Scanned before libsndfile opens the stream: it keeps its own idea of the stream's position.
-    mpeg_frames = scan.mp3_frames(stream) if fmt == "MP3" else None
+    walk = scan.mp3_walk(stream) if fmt == "MP3" else None
     ogg_chained = fmt == "OGG" and scan.ogg_streams(stream) > 1
     try:
         handle = sf.SoundFile(stream)
@@ -224,11 +224,13 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str 
         # frame's bitrate and stops reading there: a variable bitrate would silently lose the rest. It also
         # believes a Xing/Info header's frame count, so a header that under-states it (or that it cannot read:
         # the length is then "unknown" and it decodes nothing) would cut the audio short just as silently.
-        frames = mpeg_frames
-        if _header_frames(handle) is None or (mpeg_frames is not None
-                                              and mpeg_frames > handle.frames + _MP3_UNCOUNTED_SAMPLES):
+        # And it stops at the first damaged or foreign frame, where FFmpeg's decoder carries on.
+        frames = walk.samples
+        if _header_frames(handle) is None or (frames is not None and frames > handle.frames + _MP3_UNCOUNTED_SAMPLES):
             why = ("has a length header (Xing/Info) that does not match its frames, or changes bitrate without one, "
                    "so the decoder here would stop early")
+        elif not walk.regular:
+            why = "has damaged or foreign frames, where the decoder here would stop early"
     else:
         frames = _header_frames(handle)
         if frames is None:  # libsndfile seeks for the length and fails (a FLAC written to a pipe)
@@ -336,10 +338,13 @@ def check_decodes(source: AudioSource, max_seconds: float = MAX_SECONDS) -> Audi
 def _check_complete(fmt: str, frames: int | None, decoded: int) -> None:
     """After decoding `decoded` frames: no audio at all is EmptyAudioError, and a header's exact length that the
     body does not fill is a cut or corrupt file. An MP3 has no such header: its walked frames include a Xing/Info
-    frame and the encoder's padding, which decode to nothing."""
+    frame and the encoder's padding, which decode to nothing: only a decoder that stops well short is an error."""
     if frames and fmt != "MP3" and decoded < frames:
         raise AudioDecodeError(f"the {fmt} audio is truncated: {decoded} of the {frames} frames its header "
                                "announces")
+    if frames and fmt == "MP3" and decoded + _MP3_UNCOUNTED_SAMPLES < frames:
+        raise AudioDecodeError(f"the {fmt} audio stopped decoding after {decoded} of the {frames} samples its "
+                               "frames hold")
     if decoded == 0:
         raise EmptyAudioError(f"the {fmt} file contains no audio samples")
 

@@ -16,6 +16,7 @@ The walks read in CHUNK_BYTES pieces; every function puts the stream back at 0.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import BinaryIO
 
 CHUNK_BYTES = 1 << 20  # an hour of 128 kbit/s MP3 is 58 MB: never held whole
@@ -33,7 +34,7 @@ class _Reader:
 
     def __init__(self, stream: BinaryIO, start: int):
         stream.seek(start)
-        self.stream, self.data, self.pos = stream, b"", 0
+        self.stream, self.data, self.pos, self.base = stream, b"", 0, start  # base: the stream offset of data[0]
 
     def has(self, count: int) -> bool:
         """At least `count` bytes from the current position (reading on as needed)."""
@@ -41,8 +42,13 @@ class _Reader:
             more = self.stream.read(max(CHUNK_BYTES, count))
             if not more:
                 return False
-            self.data, self.pos = self.data[self.pos :] + more, 0
+            self.data, self.base, self.pos = self.data[self.pos :] + more, self.base + self.pos, 0
         return True
+
+    @property
+    def offset(self) -> int:
+        """The current position in the stream."""
+        return self.base + self.pos
 
     def peek(self, count: int) -> bytes:
         return self.data[self.pos : self.pos + count]
@@ -71,25 +77,52 @@ def id3v2_size(head: bytes) -> int:
     return 10 + body + (10 if head[5] & 0x10 else 0)  # footer flag
 
 
+@dataclass(frozen=True)
+class Mp3Walk:
+    samples: int | None  # per channel, in the layer III frames; None when the first frame is not one
+    # False when the frames are not one clean run: the walk had to skip bytes that are not frames (a damaged
+    # header, garbage, another recording spliced in), the channel mode changed, or it ended well before the end
+    # of the file without a tag there. libsndfile's decoder stops early at such places, silently.
+    regular: bool
+
+
 def mp3_frames(stream: BinaryIO) -> int | None:
-    """Samples per channel in the layer III frames of `stream`, or None when the first frame is not one.
-    Past bytes that are not a frame (a damaged header, garbage), the walk finds the next frame as decoders
-    do (`_resync`), so one bad byte cannot make a long file look short; it ends where no frame follows (an
-    ID3v1/APE tag, a cut frame, the end)."""
+    """Samples per channel in the layer III frames of `stream` (see `mp3_walk`)."""
+    return mp3_walk(stream).samples
+
+
+def mp3_walk(stream: BinaryIO) -> Mp3Walk:
+    """Walk the layer III frames of `stream`. Past bytes that are not a frame, the walk finds the next frame as
+    decoders do (`_resync`), so one bad byte cannot make a long file look short; it ends where no frame follows
+    (an ID3v1/APE/Lyrics3 tag, a cut frame, the end)."""
+    size = stream.seek(0, 2)
     stream.seek(0)
     reader = _Reader(stream, id3v2_size(stream.read(10)))
-    samples, rate = 0, None
+    samples, rate, mode, regular = 0, None, None, True
     while reader.has(4):
         frame = _mp3_frame(reader.peek(4))
         if frame is None or (rate is not None and frame[2] != rate) or not reader.has(frame[0]):
             if rate is None or not _resync(reader, rate):
                 break
+            regular = False
             continue
-        size, count, rate = frame
+        frame_mode = reader.peek(4)[3] >> 6 == 3  # mono or not
+        regular = regular and mode in (None, frame_mode)
+        size_bytes, count, rate = frame
+        mode = frame_mode
         samples += count
-        reader.pos += size
+        reader.pos += size_bytes
+    ended = reader.offset
+    stream.seek(max(ended, size - _TAIL_BYTES))
+    tail = stream.read(_TAIL_BYTES)
     stream.seek(0)
-    return samples if rate is not None else None
+    if rate is None:
+        return Mp3Walk(None, True)
+    tagged = any(tag in tail for tag in (b"APETAGEX", b"LYRICS200", b"LYRICSBEGIN"))
+    return Mp3Walk(samples, regular and (size - ended <= _TAIL_BYTES or tagged))
+
+
+_TAIL_BYTES = 4096  # what may follow the last frame: an ID3v1 tag (128 bytes), a cut frame, an encoder's junk
 
 
 _RESYNC_BYTES = 1 << 16  # how far past a bad frame the next one is looked for (mpg123 also gives up after a while)
@@ -167,23 +200,29 @@ def ogg_streams(stream: BinaryIO) -> int:
     return streams
 
 
-_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}  # the boxes on the way to each track's sample sizes
-_MP4_DEPTH = 6
+# The boxes FFmpeg's MP4/MOV reader descends into (its mov_read_default): a sample table may sit in any of them.
+_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf", b"udta", b"mvex", b"moof", b"traf",
+                   b"mfra", b"tref", b"wave"}
+_MP4_DEPTH = 16  # deeper than FFmpeg goes (10)
 
 
 def mp4_sample_tables_fit(stream: BinaryIO) -> bool:
-    """False when an MP4/MOV track's sample-size box (stsz, stz2) claims more samples than the file can hold:
-    a constant size times the count over the file's size, or a per-sample table longer than its box. Boxes
-    are walked by their headers (seeking, never reading a box whole); a malformed one ends its level's walk
-    and is left for FFmpeg to refuse."""
+    """False when an MP4/MOV's sample tables (stsz, stz2, and fragments' trun) claim more samples than the file
+    can hold: FFmpeg builds an index entry per claimed sample as it opens the file. Each sample takes at least
+    one byte of the file (a constant sample size: that many), so the claims of all tracks and fragments together
+    must fit in its size, and a per-sample table in its box. A compressed movie header (cmov), which would hide
+    its tables, is refused too. Boxes are walked by their headers (seeking, never reading a box whole); a
+    malformed one ends its level's walk and is left for FFmpeg to refuse."""
     size = stream.seek(0, 2)
-    fits = _boxes_fit(stream, 0, size, size, 0)
+    claimed = _claimed_samples(stream, 0, size, 0)
     stream.seek(0)
-    return fits
+    return claimed is not None and claimed <= size
 
 
-def _boxes_fit(stream: BinaryIO, start: int, stop: int, file_size: int, depth: int) -> bool:
-    position = start
+def _claimed_samples(stream: BinaryIO, start: int, stop: int, depth: int) -> int | None:
+    """Bytes the sample tables between `start` and `stop` claim at the least; None where one cannot hold its own
+    claim or the header is compressed."""
+    total, position = 0, start
     while position + 8 <= stop:
         stream.seek(position)
         head = stream.read(16)
@@ -197,21 +236,35 @@ def _boxes_fit(stream: BinaryIO, start: int, stop: int, file_size: int, depth: i
         if size < header:
             break
         end = min(position + size, stop)  # as FFmpeg does, a box ends with its parent at the latest
+        body = end - position - header
+        if kind == b"cmov":
+            return None
         if kind in _MP4_CONTAINERS and depth < _MP4_DEPTH:
-            if not _boxes_fit(stream, position + header, end, file_size, depth + 1):
-                return False
-        elif kind in (b"stsz", b"stz2"):
+            inner = _claimed_samples(stream, position + header, end, depth + 1)
+            if inner is None:
+                return None
+            total += inner
+        elif kind in (b"stsz", b"stz2", b"trun"):
             stream.seek(position + header)
-            body = stream.read(12)  # version and flags, then stsz: size, count; stz2: 3 reserved, field bits, count
-            if len(body) == 12:
-                count = int.from_bytes(body[8:12], "big")
-                table = end - position - header - 12
+            fields = stream.read(12)
+            if len(fields) < 8:
+                pass
+            elif kind == b"trun":  # version and flags, sample count; then per-sample fields as the flags say
+                flags, count = int.from_bytes(fields[1:4], "big"), int.from_bytes(fields[4:8], "big")
+                per_sample = 4 * bin(flags & 0xF00).count("1")
+                if per_sample and count * per_sample > body:
+                    return None
+                total += count
+            elif len(fields) == 12:  # version and flags, then stsz: size, count; stz2: 3 reserved, field bits, count
+                count = int.from_bytes(fields[8:12], "big")
                 if kind == b"stsz":
-                    constant = int.from_bytes(body[4:8], "big")
-                    claimed = constant * count if constant else 0
-                    if claimed > file_size or (not constant and 4 * count > table):
-                        return False
-                elif count * body[7] > 8 * table:
-                    return False
+                    constant = int.from_bytes(fields[4:8], "big")
+                    if not constant and 4 * count > body - 12:
+                        return None
+                    total += constant * count if constant else count
+                else:
+                    if count * fields[7] > 8 * (body - 12):
+                        return None
+                    total += count
         position = end
-    return True
+    return total

@@ -52,7 +52,8 @@ def _reason(exc: Exception) -> str:
 
 def _open_container(av, source: BinaryIO, fmt: str):
     if fmt in ("MP4/M4A", "MOV") and not scan.mp4_sample_tables_fit(source):
-        raise AudioDecodeError(f"the {fmt} file is corrupt: its sample table claims more samples than the file holds")
+        raise AudioDecodeError(f"the {fmt} file is corrupt: its sample tables claim more samples than the file holds "
+                               "(or it has a compressed header, which is not read here)")
     source.seek(0)
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")

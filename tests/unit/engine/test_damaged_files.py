@@ -192,3 +192,84 @@ def test_a_short_file_still_decodes(speech):
     # the empty check must not catch a file of a few samples
     assert len(decode(af.encode(speech[:40], RATE, "WAV", "PCM_16"))) == 40
     assert len(sf.read(io.BytesIO(af.encode(speech[:40], RATE, "WAV", "PCM_16")))[0]) == 40
+
+
+# ---- found by the second round, after the fixes above -------------------------------------------------------------
+
+def box(kind: bytes, *children: bytes) -> bytes:
+    payload = b"".join(children)
+    return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+
+def huge_stsz() -> bytes:
+    return box(b"stsz", bytes(4), (1).to_bytes(4, "big"), (0x05555554).to_bytes(4, "big"))
+
+
+FTYP = box(b"ftyp", b"M4A ", bytes(4), b"M4A mp42isom")
+
+
+@pytest.mark.parametrize("layout", ["udta", "nested", "cmov", "trun", "many_tracks"])
+def test_sample_tables_hidden_where_ffmpeg_still_reads_them_are_refused(layout):
+    # Each took FFmpeg 0.5-2.4 GB past the first version of the check, which walked moov/trak/.../stbl only.
+    if layout == "udta":  # a table in the track's user data
+        moov = box(b"moov", box(b"trak", box(b"udta", huge_stsz())))
+    elif layout == "nested":  # sample-table boxes inside sample-table boxes, deeper than the walk went
+        inner = huge_stsz()
+        for _ in range(8):
+            inner = box(b"stbl", inner)
+        moov = box(b"moov", box(b"trak", box(b"mdia", box(b"minf", inner))))
+    elif layout == "cmov":  # a compressed movie header, which hides its tables from any walk
+        moov = box(b"moov", box(b"cmov", box(b"dcom", b"zlib"), box(b"cmvd", bytes(40))))
+    elif layout == "trun":  # a fragment claiming 67 million samples with no per-sample fields
+        moov = box(b"moov") + box(b"moof", box(b"traf", box(b"trun", (1).to_bytes(4, "big"),
+                                                               (0x4000000).to_bytes(4, "big"), bytes(4))))
+    else:  # 300 tracks, each claiming half the file: every table fits alone, together 150 times over
+        track = box(b"trak", box(b"mdia", box(b"minf", box(b"stbl", box(
+            b"stsz", bytes(4), (1).to_bytes(4, "big"), (8000).to_bytes(4, "big"))))))
+        moov = box(b"moov", *[track] * 300)
+    data = FTYP + moov + box(b"mdat", bytes(200))
+    assert not scan.mp4_sample_tables_fit(io.BytesIO(data))
+    with pytest.raises(AudioDecodeError, match="sample tables"):
+        probe_audio(data)
+
+
+def mp3_frames_only(data: bytes) -> bytes:
+    """The frames of a libsndfile MP3, without its ID3 tag."""
+    return data[scan.id3v2_size(data[:10]):]
+
+
+@pytest.mark.parametrize("splice", ["channels", "rate"])
+def test_an_mp3_spliced_from_recordings_of_another_mode_or_rate_decodes_whole(speech, splice):
+    # libsndfile's decoder stopped at the first frame of the other mode or rate: 2 s of 8, silently
+    part = speech[: 2 * RATE]
+    if splice == "channels":
+        other = af.encode(np.stack([part, part], axis=1), RATE, "MP3", "MPEG_LAYER_III")
+    else:
+        other = af.encode(af.resample(part, RATE, 22050), 22050, "MP3", "MPEG_LAYER_III")
+    first = af.encode(part, RATE, "MP3", "MPEG_LAYER_III")
+    data = mp3_frames_only(first) + mp3_frames_only(other) + mp3_frames_only(first)
+    assert not scan.mp3_walk(io.BytesIO(data)).regular
+    assert abs(seconds(decode(data)) - 6.0) < 0.3
+    assert abs(check_decodes(data).duration - 6.0) < 0.3
+    assert not probe_audio(data).length_known
+
+
+def test_garbage_between_the_frames_of_a_tagged_mp3_is_not_the_end_of_it(speech):
+    # 417 bytes of junk after the first audio frame of an MP3 with an Info frame: libsndfile decoded 1 ms
+    data = mp3_with_info_frame(speech)
+    info_start = data.find(b"\xff", 0)
+    after_info = info_start + scan._mp3_frame(bytes(data[info_start : info_start + 4]))[0]
+    after_first = after_info + scan._mp3_frame(bytes(data[after_info : after_info + 4]))[0]
+    damaged = bytes(data[:after_first]) + bytes(range(1, 256)) + bytes(162) + bytes(data[after_first:])
+    assert not scan.mp3_walk(io.BytesIO(damaged)).regular
+    assert abs(seconds(decode(damaged)) - 6.0) < 0.3
+
+
+def test_a_damaged_first_mp3_frame_is_never_a_silently_short_result(speech):
+    data = bytearray(af.mp3(speech, writer="libsndfile", level=0.9))
+    data[2] = 0x1C  # the first frame's bitrate and rate bits: 8 kHz, which the following frames are not
+    try:
+        samples = decode(bytes(data))
+    except AudioDecodeError:
+        return  # a clear error is an acceptable answer for a file no decoder reads whole
+    assert seconds(samples) > 5.0
