@@ -100,16 +100,17 @@ def mp3_walk(stream: BinaryIO) -> Mp3Walk:
     reader = _Reader(stream, id3v2_size(stream.read(10)))
     samples, rate, mode, regular = 0, None, None, True
     while reader.has(4):
-        frame = _mp3_frame(reader.peek(4))
+        header = reader.peek(4)
+        frame = _mp3_frame(header)
         if frame is None or (rate is not None and frame[2] != rate) or not reader.has(frame[0]):
             if rate is None or not _resync(reader, rate):
                 break
             regular = False
             continue
-        frame_mode = reader.peek(4)[3] >> 6 == 3  # mono or not
-        regular = regular and mode in (None, frame_mode)
+        if header[3] >> 6 != mode:  # the channel mode (stereo, joint, dual, mono)
+            regular = regular and (mode is None or (mode == 3) == (header[3] >> 6 == 3))  # mono <-> not mono
+            mode = header[3] >> 6
         size_bytes, count, rate = frame
-        mode = frame_mode
         samples += count
         reader.pos += size_bytes
     ended = reader.offset
