@@ -214,8 +214,8 @@ def test_what_http_server_itself_refuses_is_a_json_4xx_with_a_status_line(server
                                                                           code):
     got, headers, body = json_answer(raw_exchange(server, request_bytes))
     assert (got, body["error"]["code"]) == (status, code)
-    if status == 405:
-        assert "POST" in headers["Allow"] and "TRACE" not in headers["Allow"]
+    if status == 405:  # the route's own methods: "/" is the page, the voiceprints route takes GET and POST
+        assert headers["Allow"] in ("GET, HEAD", "GET, HEAD, POST")
     assert handler.events == []
 
 
@@ -234,9 +234,45 @@ def test_a_method_a_route_does_not_take_is_405_with_allow(server, handler, metho
     assert call(server, "HEAD", "/audio/generic/api/v2/async/diarize/r1")[0] == 201  # HEAD is GET
 
 
-def test_an_api_key_in_a_refused_request_line_is_not_echoed(server):
-    answer = raw_exchange(server, b"GET /x?apikey=dk_0123456789abcdef_secretsecretsecretsecret HTTP/1.1 x\r\n\r\n")
-    assert json_answer(answer)[0] == 400 and b"secretsecret" not in answer
+@pytest.mark.parametrize("request_bytes", [
+    # a malformed header line makes http.server stop reading headers, the Content-Length after it unread: the
+    # body would then be answered as a second request (here a smuggled GET)
+    b"POST /audio/generic/api/v2/voiceprints HTTP/1.1\r\nHost: x\r\nJunk\r\nContent-Length: 27\r\n\r\n"
+    b"GET /smuggled HTTP/1.1\r\n\r\n",
+    b"POST /audio/generic/api/v2/voiceprints HTTP/1.1\r\nHost: x\r\nContent-Length : 27\r\n\r\n"
+    b"GET /smuggled HTTP/1.1\r\n\r\n",
+])
+def test_a_malformed_header_line_is_one_400_and_its_body_never_a_request(server, handler, request_bytes):
+    answer = raw_exchange(server, request_bytes)
+    status, headers, body = json_answer(answer)
+    assert (status, headers["Connection"]) == (400, "close") and answer.count(b"HTTP/1.1 ") == 1
+    assert handler.events == []
+
+
+def test_an_http_0_9_request_gets_a_400_with_a_status_line(server, handler):
+    status, _, body = json_answer(raw_exchange(server, b"GET /openapi.json\r\n\r\n"))
+    assert status == 400 and "HTTP/0.9" in body["error"]["message"]
+    assert handler.events == []
+
+
+def test_405_answers_name_the_routes_own_methods(server, handler):
+    trace = json_answer(raw_exchange(server, b"TRACE /audio/generic/api/v2/uploads HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert trace[0] == 405 and trace[1]["Allow"] == "POST"
+    status, headers, _ = call(server, "POST", "/openapi.json")
+    assert status == 405 and dict(headers)["Allow"] == "GET, HEAD"
+    status, headers, _ = call(server, "PATCH", "/audio/generic/api/v2/voiceprints/")  # the handler takes the slash
+    assert status == 405 and dict(headers)["Allow"] == "GET, HEAD, POST"
+    assert handler.events == []
+
+
+@pytest.mark.parametrize("target", [b"/x?apikey=dk_0123456789abcdef_secretsecretsecretsecret",
+                                    b"/x?foo=bar?apikey=customsecretkey", b"/x?webhook=http://h/?api_key=customsecretkey"])
+def test_an_api_key_in_a_refused_request_line_is_not_echoed(server, target):
+    # a custom key (`diarize serve --api-key`) has no recognisable shape: a pair after a stray "?" is masked too
+    # four words with a valid version: http.server quotes the whole request line in its "Bad request syntax"
+    answer = raw_exchange(server, b"GET " + target + b" z HTTP/1.1\r\n\r\n")
+    status, _, body = json_answer(answer)
+    assert status == 400 and "syntax" in body["error"]["message"] and b"secret" not in answer
 
 
 def test_a_client_that_stops_sending_gets_408_and_is_dropped(server, handler):

@@ -47,7 +47,7 @@ OPENAPI_PATH = "/openapi.json"
 SYNC_ROUTES = {("POST", "/audio/generic/api/v1/sync/diarize"), ("POST", "/audio/generic/api/v2/sync/diarize"),
                ("POST", "/audio/generic/api/v2/voiceprints")}
 # name=value pairs of a query in any logged text (a request line, a path), and anything shaped like an API key
-_QUERY_PAIR = re.compile(r"([?&;\s])([^=&;\s?]*)=([^&;\s]*)")
+_QUERY_PAIR = re.compile(r"([?&;\s])([^=&;\s?]*)=([^&;\s?')]*)")  # a value ends where another pair could begin
 _KEY_SHAPE = re.compile(r"dk_[0-9a-f]{8,}_[A-Za-z0-9_-]{20,}")
 
 
@@ -164,7 +164,10 @@ class Gateway:
 
     def methods_of(self, path: str) -> set[str]:
         """The methods the document gives the route `path` belongs to (HEAD with GET); empty for no route."""
-        template, _ = self.routes.match(unquote(path) or "/")
+        path = unquote(path) or "/"
+        if path == OPENAPI_PATH:
+            return {"GET", "HEAD"}
+        template, _ = self.routes.match(path.rstrip("/") or "/")  # the handler takes a trailing slash too
         methods = {method.upper() for method in self.openapi.get("paths", {}).get(template, {})
                    if method in ("get", "post", "put", "patch", "delete")}
         return methods | ({"HEAD"} if "GET" in methods else set())
@@ -281,8 +284,24 @@ class GatewayHandler(BaseHTTPRequestHandler):
         detail = redact_secrets(message or HTTPStatus(code).phrase)
         headers = [("Content-Type", "application/json")]
         if status == 405:
-            headers.append(("Allow", ", ".join(_HANDLED_METHODS)))
+            known = self.server.gateway.methods_of(urlsplit(self.path).path) if getattr(self, "path", None) else set()
+            headers.append(("Allow", ", ".join(sorted(known) if known else _HANDLED_METHODS)))
         self._send(status, error_body(reason, f"{detail}."), close=True, headers=headers)
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, refusing what it lets through: an HTTP/0.9 request line (answered with no status
+        line or headers at all), and a header block it stopped reading at a malformed line (`Junk`, `Name : v`),
+        which leaves the rest -- a Content-Length among it -- unread, so the body would be taken for the next
+        request (RFC 9112 5.1)."""
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served; send HTTP/1.1")
+            return False
+        if self.headers.defects:
+            self.send_error(HTTPStatus.BAD_REQUEST, "Malformed header line")
+            return False
+        return True
 
     def handle_expect_100(self) -> bool:
         # Refuse an oversized or unmeasured body before the client sends it (curl sends Expect for >1 MB).
@@ -408,7 +427,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
                 ("Access-Control-Allow-Headers", "Content-Type")]
         problem = self._upload_problem()
         if problem is not None:
-            self._send(*problem, close=True, headers=[("Content-Type", "application/json"), *cors])
+            allow = [("Allow", "PUT, OPTIONS")] if problem[0] == 405 else []
+            self._send(*problem, close=True, headers=[("Content-Type", "application/json"), *cors, *allow])
             return
         if self.command == "OPTIONS":  # a page on another origin (localhost vs 127.0.0.1) asks first
             self._send(204, b"", headers=cors)
