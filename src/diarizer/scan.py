@@ -77,6 +77,10 @@ def id3v2_size(head: bytes) -> int:
     return 10 + body + (10 if head[5] & 0x10 else 0)  # footer flag
 
 
+_TAIL_BYTES = 4096  # what may follow the last frame: an ID3v1 tag (128 bytes), a cut frame, an encoder's junk
+_RESYNC_BYTES = 1 << 16  # how far past a bad frame the next one is looked for (mpg123 also gives up after a while)
+
+
 @dataclass(frozen=True)
 class Mp3Walk:
     samples: int | None  # per channel, in the layer III frames; None when the first frame is not one
@@ -84,11 +88,6 @@ class Mp3Walk:
     # header, garbage, another recording spliced in), the channel mode changed, or it ended well before the end
     # of the file without a tag there. libsndfile's decoder stops early at such places, silently.
     regular: bool
-
-
-def mp3_frames(stream: BinaryIO) -> int | None:
-    """Samples per channel in the layer III frames of `stream` (see `mp3_walk`)."""
-    return mp3_walk(stream).samples
 
 
 def mp3_walk(stream: BinaryIO) -> Mp3Walk:
@@ -121,12 +120,6 @@ def mp3_walk(stream: BinaryIO) -> Mp3Walk:
         return Mp3Walk(None, True)
     tagged = any(tag in tail for tag in (b"APETAGEX", b"LYRICS200", b"LYRICSBEGIN"))
     return Mp3Walk(samples, regular and (size - ended <= _TAIL_BYTES or tagged))
-
-
-_TAIL_BYTES = 4096  # what may follow the last frame: an ID3v1 tag (128 bytes), a cut frame, an encoder's junk
-
-
-_RESYNC_BYTES = 1 << 16  # how far past a bad frame the next one is looked for (mpg123 also gives up after a while)
 
 
 def _resync(reader: _Reader, rate: int) -> bool:
@@ -248,15 +241,14 @@ def _claimed_samples(stream: BinaryIO, start: int, stop: int, depth: int) -> int
         elif kind in (b"stsz", b"stz2", b"trun"):
             stream.seek(position + header)
             fields = stream.read(12)
-            if len(fields) < 8:
-                pass
-            elif kind == b"trun":  # version and flags, sample count; then per-sample fields as the flags say
+            if kind == b"trun" and len(fields) >= 8:  # version and flags, sample count; then per-sample fields
                 flags, count = int.from_bytes(fields[1:4], "big"), int.from_bytes(fields[4:8], "big")
                 per_sample = 4 * bin(flags & 0xF00).count("1")
                 if per_sample and count * per_sample > body:
                     return None
                 total += count
-            elif len(fields) == 12:  # version and flags, then stsz: size, count; stz2: 3 reserved, field bits, count
+            elif kind != b"trun" and len(fields) == 12:  # version and flags, then stsz: size, count; stz2: 3
+                # reserved bytes, field bits, count
                 count = int.from_bytes(fields[8:12], "big")
                 if kind == b"stsz":
                     constant = int.from_bytes(fields[4:8], "big")

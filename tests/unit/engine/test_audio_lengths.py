@@ -105,11 +105,11 @@ def test_the_mp3_frame_walk_does_not_depend_on_how_the_file_is_read(speech, monk
     from diarizer import scan
 
     data = af.mp3_without_length_header(speech[:32000], np.tile(speech, 2))
-    whole = scan.mp3_frames(io.BytesIO(data))
+    whole = scan.mp3_walk(io.BytesIO(data)).samples
     monkeypatch.setattr(scan, "CHUNK_BYTES", 37)  # smaller than any frame
-    assert scan.mp3_frames(io.BytesIO(data)) == whole
-    assert scan.mp3_frames(io.BytesIO(data[:-1])) == whole - 576  # the cut last frame: 576 samples (MPEG-2)
-    assert scan.mp3_frames(io.BytesIO(b"ID3" + bytes(200))) is None
+    assert scan.mp3_walk(io.BytesIO(data)).samples == whole
+    assert scan.mp3_walk(io.BytesIO(data[:-1])).samples == whole - 576  # the cut last frame: 576 samples (MPEG-2)
+    assert scan.mp3_walk(io.BytesIO(b"ID3" + bytes(200))).samples is None
 
 
 @pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])

@@ -9,7 +9,6 @@ from fractions import Fraction
 import audio_factory as af
 import numpy as np
 import pytest
-import soundfile as sf
 
 from diarizer import scan
 from diarizer.audio import check_decodes, decode, probe_audio
@@ -56,7 +55,8 @@ def test_an_adts_stream_that_changes_rate_midway_decodes_whole(speech):
     joined = encoded(first, 44100, "adts", "aac") + encoded(second, 48000, "adts", "aac")
     samples = decode(joined)
     assert abs(seconds(samples) - 6.0) < 0.15
-    assert af.lag_behind(speech[: 3 * RATE], samples[: 3 * RATE], 1600) is not None
+    lag = af.lag_behind(first, samples[: 3 * RATE], 1600)
+    assert np.corrcoef(first[1600 : 2 * RATE], samples[1600 + lag : 2 * RATE + lag])[0, 1] > 0.9
     assert np.sqrt(np.mean(samples[4 * RATE : 5 * RATE] ** 2)) > 0.01  # the second part is there, not silence
 
 
@@ -153,7 +153,7 @@ def test_a_damaged_frame_header_does_not_end_the_mp3_frame_walk(speech):
     data = bytearray(af.mp3(speech, writer="libsndfile", level=0.9))  # no Info frame: the walk gives the length
     first = scan._mp3_frame(bytes(data[:4]))[0]
     data[first + 1] = 0xFB  # MPEG-1 in a 16 kHz (MPEG-2) stream
-    walked = scan.mp3_frames(io.BytesIO(bytes(data)))
+    walked = scan.mp3_walk(io.BytesIO(bytes(data))).samples
     assert abs(walked / RATE - 6.0) < 0.2
     assert abs(probe_audio(bytes(data)).duration - 6.0) < 0.2
     assert abs(seconds(decode(bytes(data))) - 6.0) < 0.25
@@ -161,10 +161,10 @@ def test_a_damaged_frame_header_does_not_end_the_mp3_frame_walk(speech):
 
 def test_the_frame_walk_still_ends_at_a_trailing_tag(speech):
     data = af.mp3(speech, writer="libsndfile", level=0.9)
-    clean = scan.mp3_frames(io.BytesIO(data))
+    clean = scan.mp3_walk(io.BytesIO(data)).samples
     id3v1 = b"TAG" + b"\xff\xfb\x90\x00" * 31 + b"\x00"  # 128 bytes, with frame-like bytes inside
-    assert scan.mp3_frames(io.BytesIO(data + id3v1)) == clean
-    assert scan.mp3_frames(io.BytesIO(data + bytes(5000))) == clean
+    assert scan.mp3_walk(io.BytesIO(data + id3v1)).samples == clean
+    assert scan.mp3_walk(io.BytesIO(data + bytes(5000))).samples == clean
 
 
 # ---- libsndfile's formats: a body that does not hold what the header says ---------------------------------------
@@ -191,7 +191,6 @@ def test_a_file_with_a_valid_header_and_no_frames_is_empty_audio(fmt):
 def test_a_short_file_still_decodes(speech):
     # the empty check must not catch a file of a few samples
     assert len(decode(af.encode(speech[:40], RATE, "WAV", "PCM_16"))) == 40
-    assert len(sf.read(io.BytesIO(af.encode(speech[:40], RATE, "WAV", "PCM_16")))[0]) == 40
 
 
 # ---- found by the second round, after the fixes above -------------------------------------------------------------
@@ -233,8 +232,9 @@ def test_sample_tables_hidden_where_ffmpeg_still_reads_them_are_refused(layout):
         probe_audio(data)
 
 
-def mp3_frames_only(data: bytes) -> bytes:
-    """The frames of a libsndfile MP3, without its ID3 tag."""
+def without_id3(data: bytes) -> bytes:
+    """An MP3's frames (its Info frame included) without the ID3 tag libsndfile writes before them.
+    (audio_factory's mp3_frames_only also drops the Info frame, but on a 2 s file it cuts inside the LAME tag.)"""
     return data[scan.id3v2_size(data[:10]):]
 
 
@@ -247,7 +247,7 @@ def test_an_mp3_spliced_from_recordings_of_another_mode_or_rate_decodes_whole(sp
     else:
         other = af.encode(af.resample(part, RATE, 22050), 22050, "MP3", "MPEG_LAYER_III")
     first = af.encode(part, RATE, "MP3", "MPEG_LAYER_III")
-    data = mp3_frames_only(first) + mp3_frames_only(other) + mp3_frames_only(first)
+    data = without_id3(first) + without_id3(other) + without_id3(first)
     assert not scan.mp3_walk(io.BytesIO(data)).regular
     assert abs(seconds(decode(data)) - 6.0) < 0.3
     assert abs(check_decodes(data).duration - 6.0) < 0.3
