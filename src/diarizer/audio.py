@@ -203,20 +203,26 @@ def _open(source: AudioSource, max_seconds: float = MAX_SECONDS) -> tuple[sf.Sou
         handle, frames, why = _sndfile(stream, fmt)
         if why is None:
             return handle, fmt, frames
-        handle.close()
+        if handle is not None:
+            handle.close()
     handle = sf.SoundFile(_transcoded(stream, fmt, max_seconds, why))
     return handle, fmt, handle.frames
 
 
-def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile, int | None, str | None]:
-    """libsndfile's handle on the stream, the true length in frames where known, and why libsndfile would
-    not decode it whole (None when it will)."""
+def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile | None, int | None, str | None]:
+    """libsndfile's handle on the stream (None for an MP3 it cannot open but whose frames are sound), the true
+    length in frames where known, and why libsndfile would not decode it whole (None when it will)."""
     # Scanned before libsndfile opens the stream: it keeps its own idea of the stream's position.
     walk = scan.mp3_walk(stream) if fmt == "MP3" else None
     ogg_chained = fmt == "OGG" and scan.ogg_streams(stream) > 1
     try:
         handle = sf.SoundFile(stream)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        if walk is not None and walk.samples:
+            # libsndfile refuses some MP3s whose frames are sound (an Info header counting one frame: "File does
+            # not exist"); FFmpeg reads them by their frames.
+            check_header(fmt, walk.rate, walk.channels, walk.samples)
+            return None, walk.samples, "is one the decoder here cannot open, though its frames look sound"
         raise AudioDecodeError(f"cannot decode the {fmt} audio: {_reason(err)}") from err
     why = None
     if fmt == "MP3":
@@ -263,7 +269,8 @@ def needs_transcoder(source: AudioSource) -> bool:
     if transcoded(fmt):
         return True
     handle, _, why = _sndfile(stream, fmt)
-    handle.close()
+    if handle is not None:
+        handle.close()
     return why is not None
 
 
@@ -300,6 +307,9 @@ def probe_audio(source: AudioSource) -> AudioInfo:
         check_header(fmt, rate, channels or 1, int(duration * rate))
         return AudioInfo(fmt, rate, channels, int(duration * rate), duration, length_known=False)
     handle, frames, why = _sndfile(stream, fmt)  # never transcodes: the caller's limit is not known here
+    if handle is None:  # an MP3 only the transcoder opens: its frames tell what it holds
+        walk = scan.mp3_walk(stream)
+        return AudioInfo(fmt, walk.rate, walk.channels, frames, frames / walk.rate, length_known=False)
     with handle:
         known = why is None and frames is not None
         frames = frames or 0

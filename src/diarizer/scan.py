@@ -88,6 +88,8 @@ class Mp3Walk:
     # header, garbage, another recording spliced in), the channel mode changed, or it ended well before the end
     # of the file without a tag there. libsndfile's decoder stops early at such places, silently.
     regular: bool
+    rate: int | None = None  # of the first frame, in Hz
+    channels: int = 0  # of the first frame: 1 (mono) or 2
 
 
 def mp3_walk(stream: BinaryIO) -> Mp3Walk:
@@ -97,7 +99,7 @@ def mp3_walk(stream: BinaryIO) -> Mp3Walk:
     size = stream.seek(0, 2)
     stream.seek(0)
     reader = _Reader(stream, id3v2_size(stream.read(10)))
-    samples, rate, mode, regular = 0, None, None, True
+    samples, rate, mode, regular, first_mode = 0, None, None, True, None
     while reader.has(4):
         header = reader.peek(4)
         frame = _mp3_frame(header)
@@ -109,6 +111,7 @@ def mp3_walk(stream: BinaryIO) -> Mp3Walk:
         if header[3] >> 6 != mode:  # the channel mode (stereo, joint, dual, mono)
             regular = regular and (mode is None or (mode == 3) == (header[3] >> 6 == 3))  # mono <-> not mono
             mode = header[3] >> 6
+            first_mode = mode if first_mode is None else first_mode
         size_bytes, count, rate = frame
         samples += count
         reader.pos += size_bytes
@@ -119,7 +122,8 @@ def mp3_walk(stream: BinaryIO) -> Mp3Walk:
     if rate is None:
         return Mp3Walk(None, True)
     tagged = any(tag in tail for tag in (b"APETAGEX", b"LYRICS200", b"LYRICSBEGIN"))
-    return Mp3Walk(samples, regular and (size - ended <= _TAIL_BYTES or tagged))
+    channels = 1 if first_mode == 3 else 2
+    return Mp3Walk(samples, regular and (size - ended <= _TAIL_BYTES or tagged), rate, channels)
 
 
 def _resync(reader: _Reader, rate: int) -> bool:
