@@ -218,7 +218,7 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile | None, int | Non
     try:
         handle = sf.SoundFile(stream)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        if walk is not None and walk.samples:
+        if walk is not None and walk.samples and walk.regular:
             # libsndfile refuses some MP3s whose frames are sound (an Info header counting one frame: "File does
             # not exist"); FFmpeg reads them by their frames.
             check_header(fmt, walk.rate, walk.channels, walk.samples)
