@@ -14,6 +14,9 @@ part's conversations come from its own pool with its own seeds. AMI excerpts are
 the `trn*` excerpts tune, `dev*` and `sample` are held out. Parameters are chosen on `tune` only.
 `tune2` is more tuning data (the tuning speakers, seeds of its own, no AMI): a choice that gains on `tune`
 must hold there too before the held-out part is looked at, since 80 files alone let chance pass for a gain.
+`held2` is more held-out data in the same way (the held-out speakers, seeds of its own, no AMI): with ten files a
+condition, one file moves a rate by ten points, so it tells how far the held-out rates are chance. It is never used
+for a choice either, and reported after `held`.
 
 Per condition the report gives DER at collar 0 and +-0.25 s (pyannote.metrics, overlap scored) and the
 speaker count: exactly right / off by one / off by more.
@@ -33,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import REPO, SHARED_EVAL, run_set, score, with_overrides  # noqa: E402
 
 SUITE = REPO / ".bench" / "suite"
-PARTS = ("tune", "held", "tune2")
-POOL_OF = {"tune": "tune", "held": "held", "tune2": "tune"}  # tune2: the tuning speakers again
+PARTS = ("tune", "held", "tune2", "held2")
+POOL_OF = {"tune": "tune", "held": "held", "tune2": "tune", "held2": "held"}  # tune2: the tuning speakers again
 
 
 @dataclass(frozen=True)
@@ -50,28 +53,28 @@ class Condition:
 
 
 CONDITIONS = [
-    Condition("clean", ("--speakers", "2-5", "--snr", "none"), {"tune": 10, "held": 10, "tune2": 20}, "2-5 speakers, no noise"),
-    Condition("noisy", ("--speakers", "2-5", "--snr", "0-15"), {"tune": 10, "held": 10, "tune2": 10}, "2-5 speakers, SNR 0-15 dB"),
-    Condition("tel8k", ("--speakers", "2-5", "--sample-rate", "8000", "--format", "wav"), {"tune": 10, "held": 10, "tune2": 20},
+    Condition("clean", ("--speakers", "2-5", "--snr", "none"), {"tune": 10, "held": 10, "tune2": 20, "held2": 20}, "2-5 speakers, no noise"),
+    Condition("noisy", ("--speakers", "2-5", "--snr", "0-15"), {"tune": 10, "held": 10, "tune2": 10, "held2": 10}, "2-5 speakers, SNR 0-15 dB"),
+    Condition("tel8k", ("--speakers", "2-5", "--sample-rate", "8000", "--format", "wav"), {"tune": 10, "held": 10, "tune2": 20, "held2": 20},
               "telephone band, 8 kHz WAV"),
-    Condition("mp3", ("--speakers", "2-5", "--format", "wav"), {"tune": 8, "held": 8, "tune2": 10},
+    Condition("mp3", ("--speakers", "2-5", "--format", "wav"), {"tune": 8, "held": 8, "tune2": 10, "held2": 10},
               "low-bitrate MP3 (libsndfile, constant ~24 kbit/s)", low_bitrate_mp3=True),
-    Condition("many", ("--speakers", "7-10", "--minutes", "5-8"), {"tune": 6, "held": 6, "tune2": 6}, "7-10 speakers, 5-8 min"),
-    Condition("dominant", ("--speakers", "2-5", "--balance", "0.3"), {"tune": 10, "held": 10, "tune2": 10}, "one dominant voice"),
-    Condition("short_turns", ("--speakers", "2-5", "--turn", "0.3-2"), {"tune": 10, "held": 10, "tune2": 20},
+    Condition("many", ("--speakers", "7-10", "--minutes", "5-8"), {"tune": 6, "held": 6, "tune2": 6, "held2": 6}, "7-10 speakers, 5-8 min"),
+    Condition("dominant", ("--speakers", "2-5", "--balance", "0.3"), {"tune": 10, "held": 10, "tune2": 10, "held2": 10}, "one dominant voice"),
+    Condition("short_turns", ("--speakers", "2-5", "--turn", "0.3-2"), {"tune": 10, "held": 10, "tune2": 20, "held2": 20},
               "short turns and back-channels (0.3-2 s)"),
-    Condition("monologue", ("--speakers", "1-1",), {"tune": 6, "held": 6, "tune2": 4}, "one speaker"),
+    Condition("monologue", ("--speakers", "1-1",), {"tune": 6, "held": 6, "tune2": 4, "held2": 4}, "one speaker"),
     Condition("long", ("--speakers", "4-10", "--minutes", "30-60"), {"tune": 2, "held": 2}, "30-60 min, 4-10 speakers"),
     Condition("long60_6", ("--speakers", "6-6", "--minutes", "60-60"), {"held": 1}, "60 min, 6 speakers"),
     Condition("long60_10", ("--speakers", "10-10", "--minutes", "60-60"), {"held": 1}, "60 min, 10 speakers"),
     # Added last: a condition's seeds follow its place in this list, so new ones go at the end.
-    Condition("quiet", ("--speakers", "2-5"), {"tune": 10, "held": 10, "tune2": 10},
+    Condition("quiet", ("--speakers", "2-5"), {"tune": 10, "held": 10, "tune2": 10, "held2": 10},
               "2-5 speakers, recorded 20-40 dB below full scale (16-bit FLAC)", quieter_db=(20.0, 40.0)),
-    Condition("uneven", ("--speakers", "2-5"), {"tune": 10, "held": 10, "tune2": 10},
+    Condition("uneven", ("--speakers", "2-5"), {"tune": 10, "held": 10, "tune2": 10, "held2": 10},
               "2-5 speakers, one of them 15-25 dB quieter than the others", uneven_db=(15.0, 25.0)),
 ]
-AMI_SPLIT = {"tune": ("trn",), "held": ("dev", "sample"), "tune2": ()}
-SEED_BASE = {"tune": 1000, "held": 2000, "tune2": 3000}  # + 10 * condition index: no seed is shared between parts
+AMI_SPLIT = {"tune": ("trn",), "held": ("dev", "sample"), "tune2": (), "held2": ()}
+SEED_BASE = {"tune": 1000, "held": 2000, "tune2": 3000, "held2": 4000}  # + 10 * condition index: no seed is shared between parts
 
 
 def split_pools(root: Path) -> dict[str, Path]:

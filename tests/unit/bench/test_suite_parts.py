@@ -24,10 +24,11 @@ def test_no_seed_is_shared_between_parts_or_conditions():
     assert all(a[1] < b[0] for a, b in zip(bounds, bounds[1:]))
 
 
-def test_the_second_tuning_part_uses_the_tuning_speakers_only():
-    assert suite.POOL_OF == {"tune": "tune", "held": "held", "tune2": "tune"}
-    assert suite.AMI_SPLIT["tune2"] == ()  # every AMI meeting is already in one part
-    assert "ami" not in suite.condition_names("tune2", [])
+def test_the_second_parts_use_their_first_parts_speakers_only():
+    assert suite.POOL_OF == {"tune": "tune", "held": "held", "tune2": "tune", "held2": "held"}
+    for second in ("tune2", "held2"):
+        assert suite.AMI_SPLIT[second] == ()  # every AMI meeting is already in one part
+        assert "ami" not in suite.condition_names(second, [])
 
 
 def test_conditions_keep_their_places_so_their_files_keep_their_seeds():
