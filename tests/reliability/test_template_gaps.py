@@ -108,3 +108,23 @@ def test_a_job_waiting_too_long_raises_an_alarm_as_a_dead_letter_does(tpl):
     # above the processing time of the longest accepted recording, below the visibility timeout a crash costs
     assert 900 <= int(default) < int(tpl["Resources"]["JobsQueue"]["Properties"]["VisibilityTimeout"])
     assert alarm["AlarmActions"] == tpl["Resources"]["DeadLetterAlarm"]["Properties"]["AlarmActions"]
+
+
+def test_every_queue_a_function_reads_hides_a_message_longer_than_the_function_may_run(tpl):
+    """Lambda refuses to create an SQS event source whose queue's visibility timeout is shorter than the
+    function's timeout (the stack would not deploy), and a shorter one would show a message to a second reader
+    while the first still works on it. AWS's guidance is six times the function's timeout. The dead-letter queue
+    had SQS's default of 30 s against DeadLetterFunction's 120 s (found by the fourteenth session's fuzzing)."""
+    resources = tpl["Resources"]
+    default_timeout = tpl["Globals"]["Function"].get("Timeout", 3)
+    checked = []
+    for name, fn in _resources(tpl, "AWS::Serverless::Function").items():
+        timeout = fn["Properties"].get("Timeout", default_timeout)
+        for event in fn["Properties"].get("Events", {}).values():
+            if event["Type"] != "SQS":
+                continue
+            queue = event["Properties"]["Queue"]["Fn::GetAtt"][0]
+            visibility = resources[queue]["Properties"].get("VisibilityTimeout", 30)  # SQS's default
+            assert visibility >= 6 * timeout, (name, queue, visibility, timeout)
+            checked.append(queue)
+    assert sorted(checked) == ["JobsDeadLetterQueue", "JobsQueue", "TranscodeQueue"]
