@@ -18,13 +18,13 @@ webhook; anything else raises, so SQS retries and the dead-letter path ends it.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 
 from diarizer.audio import needs_transcoder, open_source
 from diarizer.types import AudioDecodeError
 
+from diarizer_service import messages
 from diarizer_service.backends import BlobNotFound, BlobTooLarge
 from diarizer_service.jobs import FINISHED, Job, PermanentJobError, job_prefix
 from diarizer_service.observability import MetricUnit, logger, metrics
@@ -58,11 +58,14 @@ class Transcoder:
 
     def handle_message(self, body: str, fail) -> None:
         """`fail(job, code, message)`: the worker's failure path (job -> failed, signed webhook)."""
-        message = json.loads(body)
-        if isinstance(message.get("batch_object"), dict):
+        message = messages.parse(body)
+        if message is None or not ("job_id" in message or "batch_object" in message):
+            logger.error("dropping a message of no shape the service writes")
+            return
+        if "batch_object" in message:
             self._handle_batch_object(message["batch_object"])
             return
-        job = self.runtime.jobs.get(str(message["job_id"]))
+        job = self.runtime.jobs.get(message["job_id"])
         if job is None or job.status in FINISHED:
             logger.info("no job to transcode (gone or finished): message ignored")
             return

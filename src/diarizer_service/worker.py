@@ -20,11 +20,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Sequence
-from urllib.parse import unquote_plus
 
 from diarizer.types import AudioDecodeError, InvalidOptionsError, Voiceprint
 
-from diarizer_service import voiceprints
+from diarizer_service import messages, voiceprints
 from diarizer_service.auth import ApiKey
 from diarizer_service.backends import BackendError, BlobNotFound, BlobTooLarge
 from diarizer_service.errors import ApiError
@@ -77,13 +76,9 @@ class Worker:
     # ---- entry point -------------------------------------------------------------------------------------
     def handle_message(self, body: str, receive_count: int, deadline: float | None = None) -> None:
         """`deadline`: time.monotonic() at which this invocation is killed (Lambda timeout), if known."""
-        try:
-            message = json.loads(body)
-        except ValueError:
-            logger.error("dropping a message that is not JSON")
-            return
-        if not isinstance(message, dict):
-            logger.error("dropping a message that is not a JSON object")
+        message = messages.parse(body)
+        if message is None:
+            logger.error("dropping a message of no shape the service writes")
             return
         if message.get("Event") == "s3:TestEvent":
             logger.info("ignoring s3:TestEvent")
@@ -92,20 +87,18 @@ class Worker:
             # Every record is tried even when one fails: raising at the first would leave the later ones unprocessed
             # and, after the last receive, failed by the dead-letter handler. The retry skips the finished ones.
             first_error: Exception | None = None
-            for record in message["Records"]:
-                if str(record.get("eventName", "")).startswith("ObjectCreated") and "s3" in record:
-                    try:
-                        self.process_object(record["s3"]["bucket"]["name"],
-                                            unquote_plus(record["s3"]["object"]["key"]), receive_count)
-                    except Exception as exc:
-                        logger.exception("batch record failed; the message will be redelivered")
-                        if first_error is None:
-                            first_error = exc
+            for created in messages.created_objects(message):
+                try:
+                    self.process_object(created.bucket, created.key, receive_count)
+                except Exception as exc:
+                    logger.exception("batch record failed; the message will be redelivered")
+                    if first_error is None:
+                        first_error = exc
             if first_error is not None:
                 raise first_error
             return
         if "job_id" in message:
-            self.process_job(str(message["job_id"]), receive_count, deadline)
+            self.process_job(message["job_id"], receive_count, deadline)
             return
         if isinstance(message.get("batch_object"), dict):  # a batch object back from TranscodeFunction
             self.process_transcoded_object(message["batch_object"], receive_count)
@@ -117,16 +110,14 @@ class Worker:
         """A message that exhausted its receives (the worker died each time: out of memory, killed, ...):
         fail its job with a readable reason and tell the webhook, or write the batch object's error record.
         Returns True when something was failed here; finished jobs and results are left alone."""
-        try:
-            message = json.loads(body)
-        except ValueError:
-            return False
-        if not isinstance(message, dict):
+        message = messages.parse(body)
+        if message is None:
+            logger.error("dropping a dead letter of no shape the service writes")
             return False
         reason = (f"Gave up after {receive_count} attempts: the worker stopped or crashed while processing "
                   "it each time (out of memory or killed).")
         if "job_id" in message:
-            job = self.runtime.jobs.get(str(message["job_id"]))
+            job = self.runtime.jobs.get(message["job_id"])
             if job is not None and job.status in FINISHED:
                 self.deliver_pending(job)  # a worker died between finishing it and its webhook
             if job is None or job.status in FINISHED:
@@ -134,9 +125,7 @@ class Worker:
             logger.append_keys(request_id=job.request_id, key_id=job.key_id)
             self._fail(job, "processing_failed", reason)
             return True
-        objects = [(unquote_plus(str(record.get("s3", {}).get("object", {}).get("key", ""))),
-                    str(record.get("s3", {}).get("object", {}).get("eTag", "")).strip('"'))
-                   for record in message.get("Records", [])]
+        objects = [(created.key, created.etag) for created in messages.created_objects(message)]
         if isinstance(message.get("batch_object"), dict):  # on its way through (or back from) TranscodeFunction
             objects.append((str(message["batch_object"].get("key", "")), str(message["batch_object"].get("etag", ""))))
         failed = False

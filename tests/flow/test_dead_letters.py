@@ -55,3 +55,33 @@ def test_a_dead_batch_object_gets_its_error_record(stack, worker_handler):
     record = json.loads(stack.runtime.backends.blobs.get("results/team/big call.wav.error.json"))
     assert record["source"] == "incoming/team/big call.wav"
     assert record["error"]["code"] == "processing_failed"
+
+
+POISON = {
+    "an empty job id (DynamoDB refuses the key)": '{"job_id": ""}',
+    "a job id that is not a string": '{"job_id": 7}',
+    "JSON nested past the parser's depth": '{"a":' + "[" * 100_000 + "]" * 100_000 + "}",
+    "Records that is not a list": '{"Records": "abc"}',
+    "Records that is null": '{"Records": null}',
+    "a record whose key is null": json.dumps({"Records": [{"eventName": "ObjectCreated:Put",
+                                                          "s3": {"bucket": {"name": "b"}, "object": {"key": None}}}]}),
+    "a batch object that is a string": '{"batch_object": "x"}',
+}
+
+
+def test_a_message_of_no_shape_the_service_writes_is_consumed_by_every_function(
+        stack, api_handler, worker_handler, transcode_handler, webhook_receiver, wav_bytes):
+    """Such a message can never become valid. Raised, it went round the job queue into the dead-letter queue,
+    and there (no redrive of its own) round again on every receive for 14 days (fourteenth session's fuzzing).
+    A good job in the same batch still finishes."""
+    query = {"webhook": webhook_receiver.url, "request_id": "good"}
+    assert stack.call_api("POST", ASYNC_V2, query=query, body=audio_body(wav_bytes(1.0)), handler=api_handler)[0] == 200
+    good = stack.receive_sqs_event()["Records"][0]
+    for what, body in POISON.items():
+        poison = dead_letter_event(stack, body, receive_count=1)["Records"][0]
+        assert worker_handler.lambda_handler({"Records": [poison, good]}, stack.context) == {"batchItemFailures": []}, what
+        assert worker_handler.dead_letter_handler({"Records": [poison]}, stack.context) == {"batchItemFailures": []}, what
+        assert transcode_handler.lambda_handler({"Records": [poison]}, stack.context) == {"batchItemFailures": []}, what
+    status, body = stack.call_api("GET", f"{ASYNC_V2}/good", handler=api_handler)
+    assert status == 200 and body["status"] == "done"
+    assert len(webhook_receiver.received) == 1

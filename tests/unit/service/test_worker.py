@@ -91,7 +91,7 @@ def test_missing_job_and_garbage_messages_are_dropped(worker, runtime, fake_engi
     nothing, and says why in the log."""
     caplog.set_level("INFO")
     for body, reason in ((json.dumps({"job_id": "nobody#nothing"}), "no job record"),
-                         ("not json", "not JSON"), (json.dumps([1, 2]), "not a JSON object"),
+                         ("not json", "no shape"), (json.dumps([1, 2]), "no shape"), ('{"job_id": ""}', "no shape"),
                          (json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}), "s3:TestEvent"),
                          (json.dumps({"something": "else"}), "unknown shape")):
         caplog.clear()
