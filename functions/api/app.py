@@ -6,6 +6,7 @@ Deployed twice by the template: the async API (light: no engine import on its pa
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -28,6 +29,13 @@ app = APIGatewayRestResolver()
 
 def _json(status: int, body: object, headers: dict | None = None) -> Response:
     return Response(status_code=status, content_type="application/json", body=json.dumps(body), headers=headers)
+
+
+def _path_value(raw: str) -> str:
+    """A path parameter as the client meant it. REST APIs pass `path` (what the routes match) on still
+    percent-encoded, unlike HTTP APIs, and clients encode what they put in a path: the official client and
+    JavaScript's encodeURIComponent send a request_id `a:b` as `a%3Ab`."""
+    return unquote(raw)
 
 
 def _caller() -> tuple[Runtime, ApiKey]:
@@ -68,7 +76,7 @@ def diarize_sync_v1() -> Response:
 @app.get(V2_STATUS)
 def job_status(request_id: str) -> Response:
     runtime, key = _caller()
-    return _json(200, api.job_status(runtime, key, request_id))
+    return _json(200, api.job_status(runtime, key, _path_value(request_id)))
 
 
 @app.post(api.UPLOADS_ROUTE)
@@ -86,6 +94,7 @@ def timeline_page() -> Response:
 
 @app.get("/ui/<name>")
 def page_asset(name: str) -> Response:
+    name = _path_value(name)
     try:
         body = page.web_file(name).decode()
     except KeyError:
@@ -109,7 +118,7 @@ def list_voiceprints() -> Response:
 @app.delete(voiceprints.ROUTE + "/<voiceprint_id>")
 def delete_voiceprint(voiceprint_id: str) -> Response:
     runtime, key = _caller()
-    return _json(200, voiceprints.delete(runtime, key, voiceprint_id))
+    return _json(200, voiceprints.delete(runtime, key, _path_value(voiceprint_id)))
 
 
 @app.exception_handler(ApiError)

@@ -99,8 +99,9 @@ def test_a_request_becomes_an_api_gateway_rest_proxy_event(server, handler):
                                  headers={"X-Api-Key": "h", "User-Agent": "t"})
     [event] = handler.events
     assert event["httpMethod"] == "GET"
-    assert event["resource"] == STATUS_ROUTE and event["path"] == "/audio/generic/api/v2/async/diarize/r:1"
-    assert event["pathParameters"] == {"request_id": "r:1"}
+    # The path still percent-encoded, as REST APIs pass it on (the API handler decodes path parameters)
+    assert event["resource"] == STATUS_ROUTE and event["path"] == "/audio/generic/api/v2/async/diarize/r%3A1"
+    assert event["pathParameters"] == {"request_id": "r%3A1"}
     assert event["queryStringParameters"] == {"apikey": "k", "x": "2"}  # the last value, like API Gateway
     assert event["multiValueQueryStringParameters"] == {"apikey": ["k"], "x": ["1", "2"]}
     assert event["headers"]["X-Api-Key"] == "h" and event["multiValueHeaders"]["X-Api-Key"] == ["h"]

@@ -151,6 +151,17 @@ def test_status_route_through_the_lifecycle_and_privacy(stack, api_handler, work
     assert job["status"] == "done" and job["response"] == fake_engine.results[-1]
 
 
+def test_a_request_id_the_client_percent_encoded_in_the_path_finds_its_job(stack, api_handler, submit):
+    """REST APIs pass the path on still percent-encoded (unlike HTTP APIs); clients encode ':' and other characters
+    a request_id may hold (encodeURIComponent, the official client's path quoting). Found by fuzzing the events."""
+    assert submit("meeting:2026-01-01_10h")[0] == 200
+    for path in ("meeting:2026-01-01_10h", "meeting%3A2026-01-01_10h", "meeting%3a2026%2D01-01%5F10h"):
+        status, job = stack.call_api("GET", f"{ASYNC_V2}/{path}", handler=api_handler)
+        assert (status, job.get("request_id"), job.get("status")) == (200, "meeting:2026-01-01_10h", "queued"), path
+    # decoded once, as the client encoded it once: '%' itself is not a request_id character
+    assert stack.call_api("GET", f"{ASYNC_V2}/meeting%253A2026-01-01_10h", handler=api_handler)[0] == 404
+
+
 def test_duplicate_sqs_delivery_sends_one_webhook(stack, worker_handler, submit, webhook_receiver, fake_engine):
     submit("dup")
     event = stack.receive_sqs_event()

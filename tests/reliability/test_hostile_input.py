@@ -194,6 +194,17 @@ def test_the_status_route_answers_404_for_traversal_and_unicode_ids(still_servin
     assert status == 404 and answer["error"]["code"] in ("job_not_found", "route_not_found")
 
 
+def test_a_percent_encoded_request_id_in_the_status_path_is_the_same_job(still_serving, webhook_receiver):
+    """The local server passes the path on encoded, as API Gateway's REST APIs do; the handler decodes it."""
+    body = json.dumps({"content": b64(demo_clip(0.0, 3.0)), "encoding": "flac", "sampleRate": 16000,
+                       "languageCode": "en-US"}).encode()
+    status, _ = raw_post(still_serving, ASYNC_V2, body, {"webhook": webhook_receiver.url, "request_id": "call:7"})
+    assert status == 200
+    for path_part in ("call:7", "call%3A7", "call%3a%37"):
+        status, job = still_serving.request("GET", f"{ASYNC_V2}/{path_part}")
+        assert (status, job["request_id"]) == (200, "call:7"), path_part
+
+
 def test_upload_id_traversal_is_refused(still_serving, webhook_receiver):
     body = json.dumps({"upload_id": "../../jobs/someone/else/audio"}).encode()
     assert_error(raw_post(still_serving, ASYNC_V2, body, {"webhook": webhook_receiver.url}),

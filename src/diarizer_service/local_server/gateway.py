@@ -101,7 +101,7 @@ def build_api_event(method: str, target: str, headers: list[tuple[str, str]], bo
                     routes: RouteTable, stage: str = "local", request_id: str | None = None) -> dict:
     """The API Gateway REST proxy (payload v1) event for one request, as the deployed API would send it."""
     parts = urlsplit(target)
-    path = unquote(parts.path) or "/"
+    path = parts.path or "/"  # still percent-encoded, as REST APIs pass it on (the API handler decodes)
     resource, path_parameters = routes.match(path)
     query = parse_qsl(parts.query, keep_blank_values=True)
     if body:
@@ -164,7 +164,7 @@ class Gateway:
 
     def methods_of(self, path: str) -> set[str]:
         """The methods the document gives the route `path` belongs to (HEAD with GET); empty for no route."""
-        path = unquote(path) or "/"
+        path = path or "/"  # matched as the handler matches it: percent-encoded
         if path == OPENAPI_PATH:
             return {"GET", "HEAD"}
         template, _ = self.routes.match(path.rstrip("/") or "/")  # the handler takes a trailing slash too
