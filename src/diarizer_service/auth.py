@@ -57,7 +57,7 @@ class NewKey:
 
 
 def hash_api_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
+    return hashlib.sha256(api_key.encode(errors="surrogatepass")).hexdigest()  # a lone surrogate: no key, a 403
 
 
 def new_key_id(store: KeyStore) -> str:

@@ -73,7 +73,8 @@ def parse_json_body(raw: str | bytes | None, is_base64: bool = False) -> dict:
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     if len(raw) > MAX_REQUEST_BODY_BYTES * (4 / 3 if is_base64 else 1):
         raise ApiError(413, "body_too_large", BODY_TOO_LARGE_MESSAGE)
-    data = raw.encode() if isinstance(raw, str) else raw
+    # surrogatepass: a lone surrogate (an event's JSON may escape one) becomes bytes json.loads refuses, a 400
+    data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
     if is_base64:
         try:
             data = base64.b64decode(data, validate=True)

@@ -314,3 +314,22 @@ def test_an_upload_replaced_by_an_oversized_file_after_submit_is_refused_unread(
     status, job = stack.call_api("GET", f"{ASYNC_V2}/swap", handler=api_handler)
     assert job["status"] == "failed" and job["error"]["code"] == "audio_too_large"
     assert webhook_receiver.received[0].json()["error"]["code"] == "audio_too_large"
+
+
+@pytest.mark.parametrize("where", ["body", "query key", "header key", "enrolled name"])
+def test_a_lone_surrogate_anywhere_is_a_4xx_not_a_500(stack, api_handler, where):
+    """An event's JSON may escape a lone UTF-16 surrogate; encoding it for hashing or parsing raised
+    UnicodeEncodeError, a 500 (found by fuzzing the events)."""
+    voiceprints_route = "/audio/generic/api/v2/voiceprints"
+    route, query, headers, body = {
+        "body": (ASYNC_V2, {"poll": "true"}, None, '{"content": "\ud800"}'),
+        "query key": (ASYNC_V2, {"apikey": stack.key.api_key + "\ud800"}, None, "{}"),
+        "header key": (voiceprints_route, {}, {"x-api-key": "dk_\udcff"}, None),
+        "enrolled name": (voiceprints_route, {}, None, '{"name": "\udcff", "content": ""}'),
+    }[where]
+    method = "GET" if body is None else "POST"
+    api_key = None if "apikey" in query or headers else "default"
+    status, answer = stack.call_api(method, route, query=query, headers=headers, body=body, api_key=api_key,
+                                    handler=api_handler)
+    assert 400 <= status < 500 and answer["error"]["code"] in ("invalid_json", "invalid_base64", "invalid_field",
+                                                                "invalid_api_key"), (status, answer)
