@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import get_runtime
 from diarizer_service.sweeper import sweep
+from diarizer_service.webhooks import longest_delivery_seconds
 from diarizer_service.worker import Worker
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -29,6 +30,12 @@ def get_worker() -> Worker:
     if _worker is None or _worker.runtime is not get_runtime():
         _worker = Worker(get_runtime())
     return _worker
+
+
+def _set_deadline(context: object) -> None:
+    global _deadline
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    _deadline = time.monotonic() + remaining_ms() / 1000 if callable(remaining_ms) else None
 
 
 def record_handler(record: SQSRecord) -> None:
@@ -46,15 +53,30 @@ def record_handler(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: object) -> dict:
-    global _deadline
-    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    _deadline = time.monotonic() + remaining_ms() / 1000 if callable(remaining_ms) else None
+    _set_deadline(context)
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+
+# Room kept for one record's own reads and writes and a webhook's name resolution, beside the delivery itself.
+DELIVERY_SLACK_SECONDS = 10.0
+
+
+def delivery_margin() -> float:
+    """Stop starting work that may deliver a webhook this long before the invocation's timeout: a delivery cut
+    by the timeout is never recorded, and a dead-letter batch cut by it returns no partial answer, so every
+    record in it (the finished ones too) would come back."""
+    return longest_delivery_seconds(get_runtime().settings.webhook_timeout_seconds) + DELIVERY_SLACK_SECONDS
+
+
+class NotStarted(Exception):
+    """A dead letter left for a later receive: too little time left in this invocation to handle it."""
 
 
 def dead_letter_record_handler(record: SQSRecord) -> None:
     logger.remove_keys(["request_id", "key_id", "object_key"])
     logger.append_keys(message_id=record.message_id)
+    if _deadline is not None and time.monotonic() > _deadline - delivery_margin():
+        raise NotStarted("too little time left for a webhook delivery; SQS shows this dead letter again")
     receive_count = int(record.attributes.approximate_receive_count or 1)
     if get_worker().fail_dead_letter(record.body, receive_count):
         metrics.add_metric(name="DeadLettersFailed", unit=MetricUnit.Count, value=1)
@@ -64,12 +86,10 @@ def dead_letter_record_handler(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def dead_letter_handler(event: dict, context: object) -> dict:
+    _set_deadline(context)
     return process_partial_response(
         event=event, record_handler=dead_letter_record_handler, processor=dead_letter_processor, context=context
     )
-
-
-SWEEP_MARGIN_SECONDS = 30.0  # stop starting new work this long before the invocation's timeout
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
@@ -77,6 +97,6 @@ SWEEP_MARGIN_SECONDS = 30.0  # stop starting new work this long before the invoc
 @metrics.log_metrics
 def sweep_handler(event: dict, context: object) -> dict:
     remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    budget = remaining_ms() / 1000 - SWEEP_MARGIN_SECONDS if callable(remaining_ms) else 60.0
+    budget = remaining_ms() / 1000 - delivery_margin() if callable(remaining_ms) else 60.0
     report = sweep(get_worker(), budget_seconds=max(budget, 1.0))
     return {"resent": len(report.resent), "redelivered": len(report.redelivered), "errors": report.errors}

@@ -30,7 +30,14 @@ from diarizer_service.ssrf import UnresolvableHostError, UnsafeUrlError, Webhook
 
 SECRET_PREFIX = "whsec_"
 BACKOFF_SECONDS = 1.0  # first retry after 1 s, then 2 s, 4 s...
+ATTEMPTS = 3  # POSTs in one delivery round
 USER_AGENT = "diarizer-webhooks/1"
+
+
+def longest_delivery_seconds(timeout: float, attempts: int = ATTEMPTS) -> float:
+    """How long one `deliver` may take: every attempt running out its `timeout`, and the backoffs between them
+    (name resolution aside). A function that delivers must not start one with less time left than this."""
+    return attempts * timeout + sum(BACKOFF_SECONDS * 2 ** retry for retry in range(attempts - 1))
 
 
 def generate_webhook_secret() -> str:
@@ -168,7 +175,7 @@ def deliver(
     msg_id: str,
     timeout: float,
     allow_local: bool,
-    attempts: int = 3,
+    attempts: int = ATTEMPTS,
     backoff_seconds: float | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> DeliveryResult:

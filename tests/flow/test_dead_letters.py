@@ -1,6 +1,10 @@
 """DeadLetterFunction: a message whose worker died on every attempt (out of memory, killed) ends as a
 failed job the client can read, with a signed failure webhook, instead of a job stuck in "running"."""
 import json
+import socket
+import time
+
+import pytest
 
 from diarizer_service.webhooks import verify_signature
 from test_api_flow import ASYNC_V2, audio_body
@@ -85,3 +89,44 @@ def test_a_message_of_no_shape_the_service_writes_is_consumed_by_every_function(
     status, body = stack.call_api("GET", f"{ASYNC_V2}/good", handler=api_handler)
     assert status == 200 and body["status"] == "done"
     assert len(webhook_receiver.received) == 1
+
+
+@pytest.fixture
+def silent_webhook():
+    """A webhook host that takes connections and never answers: every attempt runs out its timeout."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    server.close()
+
+
+def test_a_dead_letter_batch_never_starts_a_record_it_cannot_finish_before_the_timeout(
+        stack, api_handler, worker_handler, silent_webhook, wav_bytes, no_webhook_backoff, monkeypatch):
+    """Each failed job's webhook may take a whole delivery (3 attempts x the webhook timeout). A batch that ran
+    past the Lambda timeout returned no partial answer, so all its records (finished ones too) came back, and with
+    ten slow receivers in a batch that could repeat for the dead-letter queue's 14 days (found by fuzzing)."""
+    records = []
+    for request_id in ("slow-1", "slow-2"):
+        query = {"webhook": silent_webhook, "request_id": request_id}
+        assert stack.call_api("POST", ASYNC_V2, query=query, body=audio_body(wav_bytes(1.0)),
+                              handler=api_handler)[0] == 200
+        [message] = stack.receive_sqs_event()["Records"]
+        assert stack.runtime.jobs.start(stack.runtime.jobs.get(f"{stack.key.record.key_id}#{request_id}"))
+        records.append({**dead_letter_event(stack, message["body"])["Records"][0], "messageId": request_id})
+    margin = worker_handler.delivery_margin()  # 3 x 2 s (the tests' webhook timeout), no backoff, and the slack
+    assert margin == 3 * 2 + worker_handler.DELIVERY_SLACK_SECONDS
+    monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: (margin + 3) * 1000, raising=False)
+
+    began = time.monotonic()
+    answer = worker_handler.dead_letter_handler({"Records": records}, stack.context)
+    took = time.monotonic() - began
+
+    # The first record's delivery ran out its three attempts (6 s); then 13 s were left, under the margin.
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "slow-2"}]}
+    assert 6 <= took < margin + 3
+    status = {rid: stack.call_api("GET", f"{ASYNC_V2}/{rid}", handler=api_handler)[1] for rid in ("slow-1", "slow-2")}
+    assert status["slow-1"]["status"] == "failed" and status["slow-1"]["webhook"]["state"] == "pending"
+    assert status["slow-2"]["status"] == "running"  # untouched: SQS shows it again
+
+    monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: 300_000, raising=False)
+    assert worker_handler.dead_letter_handler({"Records": records[1:]}, stack.context) == {"batchItemFailures": []}
+    assert stack.call_api("GET", f"{ASYNC_V2}/slow-2", handler=api_handler)[1]["status"] == "failed"
