@@ -151,4 +151,20 @@ def handle_unexpected(_: Exception) -> Response:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: object) -> dict:
-    return app.resolve(event, context)
+    return app.resolve(_without_base_path(event), context)
+
+
+def _without_base_path(event: dict) -> dict:
+    """The event with `path` as the API's own route. Behind a custom domain whose base path mapping is not the root
+    (https://api.example.com/diarizer -> the stage), API Gateway puts the base path in `path` but not in
+    `resource`, the route it matched: the routes here would all answer 404. No route has a parameter spanning
+    segments, so the route is the path's last segments, as many as the resource has."""
+    resource, path = event.get("resource"), event.get("path")
+    if not isinstance(resource, str) or not isinstance(path, str) or "+}" in resource:
+        return event
+    depth = len(resource.strip("/").split("/")) if resource.strip("/") else 0
+    segments = path.rstrip("/").split("/")[1:]
+    if len(segments) <= depth:
+        return event
+    route = "/" + "/".join(segments[len(segments) - depth:]) + ("/" if path.endswith("/") and depth else "")
+    return {**event, "path": route}

@@ -1,5 +1,6 @@
 """The API and worker handlers on moto with a fake engine: contract edges, privacy, failures, logs."""
 import base64
+import json
 import io
 import socket
 
@@ -333,3 +334,26 @@ def test_a_lone_surrogate_anywhere_is_a_4xx_not_a_500(stack, api_handler, where)
                                     handler=api_handler)
     assert 400 <= status < 500 and answer["error"]["code"] in ("invalid_json", "invalid_base64", "invalid_field",
                                                                 "invalid_api_key"), (status, answer)
+
+
+def test_routes_answer_behind_a_custom_domain_base_path(stack, api_handler, submit):
+    """https://api.example.com/diarizer mapped to the stage: API Gateway's `path` carries /diarizer, its `resource`
+    (the route it matched) does not. Every route answered 404 there (found by fuzzing the events)."""
+    assert submit("behind-a-base-path")[0] == 200
+
+    def call(method: str, route: str, resource: str, path_parameters: dict | None = None, base: str = "/diarizer"):
+        event = stack.make_event(method, base + route, query={"apikey": stack.key.api_key},
+                                 path_parameters=path_parameters)
+        event["resource"] = resource
+        return api_handler.lambda_handler(event, stack.context)
+
+    answer = call("GET", f"{ASYNC_V2}/behind-a-base-path", ASYNC_V2 + "/{request_id}",
+                  {"request_id": "behind-a-base-path"})
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "queued"
+    answer = call("GET", "/audio/generic/api/v2/voiceprints", "/audio/generic/api/v2/voiceprints", base="/a/b")
+    assert (answer["statusCode"], json.loads(answer["body"])) == (200, {"voiceprints": []})
+    page = call("GET", "", "/")
+    assert page["statusCode"] == 200 and "<html" in page["body"].lower()
+    # without a base path, as before
+    answer = call("GET", "/audio/generic/api/v2/voiceprints", "/audio/generic/api/v2/voiceprints", base="")
+    assert answer["statusCode"] == 200
