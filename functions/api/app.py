@@ -33,8 +33,8 @@ def _json(status: int, body: object, headers: dict | None = None) -> Response:
 
 def _path_value(raw: str) -> str:
     """A path parameter as the client meant it. REST APIs pass `path` (what the routes match) on still
-    percent-encoded, unlike HTTP APIs, and clients encode what they put in a path: the official client and
-    JavaScript's encodeURIComponent send a request_id `a:b` as `a%3Ab`."""
+    percent-encoded, unlike HTTP APIs, and clients encode what they put in a path: JavaScript's
+    encodeURIComponent, and urllib's quote with no safe characters, send a request_id `a:b` as `a%3Ab`."""
     return unquote(raw)
 
 
@@ -146,14 +146,6 @@ def handle_unexpected(_: Exception) -> Response:
     return _json(500, {"error": {"code": "internal_error", "message": "Internal error; retry later."}})
 
 
-# log_event=False even if POWERTOOLS_LOGGER_LOG_EVENT is set: the event holds the API key and the audio.
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False, clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
-def lambda_handler(event: dict, context: object) -> dict:
-    return app.resolve(_without_base_path(event), context)
-
-
 def _without_base_path(event: dict) -> dict:
     """The event with `path` as the API's own route. Behind a custom domain whose base path mapping is not the root
     (https://api.example.com/diarizer -> the stage), API Gateway puts the base path in `path` but not in
@@ -168,3 +160,11 @@ def _without_base_path(event: dict) -> dict:
         return event
     route = "/" + "/".join(segments[len(segments) - depth:]) + ("/" if path.endswith("/") and depth else "")
     return {**event, "path": route}
+
+
+# log_event=False even if POWERTOOLS_LOGGER_LOG_EVENT is set: the event holds the API key and the audio.
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict, context: object) -> dict:
+    return app.resolve(_without_base_path(event), context)
