@@ -97,6 +97,18 @@ def run(args: argparse.Namespace) -> int:
     if args.embed_audio and not args.html:
         print("diarize: error: --embed-audio goes with --html", file=sys.stderr)
         return 2
+    clash = _output_clash(args)
+    if clash:
+        print(f"diarize: error: {clash}", file=sys.stderr)
+        return 2
+    if args.embed_audio:
+        from diarizer.report import ReportError, check_embeddable
+
+        try:
+            check_embeddable(args.audio[0])
+        except (ReportError, OSError) as err:  # before minutes of diarization, not after
+            print(f"diarize: error: {err}", file=sys.stderr)
+            return 2
     try:
         options = DiarizationOptions(
             speakers=args.speakers,
@@ -146,13 +158,42 @@ def run(args: argparse.Namespace) -> int:
     for out, text in ((args.rttm, "".join(rttm)), (args.json, json.dumps(document, indent=2) + "\n")):
         try:
             if out:
-                out.write_text(text)
+                # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old archive) keeps its bytes
+                out.write_text(text, encoding="utf-8", errors="surrogateescape")
         except OSError as err:
             print(f"diarize: error: cannot write {out}: {err}", file=sys.stderr)
             failed += 1
     if not args.rttm and not args.json and not args.html and results:
-        print(json.dumps(document, indent=2))
+        try:
+            print(json.dumps(document, indent=2), flush=True)
+        except BrokenPipeError:
+            raise
+        except OSError as err:  # a full disk behind `> out.json`
+            print(f"diarize: error: cannot write the result to stdout: {err}", file=sys.stderr)
+            return 1
     return 1 if failed else 0
+
+
+def _output_clash(args: argparse.Namespace) -> str | None:
+    """Why the outputs asked for would overwrite an input recording or each other (`--json talk.wav` destroyed
+    the recording), or None. Checked before any work."""
+    outputs = [(flag, path) for flag, path in (("--rttm", args.rttm), ("--json", args.json), ("--html", args.html))
+               if path]
+    for index, (flag, path) in enumerate(outputs):
+        for audio in args.audio:
+            if _same_file(path, audio):
+                return f"{flag} {path} is the input recording {audio}: it would be overwritten"
+        for other_flag, other in outputs[:index]:
+            if _same_file(path, other):
+                return f"{other_flag} and {flag} name the same file ({path}): one would overwrite the other"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard and symbolic links included
+    except OSError:  # one of them does not exist yet: compare where they would be
+        return a.resolve() == b.resolve()
 
 
 def _file_ids(paths: list[Path]) -> list[str]:

@@ -38,16 +38,21 @@ def _json_data(data: dict) -> str:
     return json.dumps(data).replace("<", "\\u003c")
 
 
+def check_embeddable(audio: Path) -> None:
+    """ReportError when `audio` is too big to put inside a page (the CLI asks before diarizing it)."""
+    size = audio.stat().st_size
+    if size > EMBED_MAX_BYTES:
+        raise ReportError(f"{audio.name} is {size / 2**20:.1f} MB: --embed-audio takes files up to "
+                          f"{EMBED_MAX_BYTES / 2**20:.0f} MB (leave it out to reference the file instead)")
+
+
 def audio_reference(audio: Path, out: Path, *, embed: bool, audio_format: str) -> str:
     if embed:
-        size = audio.stat().st_size
-        if size > EMBED_MAX_BYTES:
-            raise ReportError(f"{audio.name} is {size / 1e6:.1f} MB: --embed-audio takes files up to "
-                              f"{EMBED_MAX_BYTES / 1e6:.0f} MB (leave it out to reference the file instead)")
+        check_embeddable(audio)
         mime = _MIME.get(audio_format, "application/octet-stream")
         return f"data:{mime};base64," + base64.b64encode(audio.read_bytes()).decode()
     relative = os.path.relpath(audio.resolve(), out.resolve().parent)
-    return quote(Path(relative).as_posix())
+    return quote(os.fsencode(Path(relative).as_posix()))  # a name that is not UTF-8 keeps its bytes
 
 
 def render_html(diarized: dict, *, title: str, audio_src: str, duration: float, file_id: str) -> str:
@@ -89,5 +94,7 @@ body { padding: 1rem 1.5rem; }
 def write_html(out: Path, diarized: dict, audio: Path, *, duration: float, audio_format: str,
                embed_audio: bool = False) -> None:
     src = audio_reference(audio, out, embed=embed_audio, audio_format=audio_format)
-    out.write_text(render_html(diarized, title=audio.name, audio_src=src, duration=duration, file_id=audio.stem),
+    title = os.fsencode(audio.name).decode("utf-8", "replace")  # a name that is not UTF-8: shown with U+FFFD
+    file_id = os.fsencode(audio.stem).decode("utf-8", "replace")
+    out.write_text(render_html(diarized, title=title, audio_src=src, duration=duration, file_id=file_id),
                    encoding="utf-8")

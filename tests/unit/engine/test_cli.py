@@ -141,3 +141,49 @@ def test_help_names_every_subcommand_and_format():
     text = " ".join(done.stdout.split())
     for word in ("enroll", "voiceprints", "serve", "AIFF", "AU", "instead of stdout"):
         assert word in text
+
+
+def test_an_output_that_would_overwrite_the_recording_or_another_output_is_refused_before_any_work(tmp_path):
+    """`diarize talk.wav --json talk.wav` overwrote the recording with its own result (found by fuzzing the CLI)."""
+    audio = tmp_path / "talk.flac"
+    audio.write_bytes((af.DEMO_DIR / "two-speakers.flac").read_bytes())
+    original = audio.read_bytes()
+    link = tmp_path / "link.flac"
+    link.symlink_to(audio)
+    for args in (("--json", audio), ("--html", link), ("--rttm", tmp_path / "." / "talk.flac")):
+        done = run(audio, "--quiet", *args)
+        assert done.returncode == 2 and "input recording" in done.stderr, (args, done.stderr)
+    done = run(audio, "--quiet", "--json", tmp_path / "out", "--rttm", tmp_path / "out")
+    assert done.returncode == 2 and "same file" in done.stderr
+    assert audio.read_bytes() == original and not (tmp_path / "out").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_written_to_rttm_and_the_page(tmp_path):
+    """A Latin-1 name from an old archive: the RTTM and the page raised UnicodeEncodeError."""
+    import os
+
+    name = os.fsdecode(b"caf\xe9.flac")
+    (tmp_path / name).write_bytes((af.DEMO_DIR / "two-speakers.flac").read_bytes())
+    done = subprocess.run([*DIARIZE, name, "--quiet", "--rttm", "out.rttm", "--html", "out.html"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "out.rttm").read_bytes().startswith(b"SPEAKER caf\xe9 1 ")  # the name's own bytes
+    assert '"audioSrc": "caf%E9.flac"' in (tmp_path / "out.html").read_text(encoding="utf-8")
+
+
+def test_a_full_disk_behind_stdout_is_an_error_not_a_traceback():
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*DIARIZE, str(af.DEMO_DIR / "two-speakers.flac"), "--quiet"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "cannot write the result to stdout" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_page_too_big_to_embed_the_audio_in_is_refused_before_diarizing(tmp_path):
+    big = tmp_path / "big.wav"
+    with open(big, "wb") as out:
+        out.write((af.DEMO_DIR / "two-speakers.flac").read_bytes())
+        out.truncate(26 * 1024 * 1024)
+    done = run(big, "--quiet", "--html", tmp_path / "page.html", "--embed-audio")
+    assert done.returncode == 2 and "up to 25 MB" in done.stderr and "26.0 MB" in done.stderr
+    assert not (tmp_path / "page.html").exists()
