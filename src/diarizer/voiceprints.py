@@ -10,11 +10,19 @@ atomically, and nothing here logs them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import numpy as np
 
@@ -36,6 +44,8 @@ SECOND_VOICE_SHARE = 0.1  # ... and this share of it makes the recording a conve
 SAME_VOICE_SIMILARITY = 0.5
 MAX_NAME_LENGTH = 64
 FILE_FORMAT = "diarizer-voiceprints"
+FILE_VERSION = 1
+MAX_FILE_BYTES = 64 * 2**20  # about 20,000 voiceprints; more is not a file this wrote
 
 
 def validate_name(name: str) -> str:
@@ -95,7 +105,11 @@ def default_store_path() -> Path:
 
 
 class VoiceprintFile:
-    """Named voiceprints in one JSON file, owner-only; one voiceprint per name (enrolling again replaces it)."""
+    """Named voiceprints in one JSON file, owner-only; one voiceprint per name (enrolling again replaces it).
+
+    Changes are read-modify-write under an exclusive lock on a sibling `.NAME.lock` file, so two `diarize enroll`
+    runs (or scripts enrolling in parallel) never lose each other's voiceprint, and the file is replaced whole
+    (a reader never sees half of it). A symlinked file is updated where it lives."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else default_store_path()
@@ -110,59 +124,97 @@ class VoiceprintFile:
 
     def save(self, voiceprint: Voiceprint) -> bool:
         """Add `voiceprint`; returns True when it replaced one of the same name."""
-        items = self._items()
-        replaced = any(item["name"] == voiceprint.name for item in items)
-        items = [item for item in items if item["name"] != voiceprint.name]
-        items.append({"name": voiceprint.name, "seconds": voiceprint.seconds,
-                      "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "embedding": [round(x, 7) for x in voiceprint.embedding]})
-        self._write(items)
+        with self._locked():
+            items = self._items()
+            replaced = any(item["name"] == voiceprint.name for item in items)
+            items = [item for item in items if item["name"] != voiceprint.name]
+            items.append({"name": voiceprint.name, "seconds": voiceprint.seconds,
+                          "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "embedding": [round(x, 7) for x in voiceprint.embedding]})
+            self._write(items)
         return replaced
 
     def delete(self, name: str) -> bool:
-        items = self._items()
-        kept = [item for item in items if item["name"] != name]
-        if len(kept) == len(items):
-            return False
-        self._write(kept)
+        with self._locked():
+            items = self._items()
+            kept = [item for item in items if item["name"] != name]
+            if len(kept) == len(items):
+                return False
+            self._write(kept)
         return True
+
+    def _target(self) -> Path:
+        """The file itself: behind a symlink (a dotfile manager's, a synced folder's), not the link."""
+        return self.path.resolve() if self.path.is_symlink() else self.path
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        target = self._target()
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if fcntl is not None:  # POSIX; elsewhere the replace is still atomic, only parallel writers can race
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _items(self) -> list[dict]:
         """The file's voiceprints, checked item by item (ValueError naming the file when it is not ours or is
         damaged: a hand-edited file must not crash a diarization half-way, nor be overwritten)."""
-        try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        target = self._target()
+        if not target.exists():
             return []
-        except ValueError as exc:
-            raise ValueError(f"{self.path} is not a voiceprint file: {exc}") from exc
+        if not target.is_file():  # a FIFO would block the read, /dev/zero would fill memory
+            raise ValueError(f"{self.path} is not a voiceprint file (not a regular file)")
+        with open(target, "rb") as source:
+            raw = source.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ValueError(f"{self.path} is not a voiceprint file (over {MAX_FILE_BYTES // 2**20} MB)")
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{self.path} is not a voiceprint file ({type(exc).__name__})") from exc
         items = document.get("voiceprints", []) if isinstance(document, dict) else None
         if not isinstance(document, dict) or document.get("format") != FILE_FORMAT or not isinstance(items, list):
             raise ValueError(f"{self.path} is not a voiceprint file")
+        version = document.get("version", FILE_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version > FILE_VERSION:
+            # rewriting it as this version would drop whatever the newer one stores
+            raise ValueError(f"{self.path} was written by a newer diarizer (file version {version!r}): upgrade")
         for number, item in enumerate(items, 1):
             if not (isinstance(item, dict) and isinstance(item.get("name"), str) and _is_embedding(item.get("embedding"))
-                    and isinstance(item.get("seconds", 0.0), (int, float))):
+                    and _is_seconds(item.get("seconds", 0.0))):
                 raise ValueError(f"{self.path}: voiceprint {number} is damaged (it needs a name, seconds and "
                                  f"{EMBEDDING_DIM} numbers)")
         return items
 
-
     def _write(self, items: Sequence[dict]) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        target = self._target()
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # 0600, O_EXCL
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump({"format": FILE_FORMAT, "version": 1, "voiceprints": list(items)}, out)
+                json.dump({"format": FILE_FORMAT, "version": FILE_VERSION, "voiceprints": list(items)}, out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)  # readers never see a half-written file
+            os.replace(tmp, target)  # readers never see a half-written file
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
 
+def _is_seconds(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value) and value >= 0
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
 def _is_embedding(value) -> bool:
     return (isinstance(value, list) and len(value) == EMBEDDING_DIM
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in value))
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and _finite(x) for x in value)
+            and any(x != 0 for x in value))  # all zeros has no direction: it could never match anyone
