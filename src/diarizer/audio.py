@@ -492,6 +492,34 @@ def downmix(block: np.ndarray) -> np.ndarray:
     return mono
 
 
+def from_array(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """An array a caller holds (soundfile's (frames, channels), torchaudio's (channels, frames), integer PCM, any
+    rate) as what `decode` returns: 16 kHz mono float32 without NaN or inf, raised to the working level. Without
+    this, a (channels, frames) array was read as 1 or 2 samples, a 44.1 kHz one gave times 2.76x too long, and one
+    NaN sample emptied the whole result, all silently. Raises AudioDecodeError for what is not audio."""
+    array = np.asarray(samples)
+    if array.dtype.kind not in "iuf" or array.ndim not in (1, 2):
+        raise AudioDecodeError(f"samples must be a 1-D (frames) or 2-D (frames, channels) array of numbers; got "
+                               f"{array.ndim}-D {array.dtype}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or not (
+            MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE):
+        raise AudioDecodeError(f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
+    if array.ndim == 2:
+        if array.shape[0] <= MAX_CHANNELS < array.shape[1] or array.shape[1] < array.shape[0] <= MAX_CHANNELS:
+            array = array.T  # (channels, frames): the channels are the short side
+        if array.shape[1] > MAX_CHANNELS:
+            raise AudioDecodeError(f"samples of shape {samples.shape}: which side is the channels? Pass (frames,) "
+                                   f"or (frames, channels) with at most {MAX_CHANNELS} channels")
+    if array.dtype.kind in "iu":  # PCM at its full scale, as a decoder gives it
+        bits = array.dtype.itemsize * 8
+        middle = 2 ** (bits - 1) if array.dtype.kind == "u" else 0
+        array = (array.astype(np.float64) - middle) / 2 ** (bits - 1)
+    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    mono = downmix(array) if array.ndim == 2 else array
+    mono = _BlockResampler(int(sample_rate)).push(np.ascontiguousarray(mono), final=True)
+    return at_working_level(mono)
+
+
 def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Decode to 16 kHz mono float32 in [-1, 1], a quiet recording then raised to the working level (see
     `at_working_level`; its peaks may pass 1.0). Raises AudioDecodeError with the reason, AudioTooLongError

@@ -152,10 +152,12 @@ class Diarizer:
         return self._diarize_at_level(audio_io.decode(source, max_seconds), options, progress)  # decode levels it
 
     def diarize_samples(
-        self, samples: np.ndarray, options: DiarizationOptions | None = None, progress: Progress | None = None
+        self, samples: np.ndarray, options: DiarizationOptions | None = None, progress: Progress | None = None,
+        sample_rate: int = audio_io.SAMPLE_RATE,
     ) -> Diarization:
-        """Same as `diarize` for 16 kHz mono float32 samples (raised to the working level first if quiet)."""
-        return self._diarize_at_level(audio_io.at_working_level(samples), options, progress)
+        """Same as `diarize` for samples in memory: (frames,) or (frames, channels) (or (channels, frames)),
+        float in [-1, 1] or integer PCM, at `sample_rate`. Raises AudioDecodeError for what is not audio."""
+        return self._diarize_at_level(audio_io.from_array(samples, sample_rate), options, progress)
 
     def _diarize_at_level(
         self, samples: np.ndarray, options: DiarizationOptions | None, progress: Progress | None
