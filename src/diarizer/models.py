@@ -7,6 +7,7 @@ Nothing is ever downloaded.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,40 @@ def locate_models(model_dir: str | os.PathLike | None = None) -> ModelFiles:
 
 
 def default_threads() -> int:
-    # One process owns the cores (oversubscription is 10x slower here); DIARIZER_THREADS overrides.
+    """The engine's worker threads: one per core this process may use (oversubscription is 10x slower here);
+    DIARIZER_THREADS overrides, up to that many (each worker holds its own ONNX sessions, about 43 MB)."""
     raw = os.environ.get("DIARIZER_THREADS", "").strip()
     if not raw:
-        return os.cpu_count() or 1
-    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        return available_cpus()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and int(raw) > 0):
         raise ValueError(f"DIARIZER_THREADS must be a positive whole number, not {raw!r}")
-    return int(raw)
+    return min(int(raw), available_cpus())
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its CPU affinity and a container's CPU quota, both of which
+    os.cpu_count() ignores (a container limited to 2 CPUs on a 64-core host made 64 workers: 2.7 GB)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, math.ceil(quota))) if quota else max(1, count)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs granted by the cgroup's quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), or None when unlimited or unknown."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def open_session(path: Path, threads: int | None = None):

@@ -29,7 +29,7 @@ from diarizer.clustering import (
     most_voices_heard_together,
 )
 from diarizer.embedding import EMBEDDING_DIM, Embedder
-from diarizer.models import default_threads, locate_models, open_session
+from diarizer.models import available_cpus, default_threads, locate_models, open_session
 from diarizer.reconstruction import (
     aggregate,
     digital_silence,
@@ -137,7 +137,7 @@ class Diarizer:
                     max_frames=int(self.config.max_embed_seconds * 100),
                 ),
             )
-            for _ in range(max(1, threads or default_threads()))
+            for _ in range(max(1, min(threads, available_cpus()) if threads else default_threads()))
         ]
 
     def diarize(
