@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from diarizer import scan
-from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError
+from diarizer.types import AudioDecodeError, AudioTooLongError, EmptyAudioError, InvalidOptionsError
 
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 30  # decode granularity
@@ -158,8 +158,14 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
         if not path.is_file():
             raise AudioDecodeError(f"no such audio file: {path}")
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
-    else:
+    elif callable(getattr(source, "read", None)) and callable(getattr(source, "seekable", None)):
+        if not source.seekable():  # a pipe, an HTTP body: the walks and libsndfile seek
+            raise AudioDecodeError("the audio stream cannot seek: pass its bytes or a file path")
         stream = source
+        stream.seek(0)  # a file object read before (by this function too) is read from its start
+    else:
+        raise AudioDecodeError(f"audio must be a file path, bytes or a binary file, not {type(source).__name__} "
+                               "(arrays of samples: Diarizer.diarize_samples)")
     head = stream.read(HEAD_BYTES)
     fmt = detect_format(head)
     if head[:3] == b"ID3":
@@ -316,6 +322,13 @@ def probe_audio(source: AudioSource) -> AudioInfo:
         return AudioInfo(fmt, handle.samplerate, handle.channels, frames, frames / handle.samplerate, known)
 
 
+def _limit(max_seconds: float) -> float:
+    """The decoding limit asked for, at most MAX_SECONDS; InvalidOptionsError for one that is no limit (NaN, 0)."""
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
+        raise InvalidOptionsError(f"max_seconds must be a positive number of seconds, not {max_seconds!r}")
+    return min(max_seconds, MAX_SECONDS)
+
+
 def _too_long(fmt: str, max_seconds: float) -> AudioTooLongError:
     return AudioTooLongError(f"the {fmt} audio is longer than {max_seconds:g} s", max_seconds)
 
@@ -324,7 +337,7 @@ def check_decodes(source: AudioSource, max_seconds: float = MAX_SECONDS) -> Audi
     """Decode the whole stream at its own rate (no resampling, one block in memory) and discard the samples:
     catches a truncated or corrupt body that a header-only probe accepts, and measures the real length.
     Returns the AudioInfo of what decodes (`length_known`); AudioTooLongError past `max_seconds`."""
-    max_seconds = min(max_seconds, MAX_SECONDS)
+    max_seconds = _limit(max_seconds)
     handle, fmt, frames = _open(source, max_seconds)
     with handle:
         block_frames = max(1, BLOCK_SAMPLES // handle.channels)
@@ -524,7 +537,7 @@ def decode(source: AudioSource, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Decode to 16 kHz mono float32 in [-1, 1], a quiet recording then raised to the working level (see
     `at_working_level`; its peaks may pass 1.0). Raises AudioDecodeError with the reason, AudioTooLongError
     as soon as more than `max_seconds` have been decoded (whatever the header said)."""
-    max_seconds = min(max_seconds, MAX_SECONDS)
+    max_seconds = _limit(max_seconds)
     handle, fmt, frames = _open(source, max_seconds)
     resampler = _BlockResampler(handle.samplerate)
     sink = _SampleSink()

@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from diarizer.clustering import l2_normalise
 from diarizer.embedding import EMBEDDING_DIM
 from diarizer.segmentation import SAMPLE_RATE
-from diarizer.types import Diarization, DiarizationOptions, Segment, SpeakerMatch, Voiceprint
+from diarizer.types import Diarization, DiarizationOptions, InvalidOptionsError, Segment, SpeakerMatch, Voiceprint
 
 EmbedMany = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -93,6 +93,9 @@ def speaker_prints(samples: np.ndarray, segments: Sequence[Segment], embed_many:
 
 
 def voiceprint_matrix(voiceprints: Sequence[Voiceprint]) -> np.ndarray:
+    if any(len(v.embedding) != EMBEDDING_DIM for v in voiceprints):
+        raise InvalidOptionsError(f"a voiceprint's embedding must hold {EMBEDDING_DIM} numbers (one from "
+                                  "Diarizer.enroll)")
     return l2_normalise(np.array([v.embedding for v in voiceprints], np.float64).reshape(len(voiceprints), EMBEDDING_DIM))
 
 

@@ -1,6 +1,8 @@
 """The engine's public data types: what goes in (options) and what comes out (a diarization)."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -71,14 +73,25 @@ class DiarizationOptions:
     confidence: bool = False
 
     def __post_init__(self) -> None:
-        if self.speakers != -1 and self.speakers < 1:
+        if not _whole(self.speakers) or (self.speakers != -1 and self.speakers < 1):
             raise InvalidOptionsError("speakers must be -1 (estimate) or a positive integer")
         for name in ("min_speakers", "max_speakers"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and (not _whole(value) or value < 1):
                 raise InvalidOptionsError(f"{name} must be a positive integer")
+        for voiceprint in self.voiceprints:
+            embedding = getattr(voiceprint, "embedding", None)
+            if not isinstance(voiceprint, Voiceprint) or not isinstance(embedding, (tuple, list)) or not all(
+                    isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in embedding):
+                raise InvalidOptionsError("voiceprints must be Voiceprint objects with finite numbers (as "
+                                          "Diarizer.enroll or VoiceprintFile.load make them)")
         if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
             raise InvalidOptionsError("min_speakers is larger than max_speakers")
+
+
+def _whole(value) -> bool:
+    """An integer (numpy's too), not a bool, a float or a string: 2.5 speakers was accepted, "2" raised TypeError."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -51,15 +51,18 @@ MAX_FILE_BYTES = 64 * 2**20  # about 20,000 voiceprints; more is not a file this
 def validate_name(name: str) -> str:
     name = name.strip() if isinstance(name, str) else name
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH or not name.isprintable():
-        raise ValueError(f"a voiceprint name must be 1-{MAX_NAME_LENGTH} printable characters")
+        raise EnrollmentError("invalid_name", f"a voiceprint name must be 1-{MAX_NAME_LENGTH} printable characters")
     return name
 
 
-def enroll(diarizer: "Diarizer", name: str, sources: Iterable[audio_io.AudioSource]) -> Voiceprint:
+def enroll(diarizer: "Diarizer", name: str,
+           sources: audio_io.AudioSource | Iterable[audio_io.AudioSource]) -> Voiceprint:
     """One voiceprint from one or more recordings of the same single voice. Raises EnrollmentError."""
     from diarizer.identify import clips_of, mean_print, solo_spans, speaker_prints
 
     name = validate_name(name)
+    if isinstance(sources, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(sources, "read"):
+        sources = [sources]  # one recording (a path string was read as a list of one-letter paths)
     clips: list[np.ndarray] = []
     per_recording: list[np.ndarray] = []
     total = 0.0

@@ -96,6 +96,8 @@ def enroll(runtime: Runtime, key: ApiKey, raw_body: str | bytes | None, is_base6
     except EnrollmentError as exc:
         if exc.code == "several_voices":
             raise ApiError(400, "several_voices", str(exc), field="content") from exc
+        if exc.code == "invalid_name":  # _name checked it already; the engine's own check agrees
+            raise ApiError(400, "invalid_field", str(exc), field="name") from exc
         raise ApiError(400, "too_little_speech", str(exc), field="content") from exc
     created_ns = time.time_ns()  # orders voiceprints enrolled within one second; clients see created_at
     item = {"key_id": key.key_id, "key_hash": key.key_hash, "voiceprint_id": "vp_" + secrets.token_hex(8), "name": name,
