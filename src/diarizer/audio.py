@@ -156,6 +156,8 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
+            if path.exists():  # a folder, or a pipe (`diarize <(curl ...)`), which the decoders cannot seek in
+                raise AudioDecodeError(f"not a regular file: {path} (a folder or a pipe? save the audio to a file)")
             raise AudioDecodeError(f"no such audio file: {path}")
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
     elif callable(getattr(source, "read", None)) and callable(getattr(source, "seekable", None)):

@@ -69,3 +69,11 @@ def test_enrolment_names_and_sources(engine, tmp_path):
         engine.enroll("alice", str(missing))
     with pytest.raises(EnrollmentError):  # one recording as bytes: two voices in it
         engine.enroll("alice", io.BytesIO(DEMO.read_bytes()).getvalue())
+
+
+def test_a_folder_or_a_pipe_given_as_audio_is_named_for_what_it_is(engine, tmp_path):
+    fifo = tmp_path / "audio.wav"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(AudioDecodeError, match="not a regular file"):  # was "no such audio file"
+            engine.diarize(path)
