@@ -160,8 +160,9 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
                 raise AudioDecodeError(f"not a regular file: {path} (a folder or a pipe? save the audio to a file)")
             raise AudioDecodeError(f"no such audio file: {path}")
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
-    elif callable(getattr(source, "read", None)) and callable(getattr(source, "seekable", None)):
-        if not source.seekable():  # a pipe, an HTTP body: the walks and libsndfile seek
+    elif callable(getattr(source, "read", None)):
+        seekable = getattr(source, "seekable", None)
+        if callable(seekable) and not seekable():  # a pipe, an HTTP body: the walks and libsndfile seek
             raise AudioDecodeError("the audio stream cannot seek: pass its bytes or a file path")
         stream = source
         stream.seek(0)  # a file object read before (by this function too) is read from its start
