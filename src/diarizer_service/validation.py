@@ -115,7 +115,7 @@ def _int_field(name: str, value: Any) -> int:
     """An integer, an integral float, or a numeric string ("2")."""
     if isinstance(value, bool):
         raise invalid_field(name, f"`{name}` must be an integer.")
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,6}\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):  # int() of thousands of digits is slow
         return int(value)
     if isinstance(value, int):
         return value

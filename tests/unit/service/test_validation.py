@@ -161,6 +161,15 @@ def test_speaker_options_from_strings():
     assert parse_speaker_options({"speakers": "-1", "max_speakers": "4"}).max_speakers == 4
 
 
+def test_a_count_out_of_range_says_so_even_as_a_long_numeric_string():
+    """S3 metadata is always text: "9999999" was told "must be an integer" (found by fuzzing the batch path)."""
+    for value in ("9999999", 9999999, "  0 "):
+        with pytest.raises(ApiError, match="between 1 and"):
+            parse_speaker_options({"max_speakers": value})
+    with pytest.raises(ApiError, match="must be an integer"):
+        parse_speaker_options({"max_speakers": "9" * 5000})  # never given to int()
+
+
 def test_the_nesting_rule_counts_depth_not_brackets():
     """Documented: nested deeper than 256 is refused. Before, every bracket counted: a flat body with 300 `{}`
     in an unknown field was refused as "too deeply nested"."""
