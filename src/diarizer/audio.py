@@ -521,8 +521,8 @@ def from_array(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarra
             MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE):
         raise AudioDecodeError(f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
     if array.ndim == 2:
-        if array.shape[0] <= MAX_CHANNELS < array.shape[1] or array.shape[1] < array.shape[0] <= MAX_CHANNELS:
-            array = array.T  # (channels, frames): the channels are the short side
+        if array.shape[0] <= MAX_CHANNELS < array.shape[1]:
+            array = array.T  # (channels, frames): only channels can be that few (33 frames are 2 ms)
         if array.shape[1] > MAX_CHANNELS:
             raise AudioDecodeError(f"samples of shape {samples.shape}: which side is the channels? Pass (frames,) "
                                    f"or (frames, channels) with at most {MAX_CHANNELS} channels")
