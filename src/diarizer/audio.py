@@ -162,7 +162,8 @@ def _stream(source: AudioSource) -> tuple[BinaryIO, str]:
         stream = open(path, "rb")  # noqa: SIM115 (closed with the SoundFile)
     elif callable(getattr(source, "read", None)):
         seekable = getattr(source, "seekable", None)
-        if callable(seekable) and not seekable():  # a pipe, an HTTP body: the walks and libsndfile seek
+        if not callable(getattr(source, "seek", None)) or callable(seekable) and not seekable():
+            # a pipe, an HTTP body: the walks and libsndfile seek
             raise AudioDecodeError("the audio stream cannot seek: pass its bytes or a file path")
         stream = source
         stream.seek(0)  # a file object read before (by this function too) is read from its start
@@ -523,7 +524,7 @@ def from_array(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarra
     if array.ndim == 2:
         if array.shape[0] <= MAX_CHANNELS < array.shape[1]:
             array = array.T  # (channels, frames): only channels can be that few (33 frames are 2 ms)
-        if array.shape[1] > MAX_CHANNELS:
+        if not 1 <= array.shape[1] <= MAX_CHANNELS:
             raise AudioDecodeError(f"samples of shape {samples.shape}: which side is the channels? Pass (frames,) "
                                    f"or (frames, channels) with at most {MAX_CHANNELS} channels")
     if array.dtype.kind in "iu":  # PCM at its full scale, as a decoder gives it

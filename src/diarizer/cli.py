@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -191,9 +192,11 @@ def _output_clash(args: argparse.Namespace) -> str | None:
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
+        if not stat.S_ISREG(os.stat(a).st_mode):  # /dev/null, /dev/stdout on a terminal or a pipe: no clash
+            return False
         return os.path.samefile(a, b)  # hard and symbolic links included
     except OSError:  # one of them does not exist yet: compare where they would be
-        return a.resolve() == b.resolve()
+        return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
 
 
 def _file_ids(paths: list[Path]) -> list[str]:

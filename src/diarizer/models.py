@@ -85,7 +85,7 @@ def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" or "200000 100000"
         return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         pass
     try:
         quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())

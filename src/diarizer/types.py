@@ -81,7 +81,7 @@ class DiarizationOptions:
                 raise InvalidOptionsError(f"{name} must be a positive integer")
         for voiceprint in self.voiceprints:
             embedding = getattr(voiceprint, "embedding", None)
-            if not isinstance(voiceprint, Voiceprint) or not isinstance(embedding, (tuple, list)) or not all(
+            if not isinstance(voiceprint, Voiceprint) or not hasattr(embedding, "__iter__") or not all(
                     isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in embedding):
                 raise InvalidOptionsError("voiceprints must be Voiceprint objects with finite numbers (as "
                                           "Diarizer.enroll or VoiceprintFile.load make them)")

@@ -126,7 +126,12 @@ class VoiceprintFile:
                 for item in self._items()]
 
     def save(self, voiceprint: Voiceprint) -> bool:
-        """Add `voiceprint`; returns True when it replaced one of the same name."""
+        """Add `voiceprint`; returns True when it replaced one of the same name. ValueError for a voiceprint this
+        file could not read back (every later read would call the whole file damaged)."""
+        name = validate_name(voiceprint.name)
+        if not _is_embedding(list(voiceprint.embedding)) or not _is_seconds(voiceprint.seconds):
+            raise ValueError(f"not a voiceprint to keep: {name!r} needs {EMBEDDING_DIM} finite numbers, not all "
+                             "zero, and seconds of 0 or more")
         with self._locked():
             items = self._items()
             replaced = any(item["name"] == voiceprint.name for item in items)
@@ -139,7 +144,7 @@ class VoiceprintFile:
 
     def delete(self, name: str) -> bool:
         with self._locked():
-            items = self._items()
+            items = self._items(check_items=False)  # a damaged voiceprint can still be deleted by its name
             kept = [item for item in items if item["name"] != name]
             if len(kept) == len(items):
                 return False
@@ -148,7 +153,13 @@ class VoiceprintFile:
 
     def _target(self) -> Path:
         """The file itself: behind a symlink (a dotfile manager's, a synced folder's), not the link."""
-        return self.path.resolve() if self.path.is_symlink() else self.path
+        if not self.path.is_symlink():
+            return self.path
+        try:
+            os.stat(self.path)  # a loop: OSError ELOOP, said as such (resolve() raised RuntimeError)
+        except FileNotFoundError:  # a dangling link: the file to create is at its target
+            pass
+        return Path(os.path.realpath(self.path))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -162,9 +173,10 @@ class VoiceprintFile:
         finally:
             os.close(fd)  # releases the lock
 
-    def _items(self) -> list[dict]:
+    def _items(self, check_items: bool = True) -> list[dict]:
         """The file's voiceprints, checked item by item (ValueError naming the file when it is not ours or is
-        damaged: a hand-edited file must not crash a diarization half-way, nor be overwritten)."""
+        damaged: a hand-edited file must not crash a diarization half-way, nor be overwritten). Without
+        `check_items`, only that each is an object with a name."""
         target = self._target()
         if not target.exists():
             return []
@@ -186,8 +198,8 @@ class VoiceprintFile:
             # rewriting it as this version would drop whatever the newer one stores
             raise ValueError(f"{self.path} was written by a newer diarizer (file version {version!r}): upgrade")
         for number, item in enumerate(items, 1):
-            if not (isinstance(item, dict) and isinstance(item.get("name"), str) and _is_embedding(item.get("embedding"))
-                    and _is_seconds(item.get("seconds", 0.0))):
+            if not (isinstance(item, dict) and isinstance(item.get("name"), str)) or check_items and not (
+                    _is_embedding(item.get("embedding")) and _is_seconds(item.get("seconds", 0.0))):
                 raise ValueError(f"{self.path}: voiceprint {number} is damaged (it needs a name, seconds and "
                                  f"{EMBEDDING_DIM} numbers)")
         return items

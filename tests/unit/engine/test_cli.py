@@ -187,3 +187,8 @@ def test_a_page_too_big_to_embed_the_audio_in_is_refused_before_diarizing(tmp_pa
     done = run(big, "--quiet", "--html", tmp_path / "page.html", "--embed-audio")
     assert done.returncode == 2 and "up to 25 MB" in done.stderr and "26.0 MB" in done.stderr
     assert not (tmp_path / "page.html").exists()
+
+
+def test_two_outputs_on_dev_null_are_no_clash(tmp_path):
+    done = run(af.DEMO_DIR / "two-speakers.flac", "--quiet", "--json", "/dev/null", "--rttm", "/dev/null")
+    assert done.returncode == 0, done.stderr

@@ -77,3 +77,21 @@ def test_a_folder_or_a_pipe_given_as_audio_is_named_for_what_it_is(engine, tmp_p
     for path in (fifo, tmp_path):
         with pytest.raises(AudioDecodeError, match="not a regular file"):  # was "no such audio file"
             engine.diarize(path)
+
+
+def test_an_object_that_reads_but_cannot_seek_is_named(engine):
+    class ReadOnly:
+        def __init__(self, data: bytes):
+            self._data = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self._data.read(n)
+
+    with pytest.raises(AudioDecodeError, match="cannot seek"):
+        engine.diarize(ReadOnly(DEMO.read_bytes()))
+
+
+def test_a_voiceprint_held_as_a_numpy_array_is_taken(engine):
+    embedding = np.ones(192) / np.sqrt(192)
+    options = DiarizationOptions(identify=True, voiceprints=(Voiceprint("alice", embedding, 10.0),))
+    assert engine.diarize(DEMO, options).num_speakers == 2

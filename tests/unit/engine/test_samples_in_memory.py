@@ -60,3 +60,12 @@ def test_another_rate_is_resampled_so_times_stay_true(engine, clip, expected):
 def test_what_is_not_audio_is_the_packages_own_error(engine, array, rate):
     with pytest.raises(AudioDecodeError):
         engine.diarize_samples(array, sample_rate=rate)
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (16000, 0), (20, 2)])
+def test_no_channels_is_an_error_and_a_tiny_stereo_clip_is_frames(engine, shape):
+    if shape[1] == 0:
+        with pytest.raises(AudioDecodeError):
+            engine.diarize_samples(np.zeros(shape, np.float32))
+    else:  # 20 frames of 2 channels, not 2 frames of 20 channels
+        assert engine.diarize_samples(np.zeros(shape, np.float32)).duration == 20 / RATE

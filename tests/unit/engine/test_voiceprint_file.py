@@ -110,3 +110,40 @@ def test_what_is_not_a_regular_file_is_refused_without_reading_it(tmp_path, kind
             "try:\n    VoiceprintFile(sys.argv[1]).entries()\nexcept ValueError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert "not a voiceprint file" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_symlink_loop_is_an_os_error_not_a_crash(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    store = VoiceprintFile(tmp_path / "a")
+    for action in (store.entries, lambda: store.save(voiceprint("alice")), lambda: store.delete("alice")):
+        with pytest.raises(OSError):
+            action()
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+@pytest.mark.parametrize("bad", [
+    Voiceprint("zero", (0.0,) * 192, 10.0),
+    Voiceprint("nan-seconds", voiceprint("x").embedding, float("nan")),
+    Voiceprint("bool-seconds", voiceprint("x").embedding, True),
+    Voiceprint("short", (0.1,) * 10, 10.0),
+])
+def test_save_refuses_what_the_file_could_not_read_back(tmp_path, bad):
+    """Saved, such an entry made every later read call the whole file damaged."""
+    store = VoiceprintFile(tmp_path / "voiceprints.json")
+    store.save(voiceprint("alice"))
+    with pytest.raises(ValueError):
+        store.save(bad)
+    assert [v.name for v in store.load()] == ["alice"]
+
+
+def test_a_damaged_entry_can_still_be_deleted_by_name(tmp_path):
+    path = tmp_path / "voiceprints.json"
+    good = {"name": "alice", "seconds": 12.0, "embedding": list(voiceprint("alice").embedding)}
+    path.write_text(json.dumps({"format": "diarizer-voiceprints", "version": 1,
+                                "voiceprints": [good, {"name": "broken", "seconds": "?", "embedding": []}]}))
+    store = VoiceprintFile(path)
+    with pytest.raises(ValueError, match="damaged"):
+        store.entries()
+    assert store.delete("broken")
+    assert [v.name for v in store.load()] == ["alice"]
