@@ -210,7 +210,7 @@ def _open(source: AudioSource, max_seconds: float = MAX_SECONDS) -> tuple[sf.Sou
     stream, fmt = _stream(source)
     why = None
     if not transcoded(fmt):
-        handle, frames, why = _sndfile(stream, fmt)
+        handle, frames, why, _ = _sndfile(stream, fmt)
         if why is None:
             return handle, fmt, frames
         if handle is not None:
@@ -219,9 +219,10 @@ def _open(source: AudioSource, max_seconds: float = MAX_SECONDS) -> tuple[sf.Sou
     return handle, fmt, handle.frames
 
 
-def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile | None, int | None, str | None]:
+def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile | None, int | None, str | None, scan.Mp3Walk | None]:
     """libsndfile's handle on the stream (None for an MP3 it cannot open but whose frames are sound), the true
-    length in frames where known, and why libsndfile would not decode it whole (None when it will)."""
+    length in frames where known, why libsndfile would not decode it whole (None when it will), and an MP3's
+    frame walk (None for other formats)."""
     # Scanned before libsndfile opens the stream: it keeps its own idea of the stream's position.
     walk = scan.mp3_walk(stream) if fmt == "MP3" else None
     ogg_chained = fmt == "OGG" and scan.ogg_streams(stream) > 1
@@ -232,7 +233,7 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile | None, int | Non
             # libsndfile refuses some MP3s whose frames are sound (an Info header counting one frame: "File does
             # not exist"); FFmpeg reads them by their frames.
             check_header(fmt, walk.rate, walk.channels, walk.samples)
-            return None, walk.samples, "is one the decoder here cannot open, though its frames look sound"
+            return None, walk.samples, "is one the decoder here cannot open, though its frames look sound", walk
         raise AudioDecodeError(f"cannot decode the {fmt} audio: {_reason(err)}") from err
     why = None
     if fmt == "MP3":
@@ -258,7 +259,7 @@ def _sndfile(stream: BinaryIO, fmt: str) -> tuple[sf.SoundFile | None, int | Non
     except AudioDecodeError:
         handle.close()
         raise
-    return handle, frames, why
+    return handle, frames, why, walk
 
 
 def _transcoded(stream: BinaryIO, fmt: str, max_seconds: float, why: str | None = None) -> BinaryIO:
@@ -278,7 +279,7 @@ def needs_transcoder(source: AudioSource) -> bool:
     stream, fmt = _stream(source)
     if transcoded(fmt):
         return True
-    handle, _, why = _sndfile(stream, fmt)
+    handle, _, why, _ = _sndfile(stream, fmt)
     if handle is not None:
         handle.close()
     return why is not None
@@ -316,9 +317,8 @@ def probe_audio(source: AudioSource) -> AudioInfo:
         rate, channels, duration = transcode.probe(stream, fmt)
         check_header(fmt, rate, channels or 1, int(duration * rate))
         return AudioInfo(fmt, rate, channels, int(duration * rate), duration, length_known=False)
-    handle, frames, why = _sndfile(stream, fmt)  # never transcodes: the caller's limit is not known here
+    handle, frames, why, walk = _sndfile(stream, fmt)  # never transcodes: the caller's limit is not known here
     if handle is None:  # an MP3 only the transcoder opens: its frames tell what it holds
-        walk = scan.mp3_walk(stream)
         return AudioInfo(fmt, walk.rate, walk.channels, frames, frames / walk.rate, length_known=False)
     with handle:
         known = why is None and frames is not None
