@@ -42,7 +42,7 @@ from diarizer.reconstruction import (
     to_segments,
 )
 from diarizer import shared_trunk
-from diarizer.refinement import reassign_turns
+from diarizer.refinement import reassign_turns, split_to_count
 from diarizer.segmentation import (
     LOCAL_SPEAKERS,
     MIN_WINDOW_SAMPLES,
@@ -101,6 +101,9 @@ class PipelineConfig:
     # part, cached prints re-scored: DER lower in 7 of 9 conditions, none higher, short turns 51.0 ->
     # 49.5 %; 0.1 s the same; about 2.5 % more turn-print audio).
     turn_join_gap: float = 0.0
+    # When the caller's count is more than the speakers found, speakers are split on prints of pieces this long
+    # (refinement.split_to_count).
+    count_piece_seconds: float = 1.0
     merge_gap: float = 0.3  # the `vad` option joins same-speaker turns closer than this (NIST's 0.3 s)
     min_segment: float = 0.0  # shorter output turns are dropped
 
@@ -201,12 +204,14 @@ class Diarizer:
             count[digital_silence(samples, len(count), self.config.silence_peak_db)] = 0
         active = select_speakers(count, scores, options.exclusive)
         turns = to_segments(active, duration)
+        embed, exact = self._turn_embedders(windows, samples)
         if self.config.refine_turns:
-            embed, exact = self._turn_embedders(windows, samples)
             turns = reassign_turns(
                 turns, embed, self.config.turn_join_gap, self.config.min_turn_seconds,
                 self.config.turn_piece_seconds, self.config.piece_margin, exact, self.config.reprint_margin,
             )
+        wanted = options.speakers if options.speakers > 0 else options.min_speakers or 0
+        turns = split_to_count(turns, wanted, embed, self.config.count_piece_seconds, self.config.min_turn_seconds)
         # Joining closer turns is the `vad` option; joining overlapping runs of one speaker is not optional.
         turns = merge_same_speaker(turns, self.config.merge_gap if options.merge_adjacent else 0.0)
         turns = drop_short(turns, self.config.min_segment)

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from scipy.cluster.hierarchy import fcluster, linkage
+
 from diarizer.clustering import close_calls, l2_normalise, label_directions
 from diarizer.reconstruction import Turn, merge_same_speaker
 
@@ -75,6 +77,83 @@ def reassign_turns(
     target[alone] = nearest[alone]
     moves = [(groups[i][0], a, b, speakers[t]) for (a, b), i, t in zip(spans, owner, target) if speakers[t] != groups[i][0]]
     return _move_spans(turns, moves)
+
+
+def split_to_count(
+    turns: list[Turn], wanted: int, embed_spans: EmbedSpans, piece_seconds: float, min_seconds: float,
+) -> list[Turn]:
+    """`turns` with speakers split until there are `wanted` of them, when the caller said how many people talk
+    and fewer were found.
+
+    The window prints cannot always give that many: a 20 s clip has three windows, and when the segmentation
+    model hears two voices as one local speaker in all of them, no cut of their prints parts the two; the
+    turn re-check can also empty a speaker. Turns of at least `min_seconds` are cut into pieces of at least
+    `piece_seconds`; each speaker's pieces are parted in two (average linkage, then two-means on the sphere,
+    weighted by seconds), and the speaker whose two sides sound least alike is split, the smaller side becoming
+    a new speaker. When no speaker has two pieces left to part, it starts again with pieces of `min_seconds`;
+    only then can it stop short of `wanted`.
+    """
+    if len({t[0] for t in turns}) >= wanted:
+        return turns
+    split = turns
+    for length in (piece_seconds, min_seconds):
+        split = _split_with_pieces(turns, wanted, embed_spans, length, min_seconds)
+        if len({t[0] for t in split}) >= wanted:
+            break
+    return split
+
+
+def _split_with_pieces(
+    turns: list[Turn], wanted: int, embed_spans: EmbedSpans, piece_seconds: float, min_seconds: float,
+) -> list[Turn]:
+    found = {t[0] for t in turns}
+    units = [t for t in turns if t[2] - t[1] >= min_seconds]
+    if not units:
+        return turns
+    spans, owner = _pieces(units, piece_seconds)
+    prints = embed_spans(spans).astype(np.float64)
+    heard = np.linalg.norm(prints, axis=1) > 0  # a piece with no features has no print: it stays put
+    spans, owner = [span for span, keep in zip(spans, heard) if keep], owner[heard]
+    prints = l2_normalise(prints[heard])
+    seconds = np.array([b - a for a, b in spans])
+    labels = np.array([units[i][0] for i in owner])
+    new_label = max(found) + 1
+    while len(found) < wanted:
+        best = None
+        for speaker in sorted(set(labels)):
+            members = np.flatnonzero(labels == speaker)
+            if len(members) < 2:
+                continue
+            side, alike = _part_in_two(prints[members], seconds[members])
+            if best is None or alike < best[0]:
+                best = (alike, members, side)
+        if best is None:
+            break
+        _, members, side = best
+        smaller = side if seconds[members[side]].sum() <= seconds[members[~side]].sum() else ~side
+        labels[members[smaller]] = new_label
+        found.add(new_label)
+        new_label += 1
+    moves = [(units[i][0], a, b, int(to)) for (a, b), i, to in zip(spans, owner, labels) if to != units[i][0]]
+    return _move_spans(turns, moves)
+
+
+def _part_in_two(prints: np.ndarray, seconds: np.ndarray, rounds: int = 10) -> tuple[np.ndarray, float]:
+    """Two groups of unit `prints` (n >= 2): a mask of one side, and how alike the two sides' mean prints are
+    (cosine). Average linkage starts it, and weighted two-means on the sphere settles it."""
+    side = fcluster(linkage(prints, method="average", metric="cosine"), 2, criterion="maxclust") == 1
+    if side.all() or not side.any():  # identical prints: any split is as good as another
+        side = np.arange(len(prints)) == 0
+    for _ in range(rounds):
+        centres = np.stack([(prints[mask] * seconds[mask, None]).sum(axis=0) for mask in (side, ~side)])
+        centres = l2_normalise(centres)
+        scores = prints @ centres.T
+        moved = scores[:, 0] > scores[:, 1]
+        if moved.all() or not moved.any() or (moved == side).all():
+            break
+        side = moved
+    centres = l2_normalise(np.stack([(prints[mask] * seconds[mask, None]).sum(axis=0) for mask in (side, ~side)]))
+    return side, float(centres[0] @ centres[1])
 
 
 def _centroids(piece_prints: np.ndarray, owner: np.ndarray, labels: np.ndarray, turns: int,

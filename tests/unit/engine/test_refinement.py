@@ -2,20 +2,21 @@
 import numpy as np
 import pytest
 
-from diarizer.refinement import reassign_turns
+from diarizer.reconstruction import merge_same_speaker
+from diarizer.refinement import reassign_turns, split_to_count
 
 VOICES = np.eye(4)[:2]  # two orthogonal "voices"
 
 
-def truth_embedder(truth: list[tuple[int, float, float]]):
+def truth_embedder(truth: list[tuple[int, float, float]], voices: np.ndarray = VOICES):
     """Voice print of a span = the time-weighted mix of the voices that really talk in it (the
     behaviour of a speaker-embedding model on mixed speech, reduced to its essence)."""
 
     def embed(spans):
         out = []
         for a, b in spans:
-            mix = sum(max(0.0, min(b, end) - max(a, start)) * VOICES[v] for v, start, end in truth)
-            out.append(mix if np.any(mix) else np.full(VOICES.shape[1], 1e-3))
+            mix = sum(max(0.0, min(b, end) - max(a, start)) * voices[v] for v, start, end in truth)
+            out.append(mix if np.any(mix) else np.full(voices.shape[1], 1e-3))
         return np.array(out)
 
     return embed
@@ -89,3 +90,57 @@ def test_unsure_pooled_pieces_are_printed_again_exactly_and_only_they():
     out = reassign_turns(turns, pooled, 0.0, 0.5, 1.5, 0.1, exact_logged, reprint_margin=0.2)
     assert out == [(0, 0.0, 4.0), (1, 4.5, 8.0), (0, 8.5, 11.5), (1, 11.5, 13.0), (1, 13.0, 14.5)]
     assert reprinted == [(11.5, 13.0), (13.0, 14.5)]
+
+
+# --- split_to_count: the caller's count when fewer speakers were found -------------------------------------------
+
+def parts(turns):
+    """Who spoke when, without the labels: each speaker's joined spans, as a set."""
+    joined = merge_same_speaker(turns, 1e-6)  # pieces of one speaker that touch are one span
+    return {tuple((float(a), float(b)) for who, a, b in sorted(joined) if who == s) for s in {t[0] for t in joined}}
+
+
+def test_a_lumped_speaker_is_split_where_its_voices_change():
+    # Voice 1 took the middle of one long run: with two speakers asked for, the run parts at the change.
+    truth = [(0, 0.0, 3.0), (1, 3.0, 7.0), (0, 7.0, 10.0)]
+    out = split_to_count([(0, 0.0, 10.0)], 2, truth_embedder(truth), piece_seconds=1.0, min_seconds=0.5)
+    assert parts(out) == {((0.0, 3.0), (7.0, 10.0)), ((3.0, 7.0),)}
+
+
+def test_the_speaker_split_is_the_one_that_holds_two_voices():
+    # Speaker 0 is one voice; speaker 1's turns hold voice 1 and then voice 2.
+    truth = [(0, 0.0, 4.0), (1, 4.0, 6.0), (2, 6.0, 9.0), (0, 9.0, 13.0), (1, 13.0, 15.0), (2, 15.0, 18.0)]
+    turns = [(0, 0.0, 4.0), (1, 4.0, 9.0), (0, 9.0, 13.0), (1, 13.0, 18.0)]
+    out = split_to_count(turns, 3, truth_embedder(truth, voices=np.eye(4)[:3]), piece_seconds=1.0, min_seconds=0.5)
+    assert parts(out) == {((0.0, 4.0), (9.0, 13.0)), ((4.0, 6.0), (13.0, 15.0)), ((6.0, 9.0), (15.0, 18.0))}
+
+
+def test_too_little_speech_for_more_pieces_tries_half_second_pieces_then_stops_short():
+    truth = [(0, 0.0, 0.5), (1, 0.5, 1.0)]
+    out = split_to_count([(0, 0.0, 1.0)], 2, truth_embedder(truth), piece_seconds=1.0, min_seconds=0.5)
+    assert parts(out) == {((0.0, 0.5),), ((0.5, 1.0),)}  # two 0.5 s pieces
+    alone = split_to_count([(0, 0.0, 0.9)], 3, truth_embedder(truth), piece_seconds=1.0, min_seconds=0.5)
+    assert alone == [(0, 0.0, 0.9)]  # one piece cannot be two people
+
+
+def test_a_piece_without_a_print_stays_with_its_speaker():
+    truth = [(0, 0.0, 2.0), (1, 2.0, 4.0), (0, 4.0, 6.0)]
+    base = truth_embedder(truth)
+
+    def embed(spans):  # the last second has no features (say, digital silence): an all-zero print
+        out = base(spans)
+        out[[a >= 5.0 for a, _ in spans]] = 0.0
+        return out
+
+    out = split_to_count([(0, 0.0, 6.0)], 2, embed, piece_seconds=1.0, min_seconds=0.5)
+    assert parts(out) == {((0.0, 2.0), (4.0, 6.0)), ((2.0, 4.0),)}  # 5-6 s stayed with speaker 0
+
+
+@pytest.mark.parametrize("wanted", [0, 1, 2])
+def test_enough_speakers_already_leaves_turns_alone(wanted):
+    turns = [(0, 0.0, 4.0), (1, 4.0, 8.0)]
+
+    def never(spans):
+        raise AssertionError("nothing needs a print")
+
+    assert split_to_count(turns, wanted, never, 1.0, 0.5) == turns
