@@ -11,6 +11,7 @@ atomically, and nothing here logs them.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -205,7 +206,15 @@ class VoiceprintFile:
         return items
 
     def _write(self, items: Sequence[dict]) -> None:
+        """Replace the file with `items` (called under the lock)."""
         target = self._target()
+        if fcntl is not None:
+            # Under the lock no other writer has a temp file open, so any left is from a writer that died
+            # between writing it and the replace. It holds voiceprints, maybe one deleted since: biometric data
+            # that must not outlive its deletion. (Unlinking a planted symlink removes the link only.)
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                    stale.unlink()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # 0600, O_EXCL
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:

@@ -147,3 +147,24 @@ def test_a_damaged_entry_can_still_be_deleted_by_name(tmp_path):
         store.entries()
     assert store.delete("broken")
     assert [v.name for v in store.load()] == ["alice"]
+
+
+def test_a_writer_that_dies_before_the_replace_leaves_no_copy_past_a_deletion(tmp_path):
+    """Crash point between writing the temp file and replacing the file: the temp file holds every voiceprint
+    of the file. The next change under the lock removes it, so deleting a voiceprint deletes every copy."""
+    path = tmp_path / "voiceprints.json"
+    VoiceprintFile(path).save(voiceprint("alice"))
+    script = ("import os, sys, numpy as np\n"
+              "from diarizer.types import Voiceprint\n"
+              "from diarizer.voiceprints import VoiceprintFile\n"
+              "os.replace = lambda *args: os._exit(9)  # the process dies right before the replace\n"
+              "VoiceprintFile(sys.argv[1]).save(Voiceprint('bob', tuple(np.ones(192) / 192 ** 0.5), 10.0))\n")
+    assert subprocess.run([sys.executable, "-c", script, str(path)], timeout=60).returncode == 9
+    stray = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    alice_number = repr(round(voiceprint("alice").embedding[0], 7))
+    assert len(stray) == 1 and alice_number in stray[0].read_text()  # the crash point is real
+    assert [v.name for v in VoiceprintFile(path).load()] == ["alice"]  # the file itself is intact
+
+    assert VoiceprintFile(path).delete("alice")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert not any(alice_number in p.read_text() for p in tmp_path.iterdir() if p.is_file())
