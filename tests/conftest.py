@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -187,11 +188,14 @@ class ReceivedWebhook:
 
 
 class WebhookReceiver(LoopbackHTTPServer):
-    """An http.server on 127.0.0.1 in a thread; records every POST; answers `statuses` in turn (then 200)."""
+    """An http.server on 127.0.0.1 in a thread; records every POST; answers `statuses` in turn (then 200), each
+    after `delay` seconds, and notes when each answer went out (`answered_at`, time.monotonic())."""
 
     def __init__(self):
         self.received: list[ReceivedWebhook] = []
         self.statuses: list[int] = []
+        self.delay = 0.0
+        self.answered_at: list[float] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -199,9 +203,11 @@ class WebhookReceiver(LoopbackHTTPServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.received.append(ReceivedWebhook(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
+                time.sleep(receiver.delay)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                receiver.answered_at.append(time.monotonic())
 
             def log_message(self, *args):  # keep test output clean
                 pass

@@ -15,6 +15,7 @@ _TRUE = {"1", "true", "yes", "on"}
 MAX_REQUEST_BODY_BYTES = 6_000_000
 BODY_TOO_LARGE_MESSAGE = ("The request body is over 6 MB: use POST /audio/generic/api/v2/uploads and send "
                           "`upload_id` instead of `content`.")
+DEFAULT_WEBHOOK_TIMEOUT_SECONDS = 10.0  # one webhook POST (the template's WebhookTimeoutSeconds default)
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Settings:
     sync_max_seconds: float = 60.0
     retention_days: int = 7
     max_receive_count: int = 3
-    webhook_timeout_seconds: float = 10.0
+    webhook_timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT_SECONDS
     allow_local_webhooks: bool = False
     # A queued job still queued this long after submit (its message may never have been sent), or a webhook
     # still pending this long after the job finished, is picked up by the sweeper.
@@ -80,7 +81,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sync_max_seconds=_number(env, "DIARIZER_SYNC_MAX_SECONDS", 60.0),
         retention_days=_number(env, "DIARIZER_RETENTION_DAYS", 7, int),
         max_receive_count=_number(env, "DIARIZER_MAX_RECEIVE_COUNT", 3, int),
-        webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS),
         sweep_after_seconds=_number(env, "DIARIZER_SWEEP_AFTER_SECONDS", 300, int),
         allow_local_webhooks=env.get("DIARIZER_ALLOW_LOCAL_WEBHOOKS", allow_local_default).strip().lower() in _TRUE,
         public_url=env.get("DIARIZER_PUBLIC_URL", "").strip(),

@@ -32,7 +32,8 @@ from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
 from diarizer_service.transcoder import forward, needs_transcoding, transcoded_key
 from diarizer_service.validation import engine_options, parse_speaker_options
-from diarizer_service.webhooks import DeliveryResult, deliver
+from diarizer_service.settings import DEFAULT_WEBHOOK_TIMEOUT_SECONDS
+from diarizer_service.webhooks import DeliveryResult, deliver, longest_delivery_seconds
 
 INCOMING_PREFIX = "incoming/"
 RESULTS_PREFIX = "results/"
@@ -42,8 +43,9 @@ MAX_KEY_BYTES = 1024
 _LONGEST_RESULT_SUFFIX = ".error.json"
 # On the last allowed attempt, fail the job this long before the invocation's deadline if it is still running:
 # a Lambda timeout kills the process, and the next receive moves the message to the DLQ without any worker
-# seeing it, so the job would stay `running` forever. Room for the failure webhook (3 tries of at most
-# DIARIZER_WEBHOOK_TIMEOUT_SECONDS each, 10 s by default, plus 3 s of backoff).
+# seeing it, so the job would stay `running` forever. Room for the failure webhook at the default
+# DIARIZER_WEBHOOK_TIMEOUT_SECONDS (3 tries of at most 10 s, plus 3 s of backoff) and 12 s of slack; a longer
+# webhook timeout adds its extra (`watchdog_margin`).
 TIMEOUT_MARGIN_SECONDS = 45.0
 # A webhook not delivered for a retryable reason (receiver down, 5xx, timeout) is tried again by the sweeper,
 # sweep_after_seconds x 1, 2, 4 ... later (at most 4 h apart), for MAX_WEBHOOK_ROUNDS rounds (about 13 h with
@@ -52,6 +54,13 @@ MAX_WEBHOOK_ROUNDS = 8
 MAX_WEBHOOK_BACKOFF_SECONDS = 4 * 3600
 # Error records are small; a bigger results/<path>.error.json is another object's result (incoming/<path>.error).
 MAX_ERROR_RECORD_BYTES = 64 * 1024
+
+
+def watchdog_margin(webhook_timeout_seconds: float) -> float:
+    """How long before the invocation's deadline the last attempt's watchdog fails a job: TIMEOUT_MARGIN_SECONDS,
+    plus however much longer one failure-webhook delivery may take than at the default timeout."""
+    extra = longest_delivery_seconds(webhook_timeout_seconds) - longest_delivery_seconds(DEFAULT_WEBHOOK_TIMEOUT_SECONDS)
+    return TIMEOUT_MARGIN_SECONDS + max(0.0, extra)
 
 
 def result_stem(key: str) -> str:
@@ -159,8 +168,9 @@ class Worker:
             return
         started = time.monotonic()
         watchdog = None
+        margin = watchdog_margin(self.runtime.settings.webhook_timeout_seconds)
         if deadline is not None and receive_count >= self.runtime.settings.max_receive_count:
-            watchdog = threading.Timer(max(0.0, deadline - started - TIMEOUT_MARGIN_SECONDS), self._fail,
+            watchdog = threading.Timer(max(0.0, deadline - started - margin), self._fail,
                                        args=(job, "processing_failed", f"Gave up after {receive_count} attempts: "
                                              "the job did not finish within the worker's time limit."))
             watchdog.daemon = True
@@ -170,7 +180,7 @@ class Worker:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-                watchdog.join(TIMEOUT_MARGIN_SECONDS)  # if it fired, let its failure webhook go out first
+                watchdog.join(margin)  # if it fired, let its failure webhook go out first
 
     def _run_job(self, job: Job, receive_count: int, started: float) -> None:
         try:

@@ -13,6 +13,8 @@ from botocore.exceptions import ClientError
 
 from diarizer_service.api import submit_async
 from diarizer_service.auth import create_key
+from diarizer_service.runtime import set_runtime
+from diarizer_service.settings import get_settings
 from diarizer_service.webhooks import verify_signature
 from diarizer_service.worker import Worker
 from reliability.helpers import ASYNC_V2, audio_body, closed_port_url, job_status, submit
@@ -126,6 +128,36 @@ def test_a_job_killed_on_its_last_attempt_is_still_failed_before_the_lambda_dies
     assert "time" in job["error"]["message"]
     [hook] = webhook_receiver.received
     assert hook.json() == {"request_id": "too-slow", "error": job["error"]}
+
+
+def test_at_a_longer_webhook_timeout_the_watchdog_leaves_the_failure_webhook_its_whole_delivery(
+        stack, api_handler, worker_handler, webhook_receiver, wav_bytes, fake_engine, monkeypatch):
+    """One delivery may take 3 x the webhook timeout + 3 s. At 11 s that is 3 s more than at the default, so the
+    watchdog fires 3 s earlier than its margin: a receiver that takes 2.5 s to answer still gets the failure
+    webhook before the Lambda's deadline (with the fixed margin it fired 1 s before the end, and the Lambda died
+    in the middle of the delivery; the job was `failed` with its webhook left to the sweeper)."""
+    monkeypatch.setenv("DIARIZER_WEBHOOK_TIMEOUT_SECONDS", "11")
+    get_settings.cache_clear()
+    set_runtime(None)
+    stack.runtime.engine_factory = lambda: fake_engine
+    assert submit(stack, api_handler, webhook_receiver.url, "slow-hook", wav_bytes(1.0))[0] == 200
+    event = receive(stack, visibility=30)
+    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"  # the last allowed attempt
+    monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: 5000, raising=False)
+    monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)  # the margin at the default timeout
+    webhook_receiver.delay = 2.5
+    began = time.monotonic()
+
+    def engine_that_outlives_the_lambda(audio, options, *, max_seconds):
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - began)))
+        raise WorkerKilled()  # the deadline: Lambda kills the runtime
+
+    fake_engine.diarize = engine_that_outlives_the_lambda
+    with pytest.raises(WorkerKilled):
+        worker_handler.lambda_handler(event, stack.context)
+    assert job_status(stack, api_handler, "slow-hook")["status"] == "failed"
+    [answered] = webhook_receiver.answered_at
+    assert answered - began < 5.0  # delivered before the deadline
 
 
 def test_a_last_attempt_that_finishes_in_time_is_done_and_the_watchdog_stays_quiet(
