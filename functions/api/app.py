@@ -6,6 +6,7 @@ Deployed twice by the template: the async API (light: no engine import on its pa
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -85,9 +86,23 @@ def create_upload() -> Response:
     return _json(200, api.create_upload(runtime, key))
 
 
+# A path as browsers send it: segments of URL characters, never "//" (a Location of "//host/" leaves the site).
+_VISIBLE_PATH = re.compile(r"(/[A-Za-z0-9._~%!$&'()*+,;=:@-]+)+")
+
+
 @app.get("/")
 def timeline_page() -> Response:
-    """The timeline page: no key needed to load it, the user types one (sent with each API call)."""
+    """The timeline page: no key needed to load it, the user types one (sent with each API call).
+
+    Its files are linked relative to it (ui/app.js), so it must be loaded from a URL ending in "/". The stage URL
+    that `sam deploy` prints (https://ID.execute-api.REGION.amazonaws.com/Prod) and a custom domain's base path
+    (https://api.example.com/diarizer) both reach this route without one, and the page would load unstyled and
+    dead: those are redirected to the same URL with the "/". `requestContext.path` is the path as the browser
+    sent it, stage or base path included (`path` has neither the stage nor, on the stage URL, the difference)."""
+    visible = (app.current_event.raw_event.get("requestContext") or {}).get("path")
+    if isinstance(visible, str) and _VISIBLE_PATH.fullmatch(visible):
+        return Response(status_code=308, headers={"Location": visible + "/", "Cache-Control": "no-cache"},
+                        content_type="text/plain", body="")
     return Response(status_code=200, content_type=page.ASSETS[page.PAGE], body=page.web_file(page.PAGE).decode(),
                     headers=page.HEADERS)
 

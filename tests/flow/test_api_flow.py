@@ -352,8 +352,33 @@ def test_routes_answer_behind_a_custom_domain_base_path(stack, api_handler, subm
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "queued"
     answer = call("GET", "/audio/generic/api/v2/voiceprints", "/audio/generic/api/v2/voiceprints", base="/a/b")
     assert (answer["statusCode"], json.loads(answer["body"])) == (200, {"voiceprints": []})
-    page = call("GET", "", "/")
+    page = call("GET", "/", "/")  # without the "/", a redirect to it (see the next test)
     assert page["statusCode"] == 200 and "<html" in page["body"].lower()
     # without a base path, as before
     answer = call("GET", "/audio/generic/api/v2/voiceprints", "/audio/generic/api/v2/voiceprints", base="")
     assert answer["statusCode"] == 200
+
+
+@pytest.mark.parametrize("path, visible, location", [
+    ("/", "/Prod", "/Prod/"),  # the stage URL `sam deploy` prints, https://ID.execute-api.REGION.amazonaws.com/Prod
+    ("/diarizer", "/diarizer", "/diarizer/"),  # a custom domain's base path, https://api.example.com/diarizer
+    ("/", "/Prod/", None),
+    ("/diarizer/", "/diarizer/", None),
+    ("/", "/", None),  # a custom domain mapped at its root
+    ("/", "//evil.example", None),  # never a redirect off the site
+    ("/", None, None),
+])
+def test_the_page_is_loaded_from_a_url_ending_in_a_slash(stack, api_handler, path, visible, location):
+    """The page links its files relative to itself (ui/app.js): loaded from .../Prod, they resolved to /ui/app.js,
+    outside the stage, and the page came up unstyled and dead. `requestContext.path` is the path as the browser
+    sent it (API Gateway's `path` has no stage, so "/Prod" and "/Prod/" look alike there)."""
+    event = stack.make_event("GET", path)
+    event["resource"] = "/"
+    event["requestContext"]["path"] = visible
+    answer = api_handler.lambda_handler(event, stack.context)
+    if location is None:
+        assert answer["statusCode"] == 200 and "<html" in answer["body"].lower()
+        assert 'src="ui/app.js"' in answer["body"]  # what the "/" is for
+    else:
+        assert answer["statusCode"] == 308
+        assert answer["multiValueHeaders"]["Location"] == [location]
