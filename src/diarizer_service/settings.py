@@ -16,6 +16,9 @@ MAX_REQUEST_BODY_BYTES = 6_000_000
 BODY_TOO_LARGE_MESSAGE = ("The request body is over 6 MB: use POST /audio/generic/api/v2/uploads and send "
                           "`upload_id` instead of `content`.")
 DEFAULT_WEBHOOK_TIMEOUT_SECONDS = 10.0  # one webhook POST (the template's WebhookTimeoutSeconds default)
+# The template's WebhookTimeoutSeconds MaxValue: the dead-letter function's 300 s timeout holds one delivery at
+# this (3 x 60 s + 3 s) and slack; a larger value set by hand would leave dead letters no time to fail their jobs.
+MAX_WEBHOOK_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Settings:
         return self.backend == "local"
 
 
-def _number(env: Mapping[str, str], name: str, default: float, cast: type = float):
+def _number(env: Mapping[str, str], name: str, default: float, cast: type = float, maximum: float | None = None):
     raw = env.get(name, "").strip()
     if not raw:
         return cast(default)
@@ -58,6 +61,8 @@ def _number(env: Mapping[str, str], name: str, default: float, cast: type = floa
     value = cast(number)
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}, got {raw!r}")
     return value
 
 
@@ -81,7 +86,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sync_max_seconds=_number(env, "DIARIZER_SYNC_MAX_SECONDS", 60.0),
         retention_days=_number(env, "DIARIZER_RETENTION_DAYS", 7, int),
         max_receive_count=_number(env, "DIARIZER_MAX_RECEIVE_COUNT", 3, int),
-        webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS),
+        webhook_timeout_seconds=_number(env, "DIARIZER_WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS,
+                                        maximum=MAX_WEBHOOK_TIMEOUT_SECONDS),
         sweep_after_seconds=_number(env, "DIARIZER_SWEEP_AFTER_SECONDS", 300, int),
         allow_local_webhooks=env.get("DIARIZER_ALLOW_LOCAL_WEBHOOKS", allow_local_default).strip().lower() in _TRUE,
         public_url=env.get("DIARIZER_PUBLIC_URL", "").strip(),
