@@ -144,3 +144,18 @@ def test_enough_speakers_already_leaves_turns_alone(wanted):
         raise AssertionError("nothing needs a print")
 
     assert split_to_count(turns, wanted, never, 1.0, 0.5) == turns
+
+
+def test_a_long_recording_is_parted_without_a_linkage_over_all_its_pieces(monkeypatch):
+    """A 3-hour monologue asked for two speakers has about 10,000 one-second pieces: average linkage over them
+    all would hold 50 million distances (400 MB). The linkage sees an even sample; the two-means places every
+    piece, and the split still follows the voices."""
+    import diarizer.refinement as refinement
+
+    seen = []
+    real_linkage = refinement.linkage
+    monkeypatch.setattr(refinement, "linkage", lambda x, **kw: seen.append(len(x)) or real_linkage(x, **kw))
+    truth = [(0, 0.0, 6000.0), (1, 6000.0, 10000.0)]
+    out = split_to_count([(0, 0.0, 10000.0)], 2, truth_embedder(truth), piece_seconds=1.0, min_seconds=0.5)
+    assert seen and max(seen) <= refinement.MAX_LINKAGE_PIECES
+    assert parts(out) == {((0.0, 6000.0),), ((6000.0, 10000.0),)}
