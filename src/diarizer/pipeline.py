@@ -42,7 +42,7 @@ from diarizer.reconstruction import (
     to_segments,
 )
 from diarizer import shared_trunk
-from diarizer.refinement import reassign_turns, split_evident_voice, split_to_count
+from diarizer.refinement import reassign_turns, split_to_count
 from diarizer.segmentation import (
     LOCAL_SPEAKERS,
     MIN_WINDOW_SAMPLES,
@@ -104,12 +104,6 @@ class PipelineConfig:
     # When the caller's count is more than the speakers found, speakers are split on prints of pieces this long
     # (refinement.split_to_count).
     count_piece_seconds: float = 1.0
-    # A recording with at most this many strong window prints (a clip of up to about a minute) also gets one
-    # speaker more when a found speaker's pieces part into two voices less alike than `evident_split_alike`, the
-    # smaller with `evident_split_seconds` of speech (refinement.split_evident_voice); 0 turns it off.
-    few_prints: int = 15
-    evident_split_alike: float = 0.45
-    evident_split_seconds: float = 1.0
     merge_gap: float = 0.3  # the `vad` option joins same-speaker turns closer than this (NIST's 0.3 s)
     min_segment: float = 0.0  # shorter output turns are dropped
 
@@ -198,7 +192,6 @@ class Diarizer:
         """Cluster the voice prints, build the timeline for these options, re-check each turn."""
         options = options or DiarizationOptions()
         duration = len(samples) / SAMPLE_RATE
-        strong_prints = int((windows.seconds >= self.config.min_cluster_seconds).sum())
         windows, window_labels = cluster_with_reprints(
             windows, self.config, options, lambda which: self._reprinted_whole(windows, samples, which)
         )
@@ -217,11 +210,6 @@ class Diarizer:
                 turns, embed, self.config.turn_join_gap, self.config.min_turn_seconds,
                 self.config.turn_piece_seconds, self.config.piece_margin, exact, self.config.reprint_margin,
             )
-        found = len({t[0] for t in turns})
-        if (self.config.few_prints and strong_prints <= self.config.few_prints and options.speakers == -1
-                and (options.max_speakers is None or found < options.max_speakers)):
-            turns = split_evident_voice(turns, embed, self.config.count_piece_seconds, self.config.min_turn_seconds,
-                                        self.config.evident_split_alike, self.config.evident_split_seconds)
         wanted = options.speakers if options.speakers > 0 else options.min_speakers or 0
         turns = split_to_count(turns, wanted, embed, self.config.count_piece_seconds, self.config.min_turn_seconds)
         # Joining closer turns is the `vad` option; joining overlapping runs of one speaker is not optional.

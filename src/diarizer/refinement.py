@@ -104,30 +104,9 @@ def split_to_count(
     return split
 
 
-def split_evident_voice(
-    turns: list[Turn], embed_spans: EmbedSpans, piece_seconds: float, min_seconds: float, max_alike: float,
-    min_side_seconds: float,
-) -> list[Turn]:
-    """`turns` with one speaker more when a found speaker's turn pieces part into two clearly different voices:
-    the sides' mean prints less alike than `max_alike`, the smaller side with at least `min_side_seconds`.
-
-    For recordings with few window prints (a clip of a call): a participant with a few seconds of speech, or
-    two voices the segmentation model kept in one local speaker in each of the few windows, leave the
-    clustering nothing to part, while one-second pieces of the turns still tell them apart. (On longer
-    recordings the same test finds a one-second outlier side in most speakers: it is only for few prints.)"""
-    found = len({t[0] for t in turns})
-    if not found:
-        return turns
-    return _split_with_pieces(turns, found + 1, embed_spans, piece_seconds, min_seconds,
-                              lambda alike, smaller: alike < max_alike and smaller >= min_side_seconds)
-
-
 def _split_with_pieces(
     turns: list[Turn], wanted: int, embed_spans: EmbedSpans, piece_seconds: float, min_seconds: float,
-    accept: Callable[[float, float], bool] | None = None,
 ) -> list[Turn]:
-    """Split speakers (least alike sides first) until `wanted`; `accept(alike, smaller side's seconds)` may
-    refuse a split."""
     found = {t[0] for t in turns}
     units = [t for t in turns if t[2] - t[1] >= min_seconds]
     if not units:
@@ -147,14 +126,12 @@ def _split_with_pieces(
             if len(members) < 2:
                 continue
             side, alike = _part_in_two(prints[members], seconds[members])
-            smaller = side if seconds[members[side]].sum() <= seconds[members[~side]].sum() else ~side
-            if accept is not None and not accept(alike, float(seconds[members[smaller]].sum())):
-                continue
             if best is None or alike < best[0]:
-                best = (alike, members, smaller)
+                best = (alike, members, side)
         if best is None:
             break
-        _, members, smaller = best
+        _, members, side = best
+        smaller = side if seconds[members[side]].sum() <= seconds[members[~side]].sum() else ~side
         labels[members[smaller]] = new_label
         found.add(new_label)
         new_label += 1

@@ -73,19 +73,6 @@ def test_a_short_clip_gets_the_speakers_asked_for_where_they_talk(engine, start,
     assert der(truth, result.segments, result.duration) < 0.05
 
 
-def test_a_clip_with_few_prints_finds_the_voice_its_windows_lumped(engine):
-    """5-20 s of the three-speaker recording: its three windows' prints hold two of the voices in one local
-    speaker, and the clustering found two speakers; one-second pieces of that speaker's turns part in two
-    clearly different voices (refinement.split_evident_voice)."""
-    samples, reference = af.demo_recording("three-speakers")
-    start, end = 5, 20
-    truth = [(max(a, start) - start, min(b, end) - start, who) for a, b, who in reference if min(b, end) > max(a, start)]
-    result = engine.diarize_samples(samples[start * 16000 : end * 16000])
-    assert len({who for _, _, who in truth}) == 3
-    assert result.num_speakers == 3
-    assert der(truth, result.segments, result.duration) < 0.05
-
-
 def test_bounds_limit_the_estimate(engine):
     samples, _ = af.demo_recording("three-speakers")
     assert engine.diarize_samples(samples, DiarizationOptions(max_speakers=2)).num_speakers == 2

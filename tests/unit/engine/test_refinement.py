@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from diarizer.reconstruction import merge_same_speaker
-from diarizer.refinement import reassign_turns, split_evident_voice, split_to_count
+from diarizer.refinement import reassign_turns, split_to_count
 
 VOICES = np.eye(4)[:2]  # two orthogonal "voices"
 
@@ -159,33 +159,3 @@ def test_a_long_recording_is_parted_without_a_linkage_over_all_its_pieces(monkey
     out = split_to_count([(0, 0.0, 10000.0)], 2, truth_embedder(truth), piece_seconds=1.0, min_seconds=0.5)
     assert seen and max(seen) <= refinement.MAX_LINKAGE_PIECES
     assert parts(out) == {((0.0, 6000.0),), ((6000.0, 10000.0),)}
-
-
-
-# --- split_evident_voice: one speaker more when pieces part into two clearly different voices ---------------------
-
-def test_two_voices_in_one_found_speaker_become_two_speakers():
-    truth = [(0, 0.0, 4.0), (1, 4.0, 6.0), (0, 6.0, 9.0)]
-    out = split_evident_voice([(0, 0.0, 9.0)], truth_embedder(truth), 1.0, 0.5, max_alike=0.45, min_side_seconds=1.0)
-    assert parts(out) == {((0.0, 4.0), (6.0, 9.0)), ((4.0, 6.0),)}
-
-
-def test_one_voice_whose_pieces_vary_stays_one_speaker():
-    # Each piece mostly voice 0 with a varying share of another direction (a voice's prints are never equal).
-    rng = np.random.default_rng(3)
-
-    def embed(spans):
-        return np.array([[1.0, 0.0, 0.4 * rng.random(), 0.4 * rng.random()] for _ in spans])
-
-    turns = [(0, 0.0, 12.0)]
-    assert split_evident_voice(turns, embed, 1.0, 0.5, max_alike=0.45, min_side_seconds=1.0) == turns
-
-
-@pytest.mark.parametrize("seconds_of_other_voice, splits", [(0.6, False), (1.0, True)])
-def test_the_other_voice_needs_its_seconds(seconds_of_other_voice, splits):
-    # One-second pieces, except where the other voice's turn is under a piece: it stays in its speaker.
-    end = 6.0 + seconds_of_other_voice
-    truth = [(0, 0.0, 6.0), (1, 6.0, end)]
-    turns = [(0, 0.0, 6.0), (0, 6.0, end)]
-    out = split_evident_voice(turns, truth_embedder(truth), 1.0, 0.5, max_alike=0.45, min_side_seconds=1.0)
-    assert (len({t[0] for t in out}) == 2) == splits
