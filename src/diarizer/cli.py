@@ -2,7 +2,8 @@
 
     diarize AUDIO... [--speakers N] [--min-speakers N] [--max-speakers N] [--rttm OUT.rttm] [--json OUT.json]
     diarize AUDIO --html OUT.html [--embed-audio]   (a page with the timeline and a player)
-    diarize AUDIO... --identify [--voiceprints FILE] [--confidence]   (names from enrolled voiceprints)
+    diarize AUDIO... --identify [--voiceprints FILE] [--confidence]   (names from enrolled voiceprints; a
+                                                                   --voiceprints FILE alone means --identify)
     diarize enroll NAME AUDIO... [--voiceprints FILE]        (enrol one person's voice)
     diarize voiceprints [--voiceprints FILE] [--delete NAME] (list or delete enrolled voiceprints)
     diarize serve [--host 127.0.0.1] [--port 3000] ...      (the local service; see `diarize serve -h`)
@@ -68,15 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name the speakers whose voice matches an enrolled voiceprint (see `diarize enroll`)")
     parser.add_argument("--confidence", action="store_true",
                         help="give each segment a calibrated probability that its speaker is right")
-    _voiceprints_option(parser)
+    _voiceprints_option(parser, " (naming one means --identify)")
     parser.add_argument("--model-dir", type=Path, help="folder with manifest.json and the ONNX models")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
-def _voiceprints_option(parser: argparse.ArgumentParser) -> None:
+def _voiceprints_option(parser: argparse.ArgumentParser, also: str = "") -> None:
     parser.add_argument("--voiceprints", type=Path, metavar="FILE",
-                        help=f"voiceprint file (default: {default_store_path()})")
+                        help=f"voiceprint file (default: {default_store_path()}){also}")
 
 
 def _progress_printer(name: str, enabled: bool):
@@ -110,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         except (ReportError, OSError) as err:  # before minutes of diarization, not after
             print(f"diarize: error: {err}", file=sys.stderr)
             return 2
+    # A voiceprint file named for a diarization is there to name people: it asks for --identify too (it was
+    # silently ignored without it).
+    identify = args.identify or args.voiceprints is not None
     try:
         options = DiarizationOptions(
             speakers=args.speakers,
@@ -117,14 +121,14 @@ def run(args: argparse.Namespace) -> int:
             max_speakers=args.max_speakers,
             merge_adjacent=not args.no_merge,
             exclusive=args.exclusive,
-            identify=args.identify,
-            voiceprints=tuple(VoiceprintFile(args.voiceprints).load()) if args.identify else (),
+            identify=identify,
+            voiceprints=tuple(VoiceprintFile(args.voiceprints).load()) if identify else (),
             confidence=args.confidence,
         )
     except (DiarizationError, ValueError, OSError) as err:
         print(f"diarize: error: {err}", file=sys.stderr)
         return 2
-    if args.identify and not options.voiceprints and not args.quiet:
+    if identify and not options.voiceprints and not args.quiet:
         print(f"diarize: no voiceprints in {VoiceprintFile(args.voiceprints).path}: nobody can be named "
               "(enrol with `diarize enroll NAME AUDIO...`)", file=sys.stderr)
     from diarizer.pipeline import Diarizer

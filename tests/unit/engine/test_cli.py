@@ -63,6 +63,11 @@ def test_enroll_identify_list_and_delete_voiceprints(tmp_path):
     body = json.loads(done.stdout)
     assert sorted(str(s["name"]) for s in body["speakers"]) == ["None", "alice", "bob"]  # the API's shape
     assert all({"speaker_name", "confidence"} <= set(s) for s in body["segments"])
+    # naming a voiceprint file asks for names: without --identify it was silently ignored
+    named = json.loads(run(af.DEMO_DIR / "three-speakers.flac", "--voiceprints", store, "--quiet").stdout)
+    assert sorted(str(s["name"]) for s in named["speakers"]) == ["None", "alice", "bob"]
+    plain = json.loads(run(af.DEMO_DIR / "three-speakers.flac", "--quiet").stdout)
+    assert "speakers" not in plain and all("speaker_name" not in s for s in plain["segments"])
 
     listed = json.loads(run("voiceprints", "--voiceprints", store).stdout)["voiceprints"]
     assert [v["name"] for v in listed] == ["alice", "bob"] and all("embedding" not in v for v in listed)
