@@ -121,20 +121,21 @@ def _split_with_pieces(
     seconds = np.array([b - a for a, b in spans])
     labels = np.array([units[i][0] for i in owner])
     new_label = max(found) + 1
+    parted: dict[int, tuple[float, np.ndarray]] = {}  # speaker -> (how alike its two sides are, the smaller side)
     while len(found) < wanted:
-        best = None
-        for speaker in sorted(set(labels)):
+        for speaker in set(labels.tolist()) - set(parted):  # only the speakers the last split changed are new
             members = np.flatnonzero(labels == speaker)
             if len(members) < 2:
+                parted[speaker] = (np.inf, members[:0])
                 continue
             side, alike = _part_in_two(prints[members], seconds[members])
-            if best is None or alike < best[0]:
-                best = (alike, members, side)
-        if best is None:
+            smaller = side if seconds[members[side]].sum() <= seconds[members[~side]].sum() else ~side
+            parted[speaker] = (alike, members[smaller])
+        speaker = min(parted, key=lambda k: (parted[k][0], k))
+        alike, moving = parted.pop(speaker)
+        if alike == np.inf:  # no speaker has two pieces left
             break
-        _, members, side = best
-        smaller = side if seconds[members[side]].sum() <= seconds[members[~side]].sum() else ~side
-        labels[members[smaller]] = new_label
+        labels[moving] = new_label
         found.add(new_label)
         new_label += 1
     moves = [(units[i][0], a, b, int(to)) for (a, b), i, to in zip(spans, owner, labels) if to != units[i][0]]
