@@ -98,6 +98,9 @@ def split_to_count(
     """
     if len({t[0] for t in turns}) >= wanted:
         return turns
+    # Overlapping runs of one speaker (the turn re-check can move a piece into a speaker already talking there)
+    # are one run: a piece's move must not land on two of them. The output joins them anyway.
+    turns = merge_same_speaker(turns, 0.0)
     split = turns
     for length in (piece_seconds, min_seconds):
         split = _split_with_pieces(turns, wanted, embed_spans, length, min_seconds)
@@ -115,7 +118,10 @@ def _split_with_pieces(
         return turns
     spans, owner = _pieces(units, piece_seconds)
     prints = embed_spans(spans).astype(np.float64)
-    heard = np.linalg.norm(prints, axis=1) > 0  # a piece with no features has no print: it stays put
+    # a piece with no features (an all-zero print) or a broken one has no print: it stays put
+    heard = np.isfinite(prints).all(axis=1) & (np.linalg.norm(prints, axis=1) > 0)
+    if not heard.any():
+        return turns
     spans, owner = [span for span, keep in zip(spans, heard) if keep], owner[heard]
     prints = l2_normalise(prints[heard])
     seconds = np.array([b - a for a, b in spans])

@@ -11,10 +11,10 @@ atomically, and nothing here logs them.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -212,9 +212,13 @@ class VoiceprintFile:
             # Under the lock no other writer has a temp file open, so any left is from a writer that died
             # between writing it and the replace. It holds voiceprints, maybe one deleted since: biometric data
             # that must not outlive its deletion. (Unlinking a planted symlink removes the link only.)
-            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                    stale.unlink()
+            # Exactly mkstemp's names for this file: `.voiceprints.json.bak.XXXXXXXX.tmp` is another file's, and its
+            # writer holds another lock.
+            mine = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
+            for stale in target.parent.iterdir():
+                if mine.fullmatch(stale.name):
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                        stale.unlink()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # 0600, O_EXCL
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:

@@ -159,3 +159,21 @@ def test_a_long_recording_is_parted_without_a_linkage_over_all_its_pieces(monkey
     out = split_to_count([(0, 0.0, 10000.0)], 2, truth_embedder(truth), piece_seconds=1.0, min_seconds=0.5)
     assert seen and max(seen) <= refinement.MAX_LINKAGE_PIECES
     assert parts(out) == {((0.0, 6000.0),), ((6000.0, 10000.0),)}
+
+
+@pytest.mark.parametrize("bad", [0.0, np.nan, np.inf])
+def test_pieces_without_a_usable_print_leave_the_turns_alone(bad):
+    turns = [(0, 0.0, 6.0)]
+    assert split_to_count(turns, 2, lambda spans: np.full((len(spans), 4), bad), 1.0, 0.5) == turns
+
+
+def test_overlapping_runs_of_one_speaker_are_split_as_one_run():
+    """The turn re-check can leave one speaker two overlapping runs: a piece's move landed on both, which
+    duplicated time under two labels and lost the speaker."""
+    truth = [(0, 0.0, 3.0), (1, 3.0, 6.0)]
+    out = split_to_count([(0, 0.0, 4.0), (0, 2.0, 6.0)], 2, truth_embedder(truth), 1.0, 0.5)
+    for t in np.arange(0.05, 6.0, 0.1):  # every moment under one speaker, as in the input
+        assert len({who for who, a, b in out if a < t < b}) == 1, t
+    assert parts(out) == {((0.0, 3.0),), ((3.0, 6.0),)}
+    same = split_to_count([(1, 1.885, 3.885), (1, 3.172, 3.672)], 5, lambda spans: np.ones((len(spans), 4)), 1.0, 0.5)
+    assert {who for who, a, b in same if a < 3.4 < b} != set() and len([1 for who, a, b in same if a < 3.4 < b]) == 1

@@ -168,3 +168,16 @@ def test_a_writer_that_dies_before_the_replace_leaves_no_copy_past_a_deletion(tm
     assert VoiceprintFile(path).delete("alice")
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert not any(alice_number in p.read_text() for p in tmp_path.iterdir() if p.is_file())
+
+
+def test_only_this_files_own_temp_files_are_taken_for_stale(tmp_path):
+    """`voiceprints.json.bak` in the same folder has its own lock: its writer's temp file, being written at this
+    moment, matched a loose pattern for `voiceprints.json` and was deleted under it (its save then failed)."""
+    path = tmp_path / "voiceprints.json"
+    others = [tmp_path / ".voiceprints.json.bak.ld4l1jt_.tmp", tmp_path / ".voiceprints.json.1.abcdefgh.tmp",
+              tmp_path / ".voiceprints.json.abc.tmp"]
+    stale = tmp_path / ".voiceprints.json.k2_9zq0a.tmp"
+    for p in [*others, stale]:
+        p.write_text("{}")
+    VoiceprintFile(path).save(voiceprint("alice"))
+    assert all(p.exists() for p in others) and not stale.exists()
