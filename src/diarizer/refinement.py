@@ -157,19 +157,17 @@ def _part_in_two(prints: np.ndarray, seconds: np.ndarray, rounds: int = 10) -> t
     first = fcluster(linkage(prints[sample], method="average", metric="cosine"), 2, criterion="maxclust") == 1
     if first.all() or not first.any():  # identical prints: any split is as good as another
         first = np.arange(len(sample)) == 0
-    centres = l2_normalise(np.stack([prints[sample][mask].mean(axis=0) for mask in (first, ~first)]))
-    side = (prints @ centres.T).argmax(axis=1) == 0
+    side = (prints @ label_directions(prints[sample], (~first).astype(int), 2).T).argmax(axis=1) == 0
     if side.all() or not side.any():
         side = np.arange(len(prints)) == sample[np.flatnonzero(first)[0]]
+    weighted = prints * seconds[:, None]  # a side's direction: its pieces' mean weighted by their seconds
     for _ in range(rounds):
-        centres = np.stack([(prints[mask] * seconds[mask, None]).sum(axis=0) for mask in (side, ~side)])
-        centres = l2_normalise(centres)
-        scores = prints @ centres.T
+        scores = prints @ label_directions(weighted, (~side).astype(int), 2).T
         moved = scores[:, 0] > scores[:, 1]
         if moved.all() or not moved.any() or (moved == side).all():
             break
         side = moved
-    centres = l2_normalise(np.stack([(prints[mask] * seconds[mask, None]).sum(axis=0) for mask in (side, ~side)]))
+    centres = label_directions(weighted, (~side).astype(int), 2)
     return side, float(centres[0] @ centres[1])
 
 
