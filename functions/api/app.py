@@ -99,7 +99,8 @@ def timeline_page() -> Response:
     (https://api.example.com/diarizer) both reach this route without one, and the page would load unstyled and
     dead: those are redirected to the same URL with the "/". `requestContext.path` is the path as the browser
     sent it, stage or base path included (`path` has neither the stage nor, on the stage URL, the difference)."""
-    visible = (app.current_event.raw_event.get("requestContext") or {}).get("path")
+    context = app.current_event.raw_event.get("requestContext")
+    visible = context.get("path") if isinstance(context, dict) else None
     if isinstance(visible, str) and _VISIBLE_PATH.fullmatch(visible):
         return Response(status_code=308, headers={"Location": visible + "/", "Cache-Control": "no-cache"},
                         content_type="text/plain", body="")

@@ -382,3 +382,14 @@ def test_the_page_is_loaded_from_a_url_ending_in_a_slash(stack, api_handler, pat
     else:
         assert answer["statusCode"] == 308
         assert answer["multiValueHeaders"]["Location"] == [location]
+
+
+@pytest.mark.parametrize("context", ["a string", ["a", "list"], 7])
+def test_a_request_context_that_is_not_an_object_still_gets_the_page(stack, api_handler, context):
+    """API Gateway always sends an object; a hand-made event (sam local invoke, a test harness) may not. The page
+    route read `.get` on it: a 500."""
+    event = stack.make_event("GET", "/")
+    event["resource"] = "/"
+    event["requestContext"] = context
+    answer = api_handler.lambda_handler(event, stack.context)
+    assert answer["statusCode"] == 200 and "<html" in answer["body"].lower()
