@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import get_runtime
 from diarizer_service.sweeper import sweep
-from diarizer_service.webhooks import longest_delivery_seconds
+from diarizer_service.webhooks import delivery_margin
 from diarizer_service.worker import Worker
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -57,15 +57,11 @@ def lambda_handler(event: dict, context: object) -> dict:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
 
 
-# Room kept for one record's own reads and writes and a webhook's name resolution, beside the delivery itself.
-DELIVERY_SLACK_SECONDS = 10.0
-
-
-def delivery_margin() -> float:
-    """Stop starting work that may deliver a webhook this long before the invocation's timeout: a delivery cut
-    by the timeout is never recorded, and a dead-letter batch cut by it returns no partial answer, so every
-    record in it (the finished ones too) would come back."""
-    return longest_delivery_seconds(get_runtime().settings.webhook_timeout_seconds) + DELIVERY_SLACK_SECONDS
+def margin_now() -> float:
+    """Stop starting work that may deliver a webhook this long before the invocation's timeout
+    (`webhooks.delivery_margin` at the configured webhook timeout): a dead-letter batch cut by the timeout returns no
+    partial answer, so every record in it (the finished ones too) would come back."""
+    return delivery_margin(get_runtime().settings.webhook_timeout_seconds)
 
 
 class NotStarted(Exception):
@@ -75,7 +71,7 @@ class NotStarted(Exception):
 def dead_letter_record_handler(record: SQSRecord) -> None:
     logger.remove_keys(["request_id", "key_id", "object_key"])
     logger.append_keys(message_id=record.message_id)
-    if _deadline is not None and time.monotonic() > _deadline - delivery_margin():
+    if _deadline is not None and time.monotonic() > _deadline - margin_now():
         raise NotStarted("too little time left for a webhook delivery; SQS shows this dead letter again")
     receive_count = int(record.attributes.approximate_receive_count or 1)
     if get_worker().fail_dead_letter(record.body, receive_count):
@@ -97,6 +93,6 @@ def dead_letter_handler(event: dict, context: object) -> dict:
 @metrics.log_metrics
 def sweep_handler(event: dict, context: object) -> dict:
     remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    budget = remaining_ms() / 1000 - delivery_margin() if callable(remaining_ms) else 60.0
+    budget = remaining_ms() / 1000 - margin_now() if callable(remaining_ms) else 60.0
     report = sweep(get_worker(), budget_seconds=max(budget, 1.0))
     return {"resent": len(report.resent), "redelivered": len(report.redelivered), "errors": report.errors}

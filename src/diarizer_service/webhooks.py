@@ -40,6 +40,18 @@ def longest_delivery_seconds(timeout: float, attempts: int = ATTEMPTS) -> float:
     return attempts * timeout + sum(BACKOFF_SECONDS * 2 ** retry for retry in range(attempts - 1))
 
 
+# Room beside one delivery for the record's own reads and writes (the job, its result or error record) and the
+# webhook's name resolution.
+DELIVERY_SLACK_SECONDS = 12.0
+
+
+def delivery_margin(webhook_timeout_seconds: float) -> float:
+    """How long before an invocation's deadline work that may end in a webhook delivery must be over, or not be
+    started: one whole delivery at this timeout (`longest_delivery_seconds`), and the slack. A delivery cut by the
+    deadline is never recorded."""
+    return longest_delivery_seconds(webhook_timeout_seconds) + DELIVERY_SLACK_SECONDS
+
+
 def generate_webhook_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 

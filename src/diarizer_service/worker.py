@@ -32,8 +32,7 @@ from diarizer_service.observability import MetricUnit, logger, metrics, tracer
 from diarizer_service.runtime import Runtime
 from diarizer_service.transcoder import forward, needs_transcoding, transcoded_key
 from diarizer_service.validation import engine_options, parse_speaker_options
-from diarizer_service.settings import DEFAULT_WEBHOOK_TIMEOUT_SECONDS
-from diarizer_service.webhooks import DeliveryResult, deliver, longest_delivery_seconds
+from diarizer_service.webhooks import DeliveryResult, deliver, delivery_margin
 
 INCOMING_PREFIX = "incoming/"
 RESULTS_PREFIX = "results/"
@@ -41,12 +40,6 @@ RESULTS_PREFIX = "results/"
 # 10 bytes longer. Such a path is cut to fit and a hash of the whole key appended (the records name the source).
 MAX_KEY_BYTES = 1024
 _LONGEST_RESULT_SUFFIX = ".error.json"
-# On the last allowed attempt, fail the job this long before the invocation's deadline if it is still running:
-# a Lambda timeout kills the process, and the next receive moves the message to the DLQ without any worker
-# seeing it, so the job would stay `running` forever. Room for the failure webhook at the default
-# DIARIZER_WEBHOOK_TIMEOUT_SECONDS (3 tries of at most 10 s, plus 3 s of backoff) and 12 s of slack; a longer
-# webhook timeout adds its extra (`watchdog_margin`).
-TIMEOUT_MARGIN_SECONDS = 45.0
 # A webhook not delivered for a retryable reason (receiver down, 5xx, timeout) is tried again by the sweeper,
 # sweep_after_seconds x 1, 2, 4 ... later (at most 4 h apart), for MAX_WEBHOOK_ROUNDS rounds (about 13 h with
 # the 5-minute default), then its state becomes `failed`; the result stays readable from the status route.
@@ -54,13 +47,6 @@ MAX_WEBHOOK_ROUNDS = 8
 MAX_WEBHOOK_BACKOFF_SECONDS = 4 * 3600
 # Error records are small; a bigger results/<path>.error.json is another object's result (incoming/<path>.error).
 MAX_ERROR_RECORD_BYTES = 64 * 1024
-
-
-def watchdog_margin(webhook_timeout_seconds: float) -> float:
-    """How long before the invocation's deadline the last attempt's watchdog fails a job: TIMEOUT_MARGIN_SECONDS,
-    plus however much longer one failure-webhook delivery may take than at the default timeout."""
-    extra = longest_delivery_seconds(webhook_timeout_seconds) - longest_delivery_seconds(DEFAULT_WEBHOOK_TIMEOUT_SECONDS)
-    return TIMEOUT_MARGIN_SECONDS + max(0.0, extra)
 
 
 def result_stem(key: str) -> str:
@@ -168,7 +154,10 @@ class Worker:
             return
         started = time.monotonic()
         watchdog = None
-        margin = watchdog_margin(self.runtime.settings.webhook_timeout_seconds)
+        # On the last allowed attempt, fail the job before the invocation's deadline if it is still running: a Lambda
+        # timeout kills the process, and the next receive moves the message to the DLQ without any worker seeing it,
+        # so the job would stay `running` forever. The margin leaves the failure webhook its whole delivery.
+        margin = delivery_margin(self.runtime.settings.webhook_timeout_seconds)
         if deadline is not None and receive_count >= self.runtime.settings.max_receive_count:
             watchdog = threading.Timer(max(0.0, deadline - started - margin), self._fail,
                                        args=(job, "processing_failed", f"Gave up after {receive_count} attempts: "

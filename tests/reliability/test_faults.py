@@ -114,7 +114,7 @@ def test_a_job_killed_on_its_last_attempt_is_still_failed_before_the_lambda_dies
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"  # the last allowed attempt
     remaining = {"ms": 1500}  # the Lambda has 1.5 s left
     monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: remaining["ms"], raising=False)
-    monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)
+    monkeypatch.setattr("diarizer_service.worker.delivery_margin", lambda webhook_timeout: 1.0)
 
     def engine_that_outlives_the_lambda(audio, options, *, max_seconds):
         time.sleep(1.5)  # the watchdog fires after 0.5 s: 1 s before the end
@@ -132,10 +132,10 @@ def test_a_job_killed_on_its_last_attempt_is_still_failed_before_the_lambda_dies
 
 def test_at_a_longer_webhook_timeout_the_watchdog_leaves_the_failure_webhook_its_whole_delivery(
         stack, api_handler, worker_handler, webhook_receiver, wav_bytes, fake_engine, monkeypatch):
-    """One delivery may take 3 x the webhook timeout + 3 s. At 11 s that is 3 s more than at the default, so the
-    watchdog fires 3 s earlier than its margin: a receiver that takes 2.5 s to answer still gets the failure
-    webhook before the Lambda's deadline (with the fixed margin it fired 1 s before the end, and the Lambda died
-    in the middle of the delivery; the job was `failed` with its webhook left to the sweeper)."""
+    """One delivery may take 3 x the webhook timeout + 3 s, so the watchdog's margin is asked for the configured
+    timeout (11 s here), and the failure webhook goes out within it: a receiver that takes 2.5 s to answer still
+    gets it before the Lambda's deadline. With a margin fixed for the default timeout, the Lambda died in the
+    middle of the delivery (the job was `failed`, its webhook left to the sweeper)."""
     monkeypatch.setenv("DIARIZER_WEBHOOK_TIMEOUT_SECONDS", "11")
     get_settings.cache_clear()
     set_runtime(None)
@@ -144,7 +144,13 @@ def test_at_a_longer_webhook_timeout_the_watchdog_leaves_the_failure_webhook_its
     event = receive(stack, visibility=30)
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"  # the last allowed attempt
     monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: 5000, raising=False)
-    monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)  # the margin at the default timeout
+    asked = []
+
+    def margin(webhook_timeout: float) -> float:  # a whole delivery at 11 s (36 s) would not fit a test
+        asked.append(webhook_timeout)
+        return 4.0
+
+    monkeypatch.setattr("diarizer_service.worker.delivery_margin", margin)
     webhook_receiver.delay = 2.5
     began = time.monotonic()
 
@@ -158,6 +164,7 @@ def test_at_a_longer_webhook_timeout_the_watchdog_leaves_the_failure_webhook_its
     assert job_status(stack, api_handler, "slow-hook")["status"] == "failed"
     [answered] = webhook_receiver.answered_at
     assert answered - began < 5.0  # delivered before the deadline
+    assert asked == [11.0]  # the margin for the configured webhook timeout, not the default's
 
 
 def test_a_last_attempt_that_finishes_in_time_is_done_and_the_watchdog_stays_quiet(
@@ -167,7 +174,7 @@ def test_a_last_attempt_that_finishes_in_time_is_done_and_the_watchdog_stays_qui
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"
     # The watchdog would fire 2 s in: room for a loaded CI machine to finish the (fake) job first; 0.3 s was not.
     monkeypatch.setattr(stack.context, "get_remaining_time_in_millis", lambda: 3000, raising=False)
-    monkeypatch.setattr("diarizer_service.worker.TIMEOUT_MARGIN_SECONDS", 1.0)
+    monkeypatch.setattr("diarizer_service.worker.delivery_margin", lambda webhook_timeout: 1.0)
     began = time.monotonic()
     assert stack.run_worker(worker_handler, event) == {"batchItemFailures": []}
     assert time.monotonic() - began < 2.0  # finished before the watchdog's time: the case this test is about

@@ -160,7 +160,7 @@ def test_the_local_worker_has_no_lambda_deadline_on_the_last_attempt(tmp_path, f
         return real_diarize(audio, options, max_seconds=max_seconds)
 
     monkeypatch.setattr(fake_engine, "diarize", slow_diarize)
-    monkeypatch.setattr(worker_module, "TIMEOUT_MARGIN_SECONDS", 899.0)
+    monkeypatch.setattr(worker_module, "delivery_margin", lambda webhook_timeout: 899.0)
     deadlines = []
     real_process_job = Worker.process_job
 

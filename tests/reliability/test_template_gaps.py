@@ -132,13 +132,11 @@ def test_every_queue_a_function_reads_hides_a_message_longer_than_the_function_m
 
 def test_functions_that_deliver_webhooks_outlast_one_delivery_at_the_longest_webhook_timeout(tpl):
     """DeadLetterFunction and SweeperFunction stop starting a record when less than one delivery's time is left
-    (functions/worker/app.py `delivery_margin`). With a timeout shorter than that, at WebhookTimeoutSeconds' top
+    (`webhooks.delivery_margin`). With a timeout shorter than that, at WebhookTimeoutSeconds' top
     value no record would ever start: the dead letters would go round for 14 days."""
-    from diarizer_service.webhooks import longest_delivery_seconds
-    from flow.conftest import load_handler
+    from diarizer_service.webhooks import delivery_margin
 
-    app = load_handler("diarizer_worker_app", "functions/worker/app.py")
-    longest = longest_delivery_seconds(tpl["Parameters"]["WebhookTimeoutSeconds"]["MaxValue"])
+    margin = delivery_margin(tpl["Parameters"]["WebhookTimeoutSeconds"]["MaxValue"])
     for name in ("DeadLetterFunction", "SweeperFunction"):
         timeout = tpl["Resources"][name]["Properties"]["Timeout"]
-        assert timeout >= longest + app.DELIVERY_SLACK_SECONDS + 30, (name, timeout, longest)
+        assert timeout >= margin + 30, (name, timeout, margin)
