@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from diarizer_service.webhooks import DELIVERY_SLACK_SECONDS
-from diarizer_service.webhooks import verify_signature
+from diarizer_service.webhooks import DELIVERY_SLACK_SECONDS, verify_signature
 from test_api_flow import ASYNC_V2, audio_body
 
 
